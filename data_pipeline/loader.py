@@ -1,0 +1,232 @@
+"""Resumable, rank- and worker-split streaming of a dataset's shards.
+
+The global sample order is a function of (seed, epoch, global sample index) alone:
+    epoch e visits the split's shards in the order permutation(seed, e), and the samples of shard s in the
+    order permutation(seed, e, s); the concatenation is the epoch's sequence g[0..N).
+Step t (global batch B) consumes g[t*B : (t+1)*B] (epoch e = t // (N // B); a partial last batch is dropped).
+Within a step the B samples are laid out as (accum, world, micro): rank r's a-th micro-batch of step t is
+    g[t*B + (a*W + r)*m : t*B + (a*W + r + 1)*m].
+So every sample of a step goes to exactly one rank, the position to restart from is the step number alone, and
+with B fixed a different world size (with matching accumulation) continues the same global sequence.
+
+Samples are read by seeking to their byte range, given by each shard's index file (<shard>.idx): a rank
+reads only its own samples' bytes, and resuming at any step costs nothing but the seek.
+DataLoader workers take micro-batches round-robin (worker k yields micro-batches k, k+n, ...), the order in
+which torch's DataLoader collects them, so the output order does not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .manifest import Manifest, ShardEntry, read_manifest
+from .sources import InputError
+
+
+class ShardReader:
+    """Random access to the samples of one split by (shard number, sample number in shard)."""
+
+    def __init__(self, directory: str | Path, manifest: Manifest, split: str) -> None:
+        self.dir = Path(directory)
+        self.shards: list[ShardEntry] = manifest.shards_of(split)
+        if not self.shards:
+            raise InputError(f"{self.dir / 'manifest.json'} lists no {split} shards; rebuild the dataset")
+        self.counts = np.asarray([s.samples for s in self.shards], dtype=np.int64)
+        self._index: dict[int, np.ndarray] = {}
+        self._files: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return int(self.counts.sum())
+
+    def _offsets(self, shard: int) -> np.ndarray:
+        if shard not in self._index:
+            entry = self.shards[shard]
+            path = self.dir / entry.index
+            try:
+                idx = np.load(path)
+            except (OSError, ValueError) as e:
+                raise InputError(f"index {path} is missing or unreadable ({e}); rebuild the dataset") from None
+            if idx.shape != (entry.samples, 2):
+                raise InputError(f"index {path} has shape {idx.shape}, manifest says {entry.samples} samples")
+            self._index[shard] = idx
+        return self._index[shard]
+
+    def read(self, shard: int, i: int) -> dict[str, np.ndarray]:
+        start, end = self._offsets(shard)[i]
+        f = self._files.get(shard)
+        if f is None:
+            path = self.dir / self.shards[shard].name
+            try:
+                f = self._files[shard] = open(path, "rb")
+            except OSError as e:
+                raise InputError(f"shard {path} cannot be opened ({e}); rebuild or restore it") from None
+        f.seek(int(start))
+        raw = f.read(int(end - start))
+        if len(raw) != end - start:
+            raise InputError(f"shard {self.dir / self.shards[shard].name} is truncated (sample {i}); rebuild it")
+        out: dict[str, np.ndarray] = {}
+        try:
+            with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+                for member in tar:
+                    data = tar.extractfile(member)
+                    if data is None:
+                        continue
+                    field = member.name.split(".", 1)[1].removesuffix(".npy")
+                    out[field] = np.load(io.BytesIO(data.read()), allow_pickle=False)
+        except (tarfile.TarError, ValueError, IndexError) as e:
+            raise InputError(f"shard {self.dir / self.shards[shard].name} is corrupt at sample {i} ({e})") from None
+        return out
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+class EpochOrder:
+    """Maps a position in an epoch to (shard, sample in shard) for the seeded order described above."""
+
+    def __init__(self, counts: np.ndarray, seed: int, epoch: int, shuffle: bool = True) -> None:
+        self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
+        n = len(counts)
+        self.shard_order = (
+            np.random.default_rng([seed, epoch, 0x5A4D]).permutation(n) if shuffle else np.arange(n)
+        )
+        self.ends = np.cumsum(counts[self.shard_order])
+        self._perm: dict[int, np.ndarray] = {}
+        self.counts = counts
+
+    def locate(self, position: int) -> tuple[int, int]:
+        k = int(np.searchsorted(self.ends, position, side="right"))
+        shard = int(self.shard_order[k])
+        offset = position - (int(self.ends[k - 1]) if k else 0)
+        if not self.shuffle:
+            return shard, offset
+        perm = self._perm.get(shard)
+        if perm is None:
+            if len(self._perm) > 4:
+                self._perm.clear()
+            perm = self._perm[shard] = np.random.default_rng([self.seed, self.epoch, shard]).permutation(
+                int(self.counts[shard])
+            )
+        return shard, int(perm[offset])
+
+
+@dataclass
+class StreamSpec:
+    """Who reads what: the batch layout and the starting step."""
+
+    global_batch: int
+    micro_batch: int
+    world_size: int = 1
+    rank: int = 0
+    start_step: int = 0
+    seed: int = 0
+
+    @property
+    def accum(self) -> int:
+        return self.global_batch // (self.micro_batch * self.world_size)
+
+    def __post_init__(self) -> None:
+        if self.micro_batch * self.world_size * self.accum != self.global_batch:
+            raise ValueError(
+                f"global batch {self.global_batch} != micro {self.micro_batch} x world {self.world_size} x accum"
+            )
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} outside world size {self.world_size}")
+
+
+def micro_batch_positions(spec: StreamSpec, j: int, steps_per_epoch: int) -> tuple[int, np.ndarray]:
+    """(epoch, positions in that epoch) of this rank's j-th micro-batch counted from step 0."""
+    step, a = divmod(j, spec.accum)
+    epoch, step_in_epoch = divmod(step, steps_per_epoch)
+    first = step_in_epoch * spec.global_batch + (a * spec.world_size + spec.rank) * spec.micro_batch
+    return epoch, np.arange(first, first + spec.micro_batch)
+
+
+def collate(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    keys = samples[0].keys()
+    return {k: torch.from_numpy(np.stack([s[k] for s in samples]).astype(np.int64)) for k in keys}
+
+
+class TrainStream(IterableDataset):
+    """Endless stream of this rank's micro-batches, from `spec.start_step` on, in the global order."""
+
+    def __init__(self, directory: str | Path, spec: StreamSpec, split: str = "train") -> None:
+        super().__init__()
+        self.dir = Path(directory)
+        self.manifest = read_manifest(self.dir)
+        self.spec = spec
+        self.split = split
+        counts = np.asarray([s.samples for s in self.manifest.shards_of(split)], dtype=np.int64)
+        self.num_samples = int(counts.sum())
+        self.steps_per_epoch = self.num_samples // spec.global_batch
+        if self.steps_per_epoch == 0:
+            raise InputError(
+                f"{self.dir}: the {split} split has {self.num_samples} samples, fewer than one global batch of "
+                f"{spec.global_batch}; lower trainer.global_batch_size or write more data"
+            )
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        reader = ShardReader(self.dir, self.manifest, self.split)
+        orders: dict[int, EpochOrder] = {}
+        j = self.spec.start_step * self.spec.accum + worker
+        try:
+            while True:
+                epoch, positions = micro_batch_positions(self.spec, j, self.steps_per_epoch)
+                if epoch not in orders:
+                    orders.clear()
+                    orders[epoch] = EpochOrder(reader.counts, self.spec.seed, epoch)
+                order = orders[epoch]
+                yield collate([reader.read(*order.locate(int(p))) for p in positions])
+                j += workers
+        finally:
+            reader.close()
+
+
+class EvalStream(IterableDataset):
+    """A fixed slice of the validation split in file order: rank r takes micro-batches r, r+W, ...
+
+    Every rank gets the same number of batches (`batches`, capped by the split's size), as ZeRO-3's collective
+    forward passes require.
+    """
+
+    def __init__(self, directory: str | Path, micro_batch: int, world_size: int, rank: int, batches: int) -> None:
+        super().__init__()
+        self.dir = Path(directory)
+        self.manifest = read_manifest(self.dir)
+        self.micro_batch, self.world_size, self.rank = micro_batch, world_size, rank
+        total = sum(s.samples for s in self.manifest.shards_of("valid"))
+        self.batches = min(batches, total // (micro_batch * world_size))
+        if self.batches == 0:
+            raise InputError(
+                f"{self.dir}: the valid split has {total} samples, fewer than one micro-batch per rank "
+                f"({micro_batch} x {world_size}); write more validation data or lower trainer.micro_batch_size"
+            )
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        reader = ShardReader(self.dir, self.manifest, "valid")
+        order = EpochOrder(reader.counts, 0, 0, shuffle=False)
+        try:
+            for b in range(self.batches):
+                first = (b * self.world_size + self.rank) * self.micro_batch
+                yield collate([reader.read(*order.locate(p)) for p in range(first, first + self.micro_batch)])
+        finally:
+            reader.close()
+
+
+def train_loader(directory: str | Path, spec: StreamSpec, num_workers: int = 1, prefetch: int = 4) -> DataLoader:
+    ds = TrainStream(directory, spec)
+    kwargs: dict[str, Any] = {"prefetch_factor": prefetch, "persistent_workers": False} if num_workers else {}
+    return DataLoader(ds, batch_size=None, num_workers=num_workers, **kwargs)

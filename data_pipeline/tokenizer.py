@@ -1,0 +1,201 @@
+"""Sentencepiece tokenizer with the special tokens every objective needs.
+
+Layout of the vocabulary (fixed, recorded in tokenizer.json and in every dataset manifest):
+    0 <pad>   1 <unk>   2 <s> (bos)   3 </s> (eos)   4 [CLS]   5 [SEP]   6 [MASK]   7.. <extra_id_0..N-1>
+then the learned pieces. Special tokens are sentencepiece *control* symbols: text that happens to contain
+"[MASK]" is never encoded as the mask token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import sentencepiece as spm
+
+from .sources import InputError, iter_lines, resolve_inputs
+
+MODEL_FILE = "tokenizer.model"
+META_FILE = "tokenizer.json"
+NUM_SENTINELS = 100
+
+
+@dataclass
+class SpecialIds:
+    pad: int = 0
+    unk: int = 1
+    bos: int = 2
+    eos: int = 3
+    cls: int = 4
+    sep: int = 5
+    mask: int = 6
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def all(self) -> list[int]:
+        return list(asdict(self).values())
+
+
+@dataclass
+class TokenizerInfo:
+    vocab_size: int
+    special_tokens: SpecialIds
+    sentinel_ids: list[int] = field(default_factory=list)
+    model_type: str = "unigram"
+    sha256: str = ""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def train_tokenizer(
+    inputs: list[str],
+    out_dir: str | Path,
+    vocab_size: int = 8000,
+    model_type: str = "unigram",
+    character_coverage: float = 0.9995,
+    input_sentence_size: int = 2_000_000,
+    num_sentinels: int = NUM_SENTINELS,
+    byte_fallback: bool = False,
+    seed: int = 0,
+) -> TokenizerInfo:
+    """Train a sentencepiece model on `inputs` and write tokenizer.model + tokenizer.json into `out_dir`.
+
+    Written to a temporary directory first and moved into place complete, so a failure leaves nothing behind.
+    """
+    files = resolve_inputs(inputs)
+    if model_type not in ("unigram", "bpe"):
+        raise InputError(f"--model-type {model_type!r}: use unigram or bpe")
+    out = Path(out_dir)
+    if (out / MODEL_FILE).exists():
+        raise InputError(f"{out / MODEL_FILE} already exists; choose another --out or delete it")
+    specials = ["[CLS]", "[SEP]", "[MASK]"] + [f"<extra_id_{i}>" for i in range(num_sentinels)]
+
+    def sentences() -> Iterator[str]:
+        yield from iter_lines(files)
+
+    # Peek so an empty corpus is a clear error, not a sentencepiece crash.
+    probe = sentences()
+    first = next(probe, None)
+    if first is None:
+        raise InputError(f"the corpus {' '.join(inputs)} holds no text; check the input files")
+
+    def all_sentences() -> Iterator[str]:
+        assert first is not None
+        yield first
+        yield from probe
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer-tmp-", dir=out.parent))
+    try:
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=all_sentences(),
+                model_prefix=str(tmp / "tokenizer"),
+                vocab_size=vocab_size,
+                model_type=model_type,
+                character_coverage=character_coverage,
+                input_sentence_size=input_sentence_size,
+                shuffle_input_sentence=True,
+                pad_id=0,
+                unk_id=1,
+                bos_id=2,
+                eos_id=3,
+                control_symbols=specials,
+                byte_fallback=byte_fallback,
+                num_threads=max(1, min(16, os.cpu_count() or 1)),
+                minloglevel=2,
+            )
+        except RuntimeError as e:
+            raise InputError(f"sentencepiece could not train on {' '.join(inputs)}: {e}".splitlines()[0]) from None
+        info = describe(tmp / MODEL_FILE)
+        info.model_type = model_type
+        (tmp / META_FILE).write_text(json.dumps(tokenizer_meta(info), indent=2) + "\n")
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (MODEL_FILE, "tokenizer.vocab", META_FILE):
+            os.replace(tmp / name, out / name)
+        return info
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def tokenizer_meta(info: TokenizerInfo) -> dict:
+    return {
+        "file": MODEL_FILE,
+        "sha256": info.sha256,
+        "vocab_size": info.vocab_size,
+        "model_type": info.model_type,
+        "special_tokens": info.special_tokens.to_dict(),
+        "sentinel_ids": info.sentinel_ids,
+    }
+
+
+def describe(model_path: str | Path) -> TokenizerInfo:
+    sp = spm.SentencePieceProcessor(model_file=str(model_path))
+    ids = SpecialIds(
+        pad=sp.pad_id(),
+        unk=sp.unk_id(),
+        bos=sp.bos_id(),
+        eos=sp.eos_id(),
+        cls=sp.piece_to_id("[CLS]"),
+        sep=sp.piece_to_id("[SEP]"),
+        mask=sp.piece_to_id("[MASK]"),
+    )
+    for name, value in ids.to_dict().items():
+        if value < 0 or (name not in ("unk",) and value == sp.unk_id()):
+            raise InputError(f"{model_path} lacks the special token {name}; train it with `cloze tokenizer`")
+    sentinels = []
+    i = 0
+    while True:
+        sid = sp.piece_to_id(f"<extra_id_{i}>")
+        if sid == sp.unk_id():
+            break
+        sentinels.append(sid)
+        i += 1
+    return TokenizerInfo(
+        vocab_size=sp.get_piece_size(), special_tokens=ids, sentinel_ids=sentinels, sha256=sha256_file(model_path)
+    )
+
+
+def find_model(tokenizer: str | Path) -> Path:
+    """tokenizer.model inside a directory (or the file itself); a clear error if there is none."""
+    p = Path(tokenizer)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        if (p / MODEL_FILE).is_file():
+            return p / MODEL_FILE
+        raise InputError(f"tokenizer directory {p} has no {MODEL_FILE}; create it with `cloze tokenizer --out {p} ...`")
+    raise InputError(f"tokenizer {p} does not exist; create it with `cloze tokenizer --out {p} ...`")
+
+
+class Tokenizer:
+    """Encode/decode with the special ids at hand."""
+
+    def __init__(self, model_path: str | Path) -> None:
+        self.path = find_model(model_path)
+        self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        self.info = describe(self.path)
+        self.special = self.info.special_tokens
+        self.vocab_size = self.info.vocab_size
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        return self.sp.encode(texts, out_type=int)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.sp.decode(ids)
+
+    def pieces(self, ids: list[int]) -> list[str]:
+        return [self.sp.id_to_piece(int(i)) for i in ids]

@@ -1,0 +1,137 @@
+"""Model configuration: one typed dataclass and named size presets.
+
+Size presets live here, in code; run recipes (YAML in configs/) name a preset and override fields:
+
+    model:
+      preset: bert_base
+      num_layers: 4          # overrides the preset's 12
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+class ModelConfigError(ValueError):
+    """A model configuration value that cannot work; the message names the key to change."""
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of an encoder (BERT family)."""
+
+    family: str = "bert"
+    """Model family. Supported: 'bert'."""
+    preset: str = ""
+    """Name of the size preset the other fields started from ('' = none). See `PRESETS`."""
+    vocab_size: int = 30522
+    """Vocabulary size. 0 = take it from the dataset's tokenizer at build time."""
+    hidden_size: int = 768
+    """Width of the residual stream."""
+    num_layers: int = 12
+    """Number of transformer blocks."""
+    num_heads: int = 12
+    """Attention heads; must divide hidden_size."""
+    intermediate_size: int = 3072
+    """Width of the feed-forward layer."""
+    max_position_embeddings: int = 512
+    """Longest sequence the learned position table holds."""
+    type_vocab_size: int = 2
+    """Number of token-type (segment) embeddings; 0 disables them."""
+    hidden_dropout: float = 0.1
+    """Dropout on embeddings, attention output and FFN output."""
+    attention_dropout: float = 0.1
+    """Dropout on attention probabilities."""
+    layer_norm_eps: float = 1e-12
+    """LayerNorm epsilon."""
+    initializer_range: float = 0.02
+    """Std of the normal init of linear and embedding weights (BERT)."""
+    activation: str = "gelu"
+    """FFN activation: 'gelu' (exact erf) or 'gelu_tanh'."""
+    pre_layer_norm: bool = False
+    """Pre-LN blocks (LayerNorm before attention/FFN) instead of BERT's post-LN."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass (saves memory, costs ~1/3 more compute)."""
+    checkpoint_every: int = 1
+    """With activation_checkpointing: checkpoint every k-th block (1 = all blocks)."""
+    pad_token_id: int = 0
+    """Id of the padding token (filled from the dataset's manifest at build time)."""
+
+    def __post_init__(self) -> None:
+        if self.family not in ("bert",):
+            raise ModelConfigError(f"model.family={self.family!r} is not supported; use 'bert'")
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings"):
+            if getattr(self, name) <= 0:
+                raise ModelConfigError(f"model.{name} must be > 0, got {getattr(self, name)}")
+        if self.vocab_size < 0:
+            raise ModelConfigError(f"model.vocab_size must be >= 0 (0 = from the tokenizer), got {self.vocab_size}")
+        if self.hidden_size % self.num_heads:
+            raise ModelConfigError(
+                f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}; "
+                "change one of them"
+            )
+        if self.activation not in ("gelu", "gelu_tanh"):
+            raise ModelConfigError(f"model.activation={self.activation!r}: use 'gelu' or 'gelu_tanh'")
+        if self.checkpoint_every < 1:
+            raise ModelConfigError(f"model.checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        for name in ("hidden_dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ModelConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        """The preset `name` with `overrides` applied, e.g. `ModelConfig.from_preset('tiny', num_layers=2)`."""
+        if name not in PRESETS:
+            raise ModelConfigError(f"model.preset={name!r} is unknown; choose one of {sorted(PRESETS)}")
+        values = dict(PRESETS[name])
+        values.update(overrides)
+        values["preset"] = name
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # A few-hundred-thousand-parameter BERT that trains on 2 CPU cores in minutes.
+    "tiny": dict(
+        family="bert",
+        hidden_size=128,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=512,
+        max_position_embeddings=512,
+    ),
+    "bert_mini": dict(family="bert", hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
+    "bert_small": dict(family="bert", hidden_size=512, num_layers=4, num_heads=8, intermediate_size=2048),
+    "bert_base": dict(family="bert", hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+    "bert_large": dict(family="bert", hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096),
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+_FIELD_NAMES = {f.name for f in dataclasses.fields(ModelConfig)}
+
+
+def model_config_from_dict(values: dict[str, Any]) -> ModelConfig:
+    """Build from a mapping that may name a `preset`; explicit keys override the preset's."""
+    unknown = sorted(set(values) - _FIELD_NAMES)
+    if unknown:
+        raise ModelConfigError(f"unknown key model.{unknown[0]}; valid keys: {sorted(_FIELD_NAMES)}")
+    preset = values.get("preset") or ""
+    if preset:
+        rest = {k: v for k, v in values.items() if k != "preset"}
+        return ModelConfig.from_preset(preset, **rest)
+    return ModelConfig(**values)
+
+
+__all__ = ["ModelConfig", "ModelConfigError", "PRESETS", "preset_names", "model_config_from_dict"]

@@ -1,0 +1,68 @@
+"""What the loop reports, on rank 0: TensorBoard scalars and a one-line console log."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+
+class Callback:
+    def on_step(self, step: int, metrics: dict[str, float]) -> None: ...
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None: ...
+    def on_checkpoint(self, step: int, seconds: float, path: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class TensorBoardCallback(Callback):
+    """Scalars under train/*, eval/*, checkpoint/* in <run_dir>/tensorboard."""
+
+    def __init__(self, logdir: str | Path) -> None:
+        self.logdir = Path(logdir)
+        self.writer = SummaryWriter(str(self.logdir))
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            if not math.isnan(v):
+                self.writer.add_scalar(f"train/{k}", v, step)
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.writer.add_scalar(f"eval/{k}", v, step)
+        self.writer.flush()
+
+    def on_checkpoint(self, step: int, seconds: float, path: str) -> None:
+        self.writer.add_scalar("checkpoint/save_seconds", seconds, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
+
+
+class ConsoleCallback(Callback):
+    def __init__(self, every: int, max_steps: int) -> None:
+        self.every = every
+        self.max_steps = max_steps
+        self.t0 = time.perf_counter()
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        if step % self.every == 0 or step == self.max_steps:
+            print(
+                f"step {step:>6}/{self.max_steps}  loss {metrics['loss']:.4f}  acc {metrics['mlm_accuracy']:.3f}  "
+                f"lr {metrics['lr']:.2e}  gnorm {metrics['grad_norm']:.3f}  tok/s {metrics['tokens_per_s']:,.0f}",
+                flush=True,
+            )
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        print(
+            f"eval @ {step}: loss {metrics['loss']:.4f}  mlm accuracy {metrics['mlm_accuracy']:.4f}  "
+            f"(most-frequent-token baseline {metrics['baseline_accuracy']:.4f})",
+            flush=True,
+        )
+
+    def on_checkpoint(self, step: int, seconds: float, path: str) -> None:
+        print(f"checkpoint @ {step}: {path} ({seconds:.1f}s)", file=sys.stdout, flush=True)

@@ -1,0 +1,189 @@
+"""Atomic, verified checkpoints on top of DeepSpeed's sharded save.
+
+Save (all ranks):  DeepSpeed writes into <ckpt>/.tmp-<tag> (never touching `latest`); every rank fsyncs;
+barrier; rank 0 checks that every rank's files are there, writes checkpoint.json (each file's size and sha256,
+step, data position, resolved config), then COMPLETE, renames the directory to <tag>, and replaces `latest`
+atomically. A crash at any point leaves `latest` naming the previous complete checkpoint.
+
+Resume: `latest` (or, if a crash hit between the rename and `latest`, the newest COMPLETE tag) is verified
+(sizes always, sha256 on request) before DeepSpeed loads it. Checkpoints present but none valid, or a `latest`
+that is empty or names nothing, is an error naming the file: never a silent fresh start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from data_pipeline.tokenizer import sha256_file
+
+from . import distributed as D
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest"
+COMPLETE = "COMPLETE"
+META = "checkpoint.json"
+TMP_PREFIX = ".tmp-"
+TAG_RE = re.compile(r"^step(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be trusted, named."""
+
+
+def tag_for(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def expected_rank_files(world_size: int, zero_stage: int, precision: str) -> list[str]:
+    """Files DeepSpeed writes per rank for data-parallel training (model parallel size 1)."""
+    files = ["mp_rank_00_model_states.pt"]
+    if zero_stage > 0:
+        prefix = "bf16_" if precision == "bf16" else ""
+        files += [f"{prefix}zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(world_size)]
+    if zero_stage == 3:
+        files = [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(world_size)] + files[1:]
+    return files
+
+
+def save(
+    engine: Any,
+    root: str | Path,
+    step: int,
+    client_state: dict[str, Any],
+    expected: list[str],
+    keep_last: int,
+    is_main: bool,
+) -> Path:
+    """Save an atomic checkpoint for `step`; returns its directory. Collective: every rank calls it."""
+    root = Path(root)
+    tag = tag_for(step)
+    tmp_tag = TMP_PREFIX + tag
+    if is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(root / tmp_tag, ignore_errors=True)
+    D.barrier()
+    engine.save(root, tmp_tag, client_state)
+    _fsync_tree(root / tmp_tag)
+    D.barrier()
+    final = root / tag
+    if is_main:
+        tmp = root / tmp_tag
+        missing = [f for f in expected if not (tmp / f).is_file()]
+        if missing:
+            raise CheckpointError(f"checkpoint {tmp} lacks {', '.join(missing)} after save; not marking it complete")
+        files = {
+            str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file()
+        }
+        meta = {"step": step, "tag": tag, "files": files, "expected": expected, "client_state": client_state}
+        (tmp / META).write_text(json.dumps(meta, indent=1, default=str) + "\n")
+        (tmp / COMPLETE).write_text(tag + "\n")
+        _fsync_tree(tmp)
+        if final.exists():  # a complete checkpoint of the same step from an earlier attempt
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        latest_tmp = root / (LATEST + ".tmp")
+        latest_tmp.write_text(tag + "\n")
+        with open(latest_tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(latest_tmp, root / LATEST)
+        _fsync_dir(root)
+        prune(root, keep_last)
+    D.barrier()
+    return final
+
+
+def complete_tags(root: Path) -> list[str]:
+    """Tags with a COMPLETE marker, oldest first."""
+    tags = [p.name for p in root.iterdir() if p.is_dir() and TAG_RE.match(p.name) and (p / COMPLETE).is_file()]
+    return sorted(tags, key=lambda t: int(TAG_RE.match(t).group(1)))  # type: ignore[union-attr]
+
+
+def prune(root: Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` complete checkpoints (never the one `latest` names) and stale
+    temporary directories. A failed delete is logged, not fatal."""
+    latest = (root / LATEST).read_text().strip() if (root / LATEST).is_file() else ""
+    tags = complete_tags(root)
+    for tag in tags[: max(0, len(tags) - keep_last)]:
+        if tag == latest:
+            continue
+        try:
+            shutil.rmtree(root / tag)
+        except OSError as e:
+            log.warning("could not delete old checkpoint %s: %s", root / tag, e)
+
+
+def verify(path: Path, hashes: bool) -> dict[str, Any]:
+    """Check a checkpoint directory against its checkpoint.json; return the metadata."""
+    if not (path / COMPLETE).is_file():
+        raise CheckpointError(f"checkpoint {path} has no {COMPLETE} marker: it was not finished; delete it")
+    try:
+        meta = json.loads((path / META).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint metadata {path / META} is unreadable ({e}); delete {path}") from None
+    for name in meta.get("expected", []):
+        if not (path / name).is_file():
+            raise CheckpointError(f"checkpoint file {path / name} is missing; restore it or delete {path}")
+    for name, info in meta["files"].items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint file {f} is missing; restore it or delete {path}")
+        if f.stat().st_size != info["bytes"]:
+            raise CheckpointError(
+                f"checkpoint file {f} has {f.stat().st_size} bytes, expected {info['bytes']}: it is damaged; "
+                f"restore it or delete {path}"
+            )
+        if hashes and sha256_file(f) != info["sha256"]:
+            raise CheckpointError(f"checkpoint file {f} fails its sha256 check: it is damaged; restore it or delete {path}")
+    return meta
+
+
+def find_resume(root: str | Path) -> str | None:
+    """The tag to resume from, None for a fresh start; CheckpointError when checkpoints exist but none is usable."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    latest_file = root / LATEST
+    tags = complete_tags(root)
+    if latest_file.exists():
+        tag = latest_file.read_text().strip()
+        if not tag:
+            raise CheckpointError(f"{latest_file} is empty; write the tag of a complete checkpoint into it ({tags or 'none'})")
+        if not (root / tag).is_dir():
+            raise CheckpointError(f"{latest_file} names {tag!r}, which does not exist in {root}; fix or delete {latest_file}")
+        # A crash between renaming a newer checkpoint and updating `latest` leaves a newer complete tag.
+        if tags and int(TAG_RE.match(tags[-1]).group(1)) > int(TAG_RE.match(tag).group(1) if TAG_RE.match(tag) else -1):  # type: ignore[union-attr]
+            return tags[-1]
+        return tag
+    if tags:
+        return tags[-1]
+    leftovers = [p.name for p in root.iterdir() if TAG_RE.match(p.name)]
+    if leftovers:
+        raise CheckpointError(
+            f"{root} holds checkpoints ({', '.join(sorted(leftovers))}) but none is complete; delete them to start fresh"
+        )
+    return None

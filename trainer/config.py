@@ -1,0 +1,347 @@
+"""The run configuration: typed dataclasses, loaded from YAML (`yaml.safe_load`) plus dotted overrides.
+
+    cfg = load_config("configs/tiny-bert.yaml", ["optimizer.lr=3e-4", "trainer.max_steps=200"])
+
+An unknown key, a value of the wrong type, or batch sizes that do not multiply out raise `ConfigError`, whose
+message names the key (with the file it came from) and what to change.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modeling.config import PRESETS, ModelConfig, ModelConfigError
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key and the fix."""
+
+
+@dataclass
+class DataConfig:
+    """Where the pretraining shards are and how they are read."""
+
+    path: str = ""
+    """Dataset directory written by `cloze shards` (holds manifest.json). Required."""
+    num_workers: int = 1
+    """DataLoader worker processes per rank (0 = read in the training process)."""
+    prefetch_factor: int = 4
+    """Micro-batches each worker prepares ahead."""
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.prefetch_factor < 1:
+            raise ConfigError(f"data.prefetch_factor must be >= 1, got {self.prefetch_factor}")
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW with linear warmup then decay."""
+
+    name: str = "adamw"
+    """Optimizer: 'adamw' (torch.optim.AdamW; biases and norms get no weight decay)."""
+    lr: float = 1e-4
+    """Peak learning rate, reached after warmup_steps."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    """Adam betas."""
+    eps: float = 1e-6
+    """Adam epsilon."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay (not applied to biases and LayerNorm weights)."""
+    warmup_steps: int = 0
+    """Steps of linear warmup from 0 to lr."""
+    schedule: str = "linear"
+    """Decay after warmup: 'linear' (to min_lr_ratio*lr at trainer.max_steps) or 'constant'."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate as a fraction of lr."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = no clipping)."""
+
+    def __post_init__(self) -> None:
+        if self.name != "adamw":
+            raise ConfigError(f"optimizer.name={self.name!r} is not supported; use 'adamw'")
+        if self.schedule not in ("linear", "constant"):
+            raise ConfigError(f"optimizer.schedule={self.schedule!r}: use 'linear' or 'constant'")
+        if self.lr <= 0:
+            raise ConfigError(f"optimizer.lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2:
+            raise ConfigError(f"optimizer.betas must be two numbers like [0.9, 0.98], got {self.betas}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optimizer.warmup_steps must be >= 0, got {self.warmup_steps}")
+
+
+@dataclass
+class DeepSpeedConfig:
+    """What goes into the generated DeepSpeed JSON (saved as ds_config.json in the run directory)."""
+
+    zero_stage: int = 2
+    """ZeRO stage: 0 (plain data parallel), 1 (optimizer states sharded), 2 (+ gradients), 3 (+ parameters)."""
+    precision: str = "fp32"
+    """'fp32', 'bf16' or 'fp16' (dynamic loss scaling)."""
+    dist_backend: str = ""
+    """torch.distributed backend: '' = nccl on GPU, gloo on CPU."""
+    timeout_minutes: int = 30
+    """Collective timeout: a rank that hangs makes all ranks fail after this long."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Advanced DeepSpeed keys merged into the generated JSON as they are (e.g. {'zero_optimization': {...}})."""
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"deepspeed.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"deepspeed.precision={self.precision!r}: use 'fp32', 'bf16' or 'fp16'")
+        if self.dist_backend not in ("", "nccl", "gloo"):
+            raise ConfigError(f"deepspeed.dist_backend={self.dist_backend!r}: use '', 'nccl' or 'gloo'")
+
+
+@dataclass
+class TrainerConfig:
+    """Steps, batch sizes, evaluation and seeding."""
+
+    max_steps: int = 1000
+    """Optimizer steps to train for (the learning-rate schedule ends here)."""
+    global_batch_size: int = 32
+    """Sequences per optimizer step, over all ranks: micro_batch_size x grad_accum x world size."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward on one rank."""
+    grad_accum: int = 0
+    """Micro-batches accumulated per step on each rank; 0 = derive from the other two and the world size."""
+    eval_every: int = 100
+    """Run the held-out evaluation every this many steps (0 = only at the end)."""
+    eval_batches: int = 20
+    """Micro-batches per rank in one evaluation (at most the whole validation split)."""
+    seed: int = 1234
+    """Seed of initialisation, data order and dropout (dropout RNG is derived from (seed, step, rank))."""
+    stop_after_steps: int = 0
+    """Checkpoint and stop once this step is reached, as a preemption would (0 = run to max_steps)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "global_batch_size", "micro_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("grad_accum", "eval_every", "eval_batches", "stop_after_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class LoggingConfig:
+    """Console and TensorBoard logging (rank 0 only)."""
+
+    log_every: int = 10
+    """Print a one-line summary every this many steps."""
+    tensorboard: bool = True
+    """Write TensorBoard event files under <run_dir>/tensorboard."""
+    progress_bar: bool = False
+    """Show a tqdm progress bar on rank 0."""
+
+    def __post_init__(self) -> None:
+        if self.log_every < 1:
+            raise ConfigError(f"logging.log_every must be >= 1, got {self.log_every}")
+
+
+@dataclass
+class CheckpointConfig:
+    """Sharded DeepSpeed checkpoints under <run_dir>/checkpoints."""
+
+    every_steps: int = 500
+    """Save every this many steps (0 = only at the end); always saved at the end and on a stop."""
+    keep_last: int = 3
+    """Keep this many newest complete checkpoints (the one `latest` names is never deleted)."""
+    verify_hashes: bool = False
+    """On resume, check every file's sha256 (sizes are always checked)."""
+    resume: bool = True
+    """Resume from the newest complete checkpoint in the run directory if there is one."""
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 0:
+            raise ConfigError(f"checkpoint.every_steps must be >= 0, got {self.every_steps}")
+        if self.keep_last < 1:
+            raise ConfigError(f"checkpoint.keep_last must be >= 1, got {self.keep_last}")
+
+
+@dataclass
+class RunConfig:
+    """One pretraining run."""
+
+    run_dir: str = "runs/default"
+    """Directory for this run: resolved config, DeepSpeed JSON, TensorBoard events, checkpoints."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def resolve_batch(self, world_size: int) -> int:
+        """Check micro x accum x world == global; return grad_accum (derived when it is 0)."""
+        t = self.trainer
+        per_step = t.micro_batch_size * world_size
+        if t.grad_accum == 0:
+            if t.global_batch_size % per_step:
+                raise ConfigError(
+                    f"trainer.global_batch_size={t.global_batch_size} is not a multiple of "
+                    f"trainer.micro_batch_size={t.micro_batch_size} x world size {world_size} = {per_step}; "
+                    f"set trainer.global_batch_size to a multiple of {per_step} or change trainer.micro_batch_size"
+                )
+            return t.global_batch_size // per_step
+        if t.micro_batch_size * t.grad_accum * world_size != t.global_batch_size:
+            raise ConfigError(
+                f"batch sizes do not add up: trainer.micro_batch_size={t.micro_batch_size} x "
+                f"trainer.grad_accum={t.grad_accum} x world size {world_size} = "
+                f"{t.micro_batch_size * t.grad_accum * world_size}, but trainer.global_batch_size="
+                f"{t.global_batch_size}; set trainer.grad_accum=0 to derive it, or fix one of them"
+            )
+        return t.grad_accum
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading: YAML -> dict -> (dotted overrides) -> typed dataclasses, checking every key and type on the way.
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _check_value(value: Any, tp: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(value, arg, key, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}{where}: expected a mapping of {tp.__name__} keys, got {value!r}")
+        return _from_dict(tp, value, key, where)  # type: ignore[arg-type]
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}{where}: expected a list, got {type(value).__name__} {value!r}")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_check_value(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}{where}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        # PyYAML (YAML 1.1) reads `3e-4` as a string; accept a string that is a plain number.
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            return float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}{where}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}{where}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{key}{where}: unsupported field type {tp}")  # pragma: no cover - a bug in a dataclass
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            full = f"{prefix}.{key}" if prefix else key
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {prefix + '.' if prefix else ''}{close[0]}?" if close else ""
+            raise ConfigError(f"unknown key {full}{where}{hint} (valid keys here: {', '.join(names)})")
+    values: dict[str, Any] = {}
+    if cls is ModelConfig and data.get("preset"):
+        preset = data["preset"]
+        if preset not in PRESETS:
+            raise ConfigError(f"{prefix}.preset{where}: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        values.update(PRESETS[preset])
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else key
+        values[key] = _check_value(value, hints[key], full, where)
+    try:
+        return cls(**values)
+    except (ConfigError, ModelConfigError) as e:
+        raise ConfigError(f"{e}{where}") from None
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: {p} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value (example: optimizer.lr=3e-4)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has no key (example: optimizer.lr=3e-4)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None, source: str = "") -> RunConfig:
+    data = copy.deepcopy(data)
+    where = f" (in {source})" if source else ""
+    for text in overrides or []:
+        key, value = parse_override(text)
+        set_dotted(data, key, value)
+    return typing.cast(RunConfig, _from_dict(RunConfig, data, "", where))
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load a run config from YAML and apply dotted `key=value` overrides."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist; pass a YAML file such as configs/tiny-bert.yaml")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections (model:, data:, ...)")
+    return config_from_dict(data, overrides, source=str(p))

@@ -1,0 +1,152 @@
+"""Rank / world / master discovery and the few collectives the loop needs.
+
+Discovery order: torchrun (TORCHELASTIC / RANK+WORLD_SIZE+MASTER_ADDR), SLURM (srun tasks: SLURM_PROCID,
+SLURM_NTASKS, first host of the node list), MPI (mpirun / srun --mpi=pmix: ranks from mpi4py, master broadcast
+from rank 0), else a single process on this machine. The result is exported as the env:// variables
+torch.distributed reads (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+class DistributedError(RuntimeError):
+    """An inconsistent launch environment, named."""
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+    source: str
+    """'torchrun', 'slurm', 'mpi' or 'single'."""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def export(self) -> None:
+        os.environ.update(
+            RANK=str(self.rank),
+            WORLD_SIZE=str(self.world_size),
+            LOCAL_RANK=str(self.local_rank),
+            MASTER_ADDR=self.master_addr,
+            MASTER_PORT=str(self.master_port),
+        )
+
+
+def _int_env(name: str, env: dict[str, str]) -> int:
+    value = env.get(name, "")
+    try:
+        return int(value)
+    except ValueError:
+        raise DistributedError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def slurm_master(env: dict[str, str]) -> str:
+    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or ""
+    if not nodelist:
+        raise DistributedError("SLURM_PROCID is set but SLURM_JOB_NODELIST is not; launch the tasks with srun")
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+        return out.stdout.split()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        # A plain host name (no brackets) needs no expansion.
+        if "[" not in nodelist:
+            return nodelist.split(",")[0]
+        raise DistributedError(f"cannot expand SLURM_JOB_NODELIST={nodelist!r}: is scontrol on PATH?") from None
+
+
+def slurm_port(env: dict[str, str]) -> int:
+    """A port derived from the job id, the same on every task, in 20000-29999."""
+    return 20000 + _int_env("SLURM_JOB_ID", env) % 10000 if env.get("SLURM_JOB_ID") else 29500
+
+
+def discover(env: dict[str, str] | None = None) -> DistInfo:
+    env = dict(os.environ if env is None else env)
+    if "RANK" in env and "WORLD_SIZE" in env:  # torchrun, or a launcher that set env:// variables
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in env]
+        if missing:
+            raise DistributedError(f"RANK and WORLD_SIZE are set but {', '.join(missing)} is not; launch with torchrun")
+        info = DistInfo(
+            rank=_int_env("RANK", env),
+            world_size=_int_env("WORLD_SIZE", env),
+            local_rank=_int_env("LOCAL_RANK", env) if "LOCAL_RANK" in env else 0,
+            master_addr=env["MASTER_ADDR"],
+            master_port=_int_env("MASTER_PORT", env),
+            source="torchrun",
+        )
+    elif "SLURM_PROCID" in env and "SLURM_STEP_ID" in env and _int_env("SLURM_NTASKS", env) > 1:
+        info = DistInfo(
+            rank=_int_env("SLURM_PROCID", env),
+            world_size=_int_env("SLURM_NTASKS", env),
+            local_rank=_int_env("SLURM_LOCALID", env),
+            master_addr=slurm_master(env),
+            master_port=slurm_port(env),
+            source="slurm",
+        )
+    elif any(k in env for k in ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE")):
+        info = _discover_mpi(env)
+    else:
+        port = _int_env("MASTER_PORT", env) if "MASTER_PORT" in env else free_port()
+        info = DistInfo(0, 1, 0, env.get("MASTER_ADDR", "127.0.0.1"), port, "single")
+    if not 0 <= info.rank < info.world_size:
+        raise DistributedError(f"rank {info.rank} is outside world size {info.world_size} ({info.source} environment)")
+    return info
+
+
+def _discover_mpi(env: dict[str, str]) -> DistInfo:
+    try:
+        from mpi4py import MPI
+    except ImportError as e:  # pragma: no cover - depends on the MPI install
+        raise DistributedError(f"launched under MPI but mpi4py cannot load MPI ({e}); install Open MPI") from None
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    master = comm.bcast((socket.gethostname(), free_port()) if rank == 0 else None, root=0)
+    addr = env.get("MASTER_ADDR") or master[0]
+    port = int(env.get("MASTER_PORT") or master[1])
+    return DistInfo(rank, size, local.Get_rank(), addr, port, "mpi")
+
+
+# ---- collectives used by the loop (torch.distributed, initialised by the engine) ----------------------------
+
+
+def initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def barrier() -> None:
+    if initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    if initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    if not initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

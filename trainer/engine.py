@@ -1,0 +1,115 @@
+"""The only file that imports DeepSpeed: the DS JSON is generated from the typed RunConfig, and the engine is
+wrapped (never patched) behind forward / backward / step / save / load."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+from torch import nn
+
+from .config import RunConfig
+from .distributed import DistInfo
+from .optim import build_optimizer, build_scheduler
+
+
+def deepspeed_config(cfg: RunConfig, grad_accum: int) -> dict[str, Any]:
+    """The DeepSpeed JSON for `cfg` (saved as <run_dir>/ds_config.json)."""
+    t, ds = cfg.trainer, cfg.deepspeed
+    conf: dict[str, Any] = {
+        "train_batch_size": t.global_batch_size,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": cfg.optimizer.grad_clip,
+        "zero_optimization": {"stage": ds.zero_stage},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+        "checkpoint": {"tag_validation": "FAIL"},
+    }
+    if ds.zero_stage == 3:
+        conf["zero_optimization"].update({"stage3_gather_16bit_weights_on_model_save": False})
+    if ds.precision == "bf16":
+        conf["bf16"] = {"enabled": True}
+    elif ds.precision == "fp16":
+        conf["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000}
+    return _merge(conf, ds.extra)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def init_distributed(info: DistInfo, backend: str, timeout_minutes: int) -> None:
+    info.export()
+    if not backend:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(
+        dist_backend=backend,
+        auto_mpi_discovery=False,
+        timeout=datetime.timedelta(minutes=timeout_minutes),
+        rank=info.rank,
+        world_size=info.world_size,
+    )
+
+
+class Engine:
+    """A DeepSpeed engine over `model` with AdamW and the configured schedule."""
+
+    def __init__(self, model: nn.Module, cfg: RunConfig, grad_accum: int) -> None:
+        self.cfg = cfg
+        self.grad_accum = grad_accum
+        self.ds_config = deepspeed_config(cfg, grad_accum)
+        optimizer = build_optimizer(model, cfg.optimizer)
+        scheduler = build_scheduler(optimizer, cfg.optimizer, cfg.trainer.max_steps)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config
+        )
+        self.device = self.engine.device
+
+    @property
+    def module(self) -> nn.Module:
+        return self.engine.module
+
+    def train(self, mode: bool = True) -> None:
+        self.engine.train(mode)
+
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def forward(self, **inputs: torch.Tensor) -> Any:
+        return self.engine(**inputs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> None:
+        """Called after every micro-batch; DeepSpeed applies the optimizer at the accumulation boundary."""
+        self.engine.step()
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def grad_norm(self) -> float:
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def save(self, directory: str | Path, tag: str, client_state: dict[str, Any]) -> None:
+        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
+
+    def load(self, directory: str | Path, tag: str) -> dict[str, Any]:
+        path, client_state = self.engine.load_checkpoint(
+            str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {Path(directory) / tag}")
+        return client_state or {}
+
+    def write_config(self, run_dir: str | Path) -> None:
+        Path(run_dir, "ds_config.json").write_text(json.dumps(self.ds_config, indent=2) + "\n")

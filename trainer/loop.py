@@ -1,0 +1,185 @@
+"""fit(): build -> resume -> steps -> callbacks. Everything else lives in the components it calls."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from data_pipeline.loader import EvalStream, ShardReader, StreamSpec, train_loader
+from data_pipeline.manifest import Manifest, read_manifest
+from modeling import build_model
+
+from . import checkpoint as ckpt
+from . import distributed as D
+from .callbacks import Callback, ConsoleCallback, TensorBoardCallback
+from .config import ConfigError, RunConfig
+from .engine import Engine, init_distributed
+from .losses import mlm_loss
+
+
+@dataclass
+class FitResult:
+    step: int
+    eval: dict[str, float] = field(default_factory=dict)
+    stopped_early: bool = False
+    run_dir: str = ""
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (seed, step, rank, micro): dropout RNG needs no saved state to resume."""
+    h = hashlib.blake2b(np.asarray(parts, dtype=np.int64).tobytes(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+def most_frequent_label(data_dir: str, manifest: Manifest, samples: int = 2000) -> int:
+    """The token most often asked for in training labels: the accuracy baseline of a model that learned nothing."""
+    reader = ShardReader(data_dir, manifest, "train")
+    counts = np.zeros(manifest.tokenizer["vocab_size"], dtype=np.int64)
+    n = 0
+    for shard, entry in enumerate(reader.shards):
+        for i in range(entry.samples):
+            labels = reader.read(shard, i)["labels"]
+            np.add.at(counts, labels[labels >= 0], 1)
+            n += 1
+            if n >= samples:
+                reader.close()
+                return int(counts.argmax())
+    reader.close()
+    return int(counts.argmax())
+
+
+def prepare(cfg: RunConfig, world_size: int) -> tuple[int, Manifest]:
+    """Validate the config against the world and the dataset; fill in what the dataset decides."""
+    if not cfg.data.path:
+        raise ConfigError("data.path is empty; set it to a directory written by `cloze shards`")
+    manifest = read_manifest(cfg.data.path)
+    grad_accum = cfg.resolve_batch(world_size)
+    vocab = manifest.tokenizer["vocab_size"]
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = vocab
+    elif cfg.model.vocab_size < vocab:
+        raise ConfigError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {vocab} "
+            f"({cfg.data.path}/manifest.json); set model.vocab_size=0 to take it from the dataset"
+        )
+    if manifest.seq_len > cfg.model.max_position_embeddings:
+        raise ConfigError(
+            f"the dataset's seq_len {manifest.seq_len} exceeds model.max_position_embeddings="
+            f"{cfg.model.max_position_embeddings}; raise it"
+        )
+    cfg.model.pad_token_id = manifest.special_tokens["pad"]
+    cfg.trainer.grad_accum = grad_accum
+    return grad_accum, manifest
+
+
+def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitResult:
+    info = D.discover()
+    grad_accum, manifest = prepare(cfg, info.world_size)
+    init_distributed(info, cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes)
+    run_dir = Path(cfg.run_dir)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    D.barrier()
+
+    t = cfg.trainer
+    torch.manual_seed(t.seed)
+    model = build_model(cfg.model)
+    engine = Engine(model, cfg, grad_accum)
+    if info.is_main:
+        engine.write_config(run_dir)
+
+    ckpt_root = run_dir / "checkpoints"
+    step = 0
+    if cfg.checkpoint.resume:
+        tag = D.broadcast_object(ckpt.find_resume(ckpt_root) if info.is_main else None)
+        if tag is not None:
+            if info.is_main:
+                ckpt.verify(ckpt_root / str(tag), hashes=cfg.checkpoint.verify_hashes)
+            D.barrier()
+            state = engine.load(ckpt_root, str(tag))
+            step = int(state["step"])
+            if info.is_main:
+                print(f"resumed from {ckpt_root / str(tag)} at step {step}", flush=True)
+    expected = ckpt.expected_rank_files(info.world_size, cfg.deepspeed.zero_stage, cfg.deepspeed.precision)
+
+    callbacks: list[Callback] = list(extra_callbacks or [])
+    if info.is_main:
+        if cfg.logging.tensorboard:
+            callbacks.append(TensorBoardCallback(run_dir / "tensorboard"))
+        callbacks.append(ConsoleCallback(cfg.logging.log_every, t.max_steps))
+
+    baseline_id = most_frequent_label(cfg.data.path, manifest)
+    spec = StreamSpec(t.global_batch_size, t.micro_batch_size, info.world_size, info.rank, step, t.seed)
+    batches = iter(train_loader(cfg.data.path, spec, cfg.data.num_workers, cfg.data.prefetch_factor))
+    eval_stream = EvalStream(cfg.data.path, t.micro_batch_size, info.world_size, info.rank, t.eval_batches)
+
+    def save(at: int) -> None:
+        t0 = time.perf_counter()
+        state = {"step": at, "consumed_samples": at * t.global_batch_size, "config": cfg.to_dict()}
+        path = ckpt.save(engine, ckpt_root, at, state, expected, cfg.checkpoint.keep_last, info.is_main)
+        for cb in callbacks:
+            cb.on_checkpoint(at, time.perf_counter() - t0, str(path))
+
+    def evaluate(at: int) -> dict[str, float]:
+        engine.train(False)
+        sums = np.zeros(4)
+        with torch.no_grad():
+            for batch in eval_stream:
+                b = engine.to_device(batch)
+                r = mlm_loss(engine.forward(input_ids=b["input_ids"], labels=b["labels"]), baseline_id)
+                sums += [r.sums["loss_sum"], r.sums["correct"], r.sums["count"], r.sums["baseline_correct"]]
+        engine.train(True)
+        loss_sum, correct, count, base = D.all_reduce_sum(sums.tolist())
+        m = {"loss": loss_sum / max(count, 1), "mlm_accuracy": correct / max(count, 1),
+             "baseline_accuracy": base / max(count, 1), "masked_tokens": count}
+        for cb in callbacks:
+            cb.on_eval(at, m)
+        return m
+
+    engine.train(True)
+    start_step = step
+    result = FitResult(step=step, run_dir=str(run_dir))
+    stop_at = t.stop_after_steps if 0 < t.stop_after_steps < t.max_steps else t.max_steps
+    tokens_per_step = t.global_batch_size * manifest.seq_len
+    while step < stop_at:
+        t0 = time.perf_counter()
+        sums = np.zeros(3)
+        for micro in range(grad_accum):
+            torch.manual_seed(derived_seed(t.seed, step, info.rank, micro))
+            b = engine.to_device(next(batches))
+            r = mlm_loss(engine.forward(input_ids=b["input_ids"], labels=b["labels"]))
+            engine.backward(r.loss)
+            engine.step()
+            sums += [r.sums["loss_sum"], r.sums["correct"], r.sums["count"]]
+        step += 1
+        loss_sum, correct, count = D.all_reduce_sum(sums.tolist())
+        dt = time.perf_counter() - t0
+        metrics = {"loss": loss_sum / max(count, 1), "mlm_accuracy": correct / max(count, 1), "lr": engine.lr(),
+                   "grad_norm": engine.grad_norm(), "tokens_per_s": tokens_per_step / dt,
+                   "samples_per_s": t.global_batch_size / dt, "consumed_samples": step * t.global_batch_size}
+        for cb in callbacks:
+            cb.on_step(step, metrics)
+        if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
+            result.eval = evaluate(step)
+        if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 and step < stop_at:
+            save(step)
+    result.step = step
+    if step >= t.max_steps:
+        result.eval = evaluate(step)
+    else:
+        result.stopped_early = True
+    if step != start_step:  # the same decision on every rank (saving is collective)
+        save(step)
+    for cb in callbacks:
+        cb.close()
+    if info.is_main:
+        (run_dir / "result.json").write_text(json.dumps(asdict(result), indent=1) + "\n")
+    return result
