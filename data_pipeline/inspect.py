@@ -12,11 +12,11 @@ from .tokenizer import Tokenizer
 
 def render_mlm(tok: Tokenizer, input_ids: list[int], labels: list[int]) -> str:
     out = []
-    for i, l in zip(input_ids, labels):
+    for i, lab in zip(input_ids, labels):
         piece = tok.sp.id_to_piece(int(i))
-        if l != IGNORE:
-            orig = tok.sp.id_to_piece(int(l))
-            piece = f"[{piece}→{orig}]" if i != l else f"[={orig}]"
+        if lab != IGNORE:
+            orig = tok.sp.id_to_piece(int(lab))
+            piece = f"[{piece}→{orig}]" if i != lab else f"[={orig}]"
         out.append(piece)
     return "".join(out).replace("▁", " ").strip()
 

@@ -54,7 +54,9 @@ class ShardReader:
             try:
                 idx = np.load(path)
             except (OSError, ValueError) as e:
-                raise InputError(f"index {path} is missing or unreadable ({e}); rebuild the dataset") from None
+                raise InputError(
+                    f"index {path} is missing or unreadable ({e}); rebuild the dataset"
+                ) from None
             if idx.shape != (entry.samples, 2):
                 raise InputError(f"index {path} has shape {idx.shape}, manifest says {entry.samples} samples")
             self._index[shard] = idx
@@ -66,13 +68,15 @@ class ShardReader:
         if f is None:
             path = self.dir / self.shards[shard].name
             try:
-                f = self._files[shard] = open(path, "rb")
+                f = self._files[shard] = open(path, "rb")  # noqa: SIM115 - kept open across reads, closed in close()
             except OSError as e:
                 raise InputError(f"shard {path} cannot be opened ({e}); rebuild or restore it") from None
         f.seek(int(start))
         raw = f.read(int(end - start))
         if len(raw) != end - start:
-            raise InputError(f"shard {self.dir / self.shards[shard].name} is truncated (sample {i}); rebuild it")
+            raise InputError(
+                f"shard {self.dir / self.shards[shard].name} is truncated (sample {i}); rebuild it"
+            )
         out: dict[str, np.ndarray] = {}
         try:
             with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
@@ -83,7 +87,9 @@ class ShardReader:
                     field = member.name.split(".", 1)[1].removesuffix(".npy")
                     out[field] = np.load(io.BytesIO(data.read()), allow_pickle=False)
         except (tarfile.TarError, ValueError, IndexError) as e:
-            raise InputError(f"shard {self.dir / self.shards[shard].name} is corrupt at sample {i} ({e})") from None
+            raise InputError(
+                f"shard {self.dir / self.shards[shard].name} is corrupt at sample {i} ({e})"
+            ) from None
         return out
 
     def close(self) -> None:
@@ -202,7 +208,9 @@ class EvalStream(IterableDataset):
     forward passes require.
     """
 
-    def __init__(self, directory: str | Path, micro_batch: int, world_size: int, rank: int, batches: int) -> None:
+    def __init__(
+        self, directory: str | Path, micro_batch: int, world_size: int, rank: int, batches: int
+    ) -> None:
         super().__init__()
         self.dir = Path(directory)
         self.manifest = read_manifest(self.dir)
@@ -226,7 +234,9 @@ class EvalStream(IterableDataset):
             reader.close()
 
 
-def train_loader(directory: str | Path, spec: StreamSpec, num_workers: int = 1, prefetch: int = 4) -> DataLoader:
+def train_loader(
+    directory: str | Path, spec: StreamSpec, num_workers: int = 1, prefetch: int = 4
+) -> DataLoader:
     ds = TrainStream(directory, spec)
     kwargs: dict[str, Any] = {"prefetch_factor": prefetch, "persistent_workers": False} if num_workers else {}
     return DataLoader(ds, batch_size=None, num_workers=num_workers, **kwargs)

@@ -82,7 +82,9 @@ def read_manifest(directory: str | Path) -> Manifest:
     if raw.get("format") != FORMAT:
         raise InputError(f"{path}: format is {raw.get('format')!r}, expected {FORMAT!r}")
     if raw.get("version") != VERSION:
-        raise InputError(f"{path}: version {raw.get('version')} is not supported (this cloze reads {VERSION})")
+        raise InputError(
+            f"{path}: version {raw.get('version')} is not supported (this cloze reads {VERSION})"
+        )
     try:
         raw["shards"] = [ShardEntry(**s) for s in raw["shards"]]
         return Manifest(**raw)

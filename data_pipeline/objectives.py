@@ -31,7 +31,9 @@ class MLMParams:
         if not 0.0 < self.rate < 1.0:
             raise ValueError(f"mlm rate must be in (0, 1), got {self.rate}")
         if self.mask_prob < 0 or self.random_prob < 0 or self.mask_prob + self.random_prob > 1.0:
-            raise ValueError(f"mlm mask_prob={self.mask_prob} + random_prob={self.random_prob} must be within [0, 1]")
+            raise ValueError(
+                f"mlm mask_prob={self.mask_prob} + random_prob={self.random_prob} must be within [0, 1]"
+            )
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -61,7 +63,9 @@ class MLMMasker:
         inputs = tokens.astype(np.int32, copy=True)
         u = rng.random(k)
         to_mask = chosen[u < self.params.mask_prob]
-        to_random = chosen[(u >= self.params.mask_prob) & (u < self.params.mask_prob + self.params.random_prob)]
+        to_random = chosen[
+            (u >= self.params.mask_prob) & (u < self.params.mask_prob + self.params.random_prob)
+        ]
         inputs[to_mask] = self.mask_id
         inputs[to_random] = rng.choice(self.ordinary_ids, size=len(to_random))
         return {"input_ids": inputs, "labels": labels}

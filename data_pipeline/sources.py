@@ -48,15 +48,21 @@ def resolve_inputs(inputs: list[str]) -> list[str]:
         if item.startswith(BUILTIN_PREFIX):
             name = item[len(BUILTIN_PREFIX) :]
             if name not in BUILTINS:
-                raise InputError(f"unknown built-in corpus {item!r}; available: {', '.join('builtin:' + b for b in BUILTINS)}")
+                raise InputError(
+                    f"unknown built-in corpus {item!r}; available: {', '.join('builtin:' + b for b in BUILTINS)}"
+                )
             out.append(item)
         elif any(c in item for c in "*?["):
             matches = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
             if not matches:
-                raise InputError(f"input glob {item} matches no file; check the pattern or quote it for the shell")
+                raise InputError(
+                    f"input glob {item} matches no file; check the pattern or quote it for the shell"
+                )
             out.extend(matches)
         elif os.path.isdir(item):
-            files = sorted(str(p) for p in Path(item).rglob("*") if p.is_file() and not p.name.startswith("."))
+            files = sorted(
+                str(p) for p in Path(item).rglob("*") if p.is_file() and not p.name.startswith(".")
+            )
             if not files:
                 raise InputError(f"input directory {item} holds no files; point --input at text files")
             out.extend(files)
@@ -109,7 +115,16 @@ def stdlib_docstrings() -> Iterator[list[str]]:
     skipped. Each docstring is one document, each non-empty line a sentence-ish unit.
     """
     root = Path(sysconfig.get_paths()["stdlib"])
-    skip = {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__", "lib2to3", "turtledemo"}
+    skip = {
+        "site-packages",
+        "dist-packages",
+        "test",
+        "tests",
+        "idlelib",
+        "__pycache__",
+        "lib2to3",
+        "turtledemo",
+    }
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in skip and not d.startswith("."))
         for fn in sorted(filenames):

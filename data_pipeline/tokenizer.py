@@ -119,7 +119,9 @@ def train_tokenizer(
                 minloglevel=2,
             )
         except RuntimeError as e:
-            raise InputError(f"sentencepiece could not train on {' '.join(inputs)}: {e}".splitlines()[0]) from None
+            raise InputError(
+                f"sentencepiece could not train on {' '.join(inputs)}: {e}".splitlines()[0]
+            ) from None
         info = describe(tmp / MODEL_FILE)
         info.model_type = model_type
         (tmp / META_FILE).write_text(json.dumps(tokenizer_meta(info), indent=2) + "\n")
@@ -165,7 +167,10 @@ def describe(model_path: str | Path) -> TokenizerInfo:
         sentinels.append(sid)
         i += 1
     return TokenizerInfo(
-        vocab_size=sp.get_piece_size(), special_tokens=ids, sentinel_ids=sentinels, sha256=sha256_file(model_path)
+        vocab_size=sp.get_piece_size(),
+        special_tokens=ids,
+        sentinel_ids=sentinels,
+        sha256=sha256_file(model_path),
     )
 
 
@@ -177,7 +182,9 @@ def find_model(tokenizer: str | Path) -> Path:
     if p.is_dir():
         if (p / MODEL_FILE).is_file():
             return p / MODEL_FILE
-        raise InputError(f"tokenizer directory {p} has no {MODEL_FILE}; create it with `cloze tokenizer --out {p} ...`")
+        raise InputError(
+            f"tokenizer directory {p} has no {MODEL_FILE}; create it with `cloze tokenizer --out {p} ...`"
+        )
     raise InputError(f"tokenizer {p} does not exist; create it with `cloze tokenizer --out {p} ...`")
 
 

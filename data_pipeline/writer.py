@@ -76,7 +76,7 @@ class ShardSink:
 
     def write(self, key: str, sample: dict[str, np.ndarray], n_tokens: int) -> None:
         if self._tar is None:
-            self._file = open(self.out / (self._name + ".tmp"), "wb")
+            self._file = open(self.out / (self._name + ".tmp"), "wb")  # noqa: SIM115 - closed by TarWriter.close()
             self._tar = wds.TarWriter(self._file)
         self._tar.write({"__key__": key, **{f"{k}.npy": v for k, v in sample.items()}})
         self._offsets.append((0, 0))  # filled from the finished file in close_shard
@@ -141,12 +141,25 @@ def write_shards(
     del packer_check
     out = Path(out)
     if (out / MANIFEST).exists():
-        raise InputError(f"{out} already holds a dataset ({MANIFEST} exists); choose another --out or delete it")
+        raise InputError(
+            f"{out} already holds a dataset ({MANIFEST} exists); choose another --out or delete it"
+        )
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        manifest = _write(files, inputs, tok, out, objective, seq_len, seed, samples_per_shard, valid_fraction,
-                          mlm or MLMParams(), progress)
+        manifest = _write(
+            files,
+            inputs,
+            tok,
+            out,
+            objective,
+            seq_len,
+            seed,
+            samples_per_shard,
+            valid_fraction,
+            mlm or MLMParams(),
+            progress,
+        )
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)
@@ -184,7 +197,9 @@ def _write(
         if progress is not None and doc_index % 500 == 0:
             dt = max(time.perf_counter() - t0, 1e-9)
             done = sum(s.samples + len(s._offsets) for s in sinks.values()) * seq_len
-            progress({"documents": stats.documents, "docs_per_s": stats.documents / dt, "tokens_per_s": done / dt})
+            progress(
+                {"documents": stats.documents, "docs_per_s": stats.documents / dt, "tokens_per_s": done / dt}
+            )
     for s in splits:
         packers[s].finish()
         sinks[s].close_shard()
@@ -210,8 +225,10 @@ def _write(
         special_tokens=special.to_dict(),
         sentinel_ids=tok.info.sentinel_ids,
         objective_params=mlm.to_dict(),
-        splits={s: {"samples": sinks[s].samples, "tokens": sinks[s].tokens, "shards": len(sinks[s].entries)}
-                for s in splits},
+        splits={
+            s: {"samples": sinks[s].samples, "tokens": sinks[s].tokens, "shards": len(sinks[s].entries)}
+            for s in splits
+        },
         shards=sinks["train"].entries + sinks["valid"].entries,
         packing={"method": "concat", "dropped_tokens": sum(p.dropped_tokens for p in packers.values())},
         source_stats=stats.to_dict(),

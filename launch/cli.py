@@ -16,12 +16,18 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
     from data_pipeline.tokenizer import train_tokenizer
 
     info = train_tokenizer(
-        args.input, args.out, vocab_size=args.vocab_size, model_type=args.model_type,
-        character_coverage=args.character_coverage, input_sentence_size=args.input_sentence_size,
+        args.input,
+        args.out,
+        vocab_size=args.vocab_size,
+        model_type=args.model_type,
+        character_coverage=args.character_coverage,
+        input_sentence_size=args.input_sentence_size,
         byte_fallback=args.byte_fallback,
     )
-    print(f"tokenizer: {args.out}/tokenizer.model  vocab {info.vocab_size}  specials {info.special_tokens.to_dict()}  "
-          f"sentinels {len(info.sentinel_ids)}")
+    print(
+        f"tokenizer: {args.out}/tokenizer.model  vocab {info.vocab_size}  specials {info.special_tokens.to_dict()}  "
+        f"sentinels {len(info.sentinel_ids)}"
+    )
     return 0
 
 
@@ -40,18 +46,31 @@ def _cmd_shards(args: argparse.Namespace) -> int:
 
     try:
         m = write_shards(
-            args.input, args.tokenizer, args.out, objective=args.objective, seq_len=args.seq_len, seed=args.seed,
-            samples_per_shard=args.samples_per_shard, valid_fraction=args.valid_fraction,
-            mlm=MLMParams(rate=args.mask_rate), progress=progress,
+            args.input,
+            args.tokenizer,
+            args.out,
+            objective=args.objective,
+            seq_len=args.seq_len,
+            seed=args.seed,
+            samples_per_shard=args.samples_per_shard,
+            valid_fraction=args.valid_fraction,
+            mlm=MLMParams(rate=args.mask_rate),
+            progress=progress,
         )
     finally:
         bar.close()
     s = m.source_stats
-    print(f"shards: {args.out}  objective {m.objective}  seq_len {m.seq_len}  "
-          + "  ".join(f"{k}: {v['samples']} samples / {v['tokens']} tokens / {v['shards']} shards"
-                      for k, v in m.splits.items()))
-    print(f"input: {s['documents']} documents, {s['empty_documents']} empty skipped, "
-          f"{s['invalid_utf8_lines']} lines with invalid UTF-8 replaced, {s['long_lines_split']} long lines split")
+    print(
+        f"shards: {args.out}  objective {m.objective}  seq_len {m.seq_len}  "
+        + "  ".join(
+            f"{k}: {v['samples']} samples / {v['tokens']} tokens / {v['shards']} shards"
+            for k, v in m.splits.items()
+        )
+    )
+    print(
+        f"input: {s['documents']} documents, {s['empty_documents']} empty skipped, "
+        f"{s['invalid_utf8_lines']} lines with invalid UTF-8 replaced, {s['long_lines_split']} long lines split"
+    )
     return 0
 
 
@@ -68,7 +87,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     result = fit(cfg)
-    print(f"run directory: {result.run_dir}  (stopped at step {result.step})", flush=True) if result.stopped_early else None
+    print(
+        f"run directory: {result.run_dir}  (stopped at step {result.step})", flush=True
+    ) if result.stopped_early else None
     return 0
 
 
@@ -83,11 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("tokenizer", help="train a sentencepiece model with cloze's special tokens")
-    t.add_argument("--input", nargs="+", required=True, help="text files, directories, globs, or builtin:stdlib-docs")
+    t.add_argument(
+        "--input", nargs="+", required=True, help="text files, directories, globs, or builtin:stdlib-docs"
+    )
     t.add_argument("--vocab-size", type=int, default=32000)
     t.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"])
     t.add_argument("--character-coverage", type=float, default=0.9995)
-    t.add_argument("--input-sentence-size", type=int, default=2_000_000, help="sentences sampled for training")
+    t.add_argument(
+        "--input-sentence-size", type=int, default=2_000_000, help="sentences sampled for training"
+    )
     t.add_argument("--byte-fallback", action="store_true")
     t.add_argument("--out", required=True, help="directory for tokenizer.model and tokenizer.json")
     t.set_defaults(fn=_cmd_tokenizer)
@@ -112,10 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="pretrain from a YAML config (+ key=value overrides)")
     tr.add_argument("config")
-    tr.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optimizer.lr=3e-4 trainer.max_steps=100")
+    tr.add_argument(
+        "overrides", nargs="*", help="dotted overrides, e.g. optimizer.lr=3e-4 trainer.max_steps=100"
+    )
     tr.set_defaults(fn=_cmd_train)
 
-    d = sub.add_parser("demo", help="tokenizer -> shards -> 2-process ZeRO-2 pretraining on the built-in corpus")
+    d = sub.add_parser(
+        "demo", help="tokenizer -> shards -> 2-process ZeRO-2 pretraining on the built-in corpus"
+    )
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--nproc", type=int, default=2)
     d.add_argument("--steps", type=int, default=0, help="override trainer.max_steps (0 = the config's)")

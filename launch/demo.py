@@ -20,8 +20,16 @@ CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
 def torchrun_command(nproc: int, args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "launch.cli", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "launch.cli",
+        *args,
+    ]
 
 
 def run_demo(out: str, nproc: int = 2, steps: int = 0) -> int:
@@ -30,12 +38,24 @@ def run_demo(out: str, nproc: int = 2, steps: int = 0) -> int:
     t0 = time.perf_counter()
     if not (tok_dir / MODEL_FILE).exists():
         info = train_tokenizer(["builtin:stdlib-docs"], tok_dir, vocab_size=4000)
-        print(f"[demo] tokenizer: {tok_dir} (vocab {info.vocab_size})  {time.perf_counter() - t0:.1f}s", flush=True)
+        print(
+            f"[demo] tokenizer: {tok_dir} (vocab {info.vocab_size})  {time.perf_counter() - t0:.1f}s",
+            flush=True,
+        )
     if not (shard_dir / "manifest.json").exists():
-        m = write_shards(["builtin:stdlib-docs"], tok_dir, shard_dir, seq_len=128, valid_fraction=0.05,
-                         samples_per_shard=512)
-        print(f"[demo] shards: {shard_dir}  train {m.splits['train']}  valid {m.splits['valid']}  "
-              f"{time.perf_counter() - t0:.1f}s", flush=True)
+        m = write_shards(
+            ["builtin:stdlib-docs"],
+            tok_dir,
+            shard_dir,
+            seq_len=128,
+            valid_fraction=0.05,
+            samples_per_shard=512,
+        )
+        print(
+            f"[demo] shards: {shard_dir}  train {m.splits['train']}  valid {m.splits['valid']}  "
+            f"{time.perf_counter() - t0:.1f}s",
+            flush=True,
+        )
     overrides = [f"data.path={shard_dir}", f"run_dir={run_dir}"]
     if steps:
         overrides.append(f"trainer.max_steps={steps}")
@@ -49,11 +69,17 @@ def run_demo(out: str, nproc: int = 2, steps: int = 0) -> int:
     result = json.loads((run_dir / "result.json").read_text())
     ev = result["eval"]
     print()
-    print(f"[demo] done in {time.perf_counter() - t0:.0f}s, {result['step']} steps of ZeRO-2 on {nproc} CPU processes")
-    print(f"[demo] held-out MLM accuracy           {ev['mlm_accuracy']:.4f}  (loss {ev['loss']:.3f}, "
-          f"{int(ev['masked_tokens'])} masked tokens)")
+    print(
+        f"[demo] done in {time.perf_counter() - t0:.0f}s, {result['step']} steps of ZeRO-2 on {nproc} CPU processes"
+    )
+    print(
+        f"[demo] held-out MLM accuracy           {ev['mlm_accuracy']:.4f}  (loss {ev['loss']:.3f}, "
+        f"{int(ev['masked_tokens'])} masked tokens)"
+    )
     print(f"[demo] most-frequent-token baseline   {ev['baseline_accuracy']:.4f}")
     print(f"[demo] TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
-    print(f"[demo] checkpoints: {run_dir / 'checkpoints'}  (latest: "
-          f"{(run_dir / 'checkpoints' / 'latest').read_text().strip()})")
+    print(
+        f"[demo] checkpoints: {run_dir / 'checkpoints'}  (latest: "
+        f"{(run_dir / 'checkpoints' / 'latest').read_text().strip()})"
+    )
     return 0

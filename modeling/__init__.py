@@ -11,7 +11,9 @@ from .encoder import BertForPretraining, MLMOutput
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The pretraining model for `cfg.family`."""
     if cfg.vocab_size <= 0:
-        raise ModelConfigError("model.vocab_size is 0: set it, or build through the trainer, which takes it from the dataset")
+        raise ModelConfigError(
+            "model.vocab_size is 0: set it, or build through the trainer, which takes it from the dataset"
+        )
     if cfg.family == "bert":
         return BertForPretraining(cfg)
     raise ModelConfigError(f"model.family={cfg.family!r} is not supported")

@@ -62,11 +62,19 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.family not in ("bert",):
             raise ModelConfigError(f"model.family={self.family!r} is not supported; use 'bert'")
-        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings"):
+        for name in (
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+        ):
             if getattr(self, name) <= 0:
                 raise ModelConfigError(f"model.{name} must be > 0, got {getattr(self, name)}")
         if self.vocab_size < 0:
-            raise ModelConfigError(f"model.vocab_size must be >= 0 (0 = from the tokenizer), got {self.vocab_size}")
+            raise ModelConfigError(
+                f"model.vocab_size must be >= 0 (0 = from the tokenizer), got {self.vocab_size}"
+            )
         if self.hidden_size % self.num_heads:
             raise ModelConfigError(
                 f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}; "

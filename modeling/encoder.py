@@ -31,7 +31,7 @@ class TiedEmbedding(nn.Embedding):
     Both uses go through the module's call, so parameter-partitioning wrappers (ZeRO-3) see the weight used.
     """
 
-    def forward(self, x: torch.Tensor, project: bool = False) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, project: bool = False) -> torch.Tensor:
         return F.linear(x, self.weight) if project else super().forward(x)
 
 
@@ -67,7 +67,9 @@ class BertLayer(nn.Module):
             cfg.hidden_size, cfg.num_heads, cfg.attention_dropout, cfg.hidden_dropout, cfg.layer_norm_eps
         )
         self.intermediate = Intermediate(cfg.hidden_size, cfg.intermediate_size)
-        self.output = FFNOutput(cfg.intermediate_size, cfg.hidden_size, cfg.layer_norm_eps, cfg.hidden_dropout)
+        self.output = FFNOutput(
+            cfg.intermediate_size, cfg.hidden_size, cfg.layer_norm_eps, cfg.hidden_dropout
+        )
         self.act = activation_fn(cfg.activation)
 
     def ffn(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +91,9 @@ class BertEncoder(nn.Module):
         self.checkpointing = cfg.activation_checkpointing
         self.checkpoint_every = cfg.checkpoint_every
         # Pre-LN stacks need a final norm; post-LN stacks end normalised already.
-        self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if cfg.pre_layer_norm else None
+        self.final_norm = (
+            nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if cfg.pre_layer_norm else None
+        )
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         for i, layer in enumerate(self.layer):

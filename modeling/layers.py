@@ -46,7 +46,9 @@ class MultiHeadSelfAttention(nn.Module):
     mask it uses the memory-efficient kernel.
     """
 
-    def __init__(self, hidden: int, heads: int, attn_dropout: float, hidden_dropout: float, eps: float) -> None:
+    def __init__(
+        self, hidden: int, heads: int, attn_dropout: float, hidden_dropout: float, eps: float
+    ) -> None:
         super().__init__()
         self.heads = heads
         self.head_dim = hidden // heads

@@ -37,6 +37,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be trusted, named."""
 
 
+def step_of(tag: str) -> int:
+    """The step of a tag like step00000100; -1 for anything else."""
+    m = TAG_RE.match(tag)
+    return int(m.group(1)) if m else -1
+
+
 def tag_for(step: int) -> str:
     return f"step{step:08d}"
 
@@ -92,7 +98,9 @@ def save(
         tmp = root / tmp_tag
         missing = [f for f in expected if not (tmp / f).is_file()]
         if missing:
-            raise CheckpointError(f"checkpoint {tmp} lacks {', '.join(missing)} after save; not marking it complete")
+            raise CheckpointError(
+                f"checkpoint {tmp} lacks {', '.join(missing)} after save; not marking it complete"
+            )
         files = {
             str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(tmp.rglob("*"))
@@ -119,8 +127,10 @@ def save(
 
 def complete_tags(root: Path) -> list[str]:
     """Tags with a COMPLETE marker, oldest first."""
-    tags = [p.name for p in root.iterdir() if p.is_dir() and TAG_RE.match(p.name) and (p / COMPLETE).is_file()]
-    return sorted(tags, key=lambda t: int(TAG_RE.match(t).group(1)))  # type: ignore[union-attr]
+    tags = [
+        p.name for p in root.iterdir() if p.is_dir() and TAG_RE.match(p.name) and (p / COMPLETE).is_file()
+    ]
+    return sorted(tags, key=step_of)
 
 
 def prune(root: Path, keep_last: int) -> None:
@@ -144,7 +154,9 @@ def verify(path: Path, hashes: bool) -> dict[str, Any]:
     try:
         meta = json.loads((path / META).read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint metadata {path / META} is unreadable ({e}); delete {path}") from None
+        raise CheckpointError(
+            f"checkpoint metadata {path / META} is unreadable ({e}); delete {path}"
+        ) from None
     for name in meta.get("expected", []):
         if not (path / name).is_file():
             raise CheckpointError(f"checkpoint file {path / name} is missing; restore it or delete {path}")
@@ -158,7 +170,9 @@ def verify(path: Path, hashes: bool) -> dict[str, Any]:
                 f"restore it or delete {path}"
             )
         if hashes and sha256_file(f) != info["sha256"]:
-            raise CheckpointError(f"checkpoint file {f} fails its sha256 check: it is damaged; restore it or delete {path}")
+            raise CheckpointError(
+                f"checkpoint file {f} fails its sha256 check: it is damaged; restore it or delete {path}"
+            )
     return meta
 
 
@@ -172,11 +186,15 @@ def find_resume(root: str | Path) -> str | None:
     if latest_file.exists():
         tag = latest_file.read_text().strip()
         if not tag:
-            raise CheckpointError(f"{latest_file} is empty; write the tag of a complete checkpoint into it ({tags or 'none'})")
+            raise CheckpointError(
+                f"{latest_file} is empty; write the tag of a complete checkpoint into it ({tags or 'none'})"
+            )
         if not (root / tag).is_dir():
-            raise CheckpointError(f"{latest_file} names {tag!r}, which does not exist in {root}; fix or delete {latest_file}")
+            raise CheckpointError(
+                f"{latest_file} names {tag!r}, which does not exist in {root}; fix or delete {latest_file}"
+            )
         # A crash between renaming a newer checkpoint and updating `latest` leaves a newer complete tag.
-        if tags and int(TAG_RE.match(tags[-1]).group(1)) > int(TAG_RE.match(tag).group(1) if TAG_RE.match(tag) else -1):  # type: ignore[union-attr]
+        if tags and step_of(tags[-1]) > step_of(tag):
             return tags[-1]
         return tag
     if tags:

@@ -240,10 +240,10 @@ def _check_value(value: Any, tp: Any, key: str, where: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{key}{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}{where}: expected a mapping of {tp.__name__} keys, got {value!r}")
-        return _from_dict(tp, value, key, where)  # type: ignore[arg-type]
+        return _from_dict(tp, value, key, where)
     if origin is list:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}{where}: expected a list, got {type(value).__name__} {value!r}")
@@ -288,7 +288,9 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
     if cls is ModelConfig and data.get("preset"):
         preset = data["preset"]
         if preset not in PRESETS:
-            raise ConfigError(f"{prefix}.preset{where}: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+            raise ConfigError(
+                f"{prefix}.preset{where}: unknown preset {preset!r}; choose one of {sorted(PRESETS)}"
+            )
         values.update(PRESETS[preset])
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else key

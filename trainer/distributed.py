@@ -62,15 +62,21 @@ def free_port() -> int:
 def slurm_master(env: dict[str, str]) -> str:
     nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or ""
     if not nodelist:
-        raise DistributedError("SLURM_PROCID is set but SLURM_JOB_NODELIST is not; launch the tasks with srun")
+        raise DistributedError(
+            "SLURM_PROCID is set but SLURM_JOB_NODELIST is not; launch the tasks with srun"
+        )
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
+        )
         return out.stdout.split()[0]
     except (OSError, subprocess.CalledProcessError, IndexError):
         # A plain host name (no brackets) needs no expansion.
         if "[" not in nodelist:
             return nodelist.split(",")[0]
-        raise DistributedError(f"cannot expand SLURM_JOB_NODELIST={nodelist!r}: is scontrol on PATH?") from None
+        raise DistributedError(
+            f"cannot expand SLURM_JOB_NODELIST={nodelist!r}: is scontrol on PATH?"
+        ) from None
 
 
 def slurm_port(env: dict[str, str]) -> int:
@@ -83,7 +89,9 @@ def discover(env: dict[str, str] | None = None) -> DistInfo:
     if "RANK" in env and "WORLD_SIZE" in env:  # torchrun, or a launcher that set env:// variables
         missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in env]
         if missing:
-            raise DistributedError(f"RANK and WORLD_SIZE are set but {', '.join(missing)} is not; launch with torchrun")
+            raise DistributedError(
+                f"RANK and WORLD_SIZE are set but {', '.join(missing)} is not; launch with torchrun"
+            )
         info = DistInfo(
             rank=_int_env("RANK", env),
             world_size=_int_env("WORLD_SIZE", env),
@@ -107,7 +115,9 @@ def discover(env: dict[str, str] | None = None) -> DistInfo:
         port = _int_env("MASTER_PORT", env) if "MASTER_PORT" in env else free_port()
         info = DistInfo(0, 1, 0, env.get("MASTER_ADDR", "127.0.0.1"), port, "single")
     if not 0 <= info.rank < info.world_size:
-        raise DistributedError(f"rank {info.rank} is outside world size {info.world_size} ({info.source} environment)")
+        raise DistributedError(
+            f"rank {info.rank} is outside world size {info.world_size} ({info.source} environment)"
+        )
     return info
 
 
@@ -115,7 +125,9 @@ def _discover_mpi(env: dict[str, str]) -> DistInfo:
     try:
         from mpi4py import MPI
     except ImportError as e:  # pragma: no cover - depends on the MPI install
-        raise DistributedError(f"launched under MPI but mpi4py cannot load MPI ({e}); install Open MPI") from None
+        raise DistributedError(
+            f"launched under MPI but mpi4py cannot load MPI ({e}); install Open MPI"
+        ) from None
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)

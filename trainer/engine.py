@@ -35,7 +35,12 @@ def deepspeed_config(cfg: RunConfig, grad_accum: int) -> dict[str, Any]:
     if ds.precision == "bf16":
         conf["bf16"] = {"enabled": True}
     elif ds.precision == "fp16":
-        conf["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000}
+        conf["fp16"] = {
+            "enabled": True,
+            "loss_scale": 0,
+            "initial_scale_power": 16,
+            "loss_scale_window": 1000,
+        }
     return _merge(conf, ds.extra)
 
 

@@ -7,7 +7,6 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -138,8 +137,12 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
                 sums += [r.sums["loss_sum"], r.sums["correct"], r.sums["count"], r.sums["baseline_correct"]]
         engine.train(True)
         loss_sum, correct, count, base = D.all_reduce_sum(sums.tolist())
-        m = {"loss": loss_sum / max(count, 1), "mlm_accuracy": correct / max(count, 1),
-             "baseline_accuracy": base / max(count, 1), "masked_tokens": count}
+        m = {
+            "loss": loss_sum / max(count, 1),
+            "mlm_accuracy": correct / max(count, 1),
+            "baseline_accuracy": base / max(count, 1),
+            "masked_tokens": count,
+        }
         for cb in callbacks:
             cb.on_eval(at, m)
         return m
@@ -162,9 +165,15 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
         step += 1
         loss_sum, correct, count = D.all_reduce_sum(sums.tolist())
         dt = time.perf_counter() - t0
-        metrics = {"loss": loss_sum / max(count, 1), "mlm_accuracy": correct / max(count, 1), "lr": engine.lr(),
-                   "grad_norm": engine.grad_norm(), "tokens_per_s": tokens_per_step / dt,
-                   "samples_per_s": t.global_batch_size / dt, "consumed_samples": step * t.global_batch_size}
+        metrics = {
+            "loss": loss_sum / max(count, 1),
+            "mlm_accuracy": correct / max(count, 1),
+            "lr": engine.lr(),
+            "grad_norm": engine.grad_norm(),
+            "tokens_per_s": tokens_per_step / dt,
+            "samples_per_s": t.global_batch_size / dt,
+            "consumed_samples": step * t.global_batch_size,
+        }
         for cb in callbacks:
             cb.on_step(step, metrics)
         if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:

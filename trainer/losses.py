@@ -28,7 +28,11 @@ def mlm_loss(out: MLMOutput, baseline_id: int | None = None) -> LossResult:
     loss = F.cross_entropy(logits, targets)
     with torch.no_grad():
         correct = (logits.argmax(-1) == targets).sum().item()
-        sums = {"loss_sum": loss.item() * targets.numel(), "correct": float(correct), "count": float(targets.numel())}
+        sums = {
+            "loss_sum": loss.item() * targets.numel(),
+            "correct": float(correct),
+            "count": float(targets.numel()),
+        }
         if baseline_id is not None:
             sums["baseline_correct"] = float((targets == baseline_id).sum().item())
     return LossResult(loss, sums)

@@ -1,0 +1,40 @@
+# The README's commands. Everything installs into .venv; `make demo` and `make test` set it up when missing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.cloze-installed
+
+export OMP_NUM_THREADS ?= 1
+export DS_ACCELERATOR ?= cpu
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+# torch first, pinned: the CPU wheel for CI and laptops. On a GPU cluster, install your CUDA torch into the
+# venv first and run `make setup TORCH=` (see README).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	if [ -n "$(TORCH)" ]; then $(PY) -m pip install -q "$(TORCH)"; fi
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/cloze demo --out runs/demo
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check modeling data_pipeline trainer launch tests benchmarks
+	$(VENV)/bin/ruff format --check modeling data_pipeline trainer launch tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) benchmarks/model_throughput.py
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,120 @@
+"""The BERT encoder: numerics against transformers, the sparse head, activation checkpointing, import rules."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling import ModelConfig, build_model
+from modeling.flops import encoder_params
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(vocab_size=101, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                max_position_embeddings=64, hidden_dropout=0.0, attention_dropout=0.0)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def batch(cfg: ModelConfig, B: int = 3, T: int = 16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(7, cfg.vocab_size, (B, T), generator=g)
+    labels = torch.full((B, T), -100)
+    pick = torch.rand(B, T, generator=g) < 0.3
+    labels[pick] = ids[pick]
+    return ids, labels
+
+
+def test_logits_equal_transformers_bert_for_masked_lm() -> None:
+    transformers = pytest.importorskip("transformers")
+    cfg = tiny()
+    torch.manual_seed(0)
+    ours = build_model(cfg).eval()
+    hf_cfg = transformers.BertConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position_embeddings, type_vocab_size=cfg.type_vocab_size,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layer_norm_eps=cfg.layer_norm_eps,
+        hidden_act="gelu", pad_token_id=cfg.pad_token_id, attn_implementation="eager",
+    )
+    hf = transformers.BertForMaskedLM(hf_cfg).eval()
+    missing, unexpected = hf.load_state_dict(ours.state_dict(), strict=False)
+    assert not unexpected, unexpected
+    assert set(missing) <= {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias", "bert.embeddings.position_ids"}
+    hf.tie_weights()
+    ids, _ = batch(cfg)
+    mask = torch.ones_like(ids)
+    mask[1, 10:] = 0  # padding in one row
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask).logits
+        got = ours(ids, attention_mask=mask).logits
+    keep = mask.bool()
+    torch.testing.assert_close(got[keep], expected[keep])
+
+
+def test_sparse_head_equals_dense_head_at_labelled_positions() -> None:
+    cfg = tiny()
+    model = build_model(cfg).eval()
+    ids, labels = batch(cfg)
+    with torch.no_grad():
+        dense = model(ids).logits  # (B, T, V)
+        sparse = model(ids, labels=labels)
+    where = labels != -100
+    torch.testing.assert_close(sparse.logits, dense[where])
+    torch.testing.assert_close(sparse.targets, labels[where])
+
+
+@pytest.mark.parametrize("pre_ln", [False, True])
+def test_activation_checkpointing_gives_identical_loss_and_gradients(pre_ln: bool) -> None:
+    ids, labels = batch(tiny())
+    results = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = build_model(tiny(activation_checkpointing=ckpt, pre_layer_norm=pre_ln, hidden_dropout=0.1)).train()
+        torch.manual_seed(1)
+        out = model(ids, labels=labels)
+        loss = F.cross_entropy(out.logits, out.targets)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+    for name, g in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], g, rtol=0, atol=0, msg=name)
+
+
+def test_parameter_count_matches_accounting() -> None:
+    for kw in ({}, {"pre_layer_norm": True}, {"type_vocab_size": 0}):
+        cfg = tiny(**kw)
+        assert sum(p.numel() for p in build_model(cfg).parameters()) == encoder_params(cfg)
+
+
+def test_bert_base_preset_size() -> None:
+    cfg = ModelConfig.from_preset("bert_base", vocab_size=30522)
+    assert 109e6 < encoder_params(cfg) < 111e6  # BERT-base with its MLM head: 110M
+
+
+def test_modeling_imports_neither_deepspeed_nor_torch_distributed() -> None:
+    for path in (ROOT / "modeling").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for n in names:
+                assert not n.startswith(("deepspeed", "torch.distributed", "trainer", "data_pipeline", "launch")), (path, n)
+
+
+def test_only_engine_imports_deepspeed() -> None:
+    users = set()
+    for pkg in ("modeling", "data_pipeline", "trainer", "launch"):
+        for path in (ROOT / pkg).rglob("*.py"):
+            if "import deepspeed" in path.read_text() or "from deepspeed" in path.read_text():
+                users.add(str(path.relative_to(ROOT)))
+    assert users == {"trainer/engine.py"}
