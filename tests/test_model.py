@@ -16,8 +16,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def tiny(**kw) -> ModelConfig:
-    base = dict(vocab_size=101, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
-                max_position_embeddings=64, hidden_dropout=0.0, attention_dropout=0.0)
+    base = dict(
+        vocab_size=101,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
     base.update(kw)
     return ModelConfig(**base)
 
@@ -37,16 +45,28 @@ def test_logits_equal_transformers_bert_for_masked_lm() -> None:
     torch.manual_seed(0)
     ours = build_model(cfg).eval()
     hf_cfg = transformers.BertConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
-        max_position_embeddings=cfg.max_position_embeddings, type_vocab_size=cfg.type_vocab_size,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layer_norm_eps=cfg.layer_norm_eps,
-        hidden_act="gelu", pad_token_id=cfg.pad_token_id, attn_implementation="eager",
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        type_vocab_size=cfg.type_vocab_size,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        layer_norm_eps=cfg.layer_norm_eps,
+        hidden_act="gelu",
+        pad_token_id=cfg.pad_token_id,
+        attn_implementation="eager",
     )
     hf = transformers.BertForMaskedLM(hf_cfg).eval()
     missing, unexpected = hf.load_state_dict(ours.state_dict(), strict=False)
     assert not unexpected, unexpected
-    assert set(missing) <= {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias", "bert.embeddings.position_ids"}
+    assert set(missing) <= {
+        "cls.predictions.decoder.weight",
+        "cls.predictions.decoder.bias",
+        "bert.embeddings.position_ids",
+    }
     hf.tie_weights()
     ids, _ = batch(cfg)
     mask = torch.ones_like(ids)
@@ -76,7 +96,9 @@ def test_activation_checkpointing_gives_identical_loss_and_gradients(pre_ln: boo
     results = []
     for ckpt in (False, True):
         torch.manual_seed(0)
-        model = build_model(tiny(activation_checkpointing=ckpt, pre_layer_norm=pre_ln, hidden_dropout=0.1)).train()
+        model = build_model(
+            tiny(activation_checkpointing=ckpt, pre_layer_norm=pre_ln, hidden_dropout=0.1)
+        ).train()
         torch.manual_seed(1)
         out = model(ids, labels=labels)
         loss = F.cross_entropy(out.logits, out.targets)
@@ -108,7 +130,9 @@ def test_modeling_imports_neither_deepspeed_nor_torch_distributed() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             for n in names:
-                assert not n.startswith(("deepspeed", "torch.distributed", "trainer", "data_pipeline", "launch")), (path, n)
+                assert not n.startswith(
+                    ("deepspeed", "torch.distributed", "trainer", "data_pipeline", "launch")
+                ), (path, n)
 
 
 def test_only_engine_imports_deepspeed() -> None:
