@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .manifest import Manifest, ShardEntry, read_manifest
+from .objectives import IGNORE
 from .sources import InputError
 
 
@@ -159,20 +160,96 @@ def micro_batch_positions(spec: StreamSpec, j: int, steps_per_epoch: int) -> tup
     return epoch, np.arange(first, first + spec.micro_batch)
 
 
+@dataclass
+class Collator:
+    """Stacks samples into a batch. Encoder-decoder samples (t5, bart) get a padding mask, labels padded with
+    -100, and decoder inputs = labels shifted right behind `decoder_start`."""
+
+    pad_id: int = 0
+    seq2seq: bool = False
+    decoder_start: int = 0
+
+    def __call__(self, samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for key in samples[0]:
+            fill = IGNORE if key == "labels" else self.pad_id
+            width = max(len(s[key]) for s in samples)
+            arr = np.full((len(samples), width), fill, dtype=np.int64)
+            for i, s in enumerate(samples):
+                arr[i, : len(s[key])] = s[key]
+            out[key] = torch.from_numpy(arr)
+        if self.seq2seq:
+            ids = out["input_ids"]
+            if (ids == self.pad_id).any():
+                out["attention_mask"] = (ids != self.pad_id).long()
+            labels = out["labels"]
+            dec = torch.full_like(labels, self.pad_id)
+            dec[:, 0] = self.decoder_start
+            dec[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == IGNORE, self.pad_id)
+            out["decoder_input_ids"] = dec
+        return out
+
+
+def collator_for(manifest: Manifest) -> Collator:
+    kind = manifest.packing.get("kind", "encoder")
+    st = manifest.special_tokens
+    if kind == "raw":  # T5: the decoder starts from pad
+        return Collator(st["pad"], True, st["pad"])
+    if kind == "bart":  # BART: the decoder starts from </s>
+        return Collator(st["pad"], True, st["eos"])
+    return Collator(st["pad"])
+
+
 def collate(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-    keys = samples[0].keys()
-    return {k: torch.from_numpy(np.stack([s[k] for s in samples]).astype(np.int64)) for k in keys}
+    return Collator()(samples)
+
+
+class DynamicMasking:
+    """Corrupts `--objective tokens` samples on the fly, seeded by (seed, epoch, shard, offset): each epoch masks a
+    sample anew, and a resumed run masks it exactly as the uninterrupted run did."""
+
+    def __init__(self, directory: Path, manifest: Manifest, objective: str, options: dict[str, Any] | None = None):
+        from .objectives import DYNAMIC, Packed, build_objective
+        from .tokenizer import Tokenizer, vocab_of
+
+        if objective not in DYNAMIC:
+            raise InputError(f"data.objective={objective!r} cannot mask on the fly; choose one of {', '.join(DYNAMIC)}")
+        self.packed = Packed
+        self.objective = build_objective(
+            objective, vocab_of(Tokenizer(directory / manifest.tokenizer["file"])), manifest.seq_len, options
+        )
+
+    def __call__(self, sample: dict[str, np.ndarray], seed: int, epoch: int, shard: int, offset: int):
+        return self.objective(self.packed(sample["input_ids"]), np.random.default_rng([seed, epoch, shard, offset, 0xD7]))
 
 
 class TrainStream(IterableDataset):
     """Endless stream of this rank's micro-batches, from `spec.start_step` on, in the global order."""
 
-    def __init__(self, directory: str | Path, spec: StreamSpec, split: str = "train") -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        spec: StreamSpec,
+        split: str = "train",
+        objective: str = "",
+        objective_options: dict[str, Any] | None = None,
+        skip_budget: int = 0,
+    ) -> None:
         super().__init__()
         self.dir = Path(directory)
         self.manifest = read_manifest(self.dir)
         self.spec = spec
         self.split = split
+        self.collate = collator_for(self.manifest)
+        self.skip_budget = skip_budget
+        self.dynamic: DynamicMasking | None = None
+        if self.manifest.objective == "tokens":
+            self.dynamic = DynamicMasking(self.dir, self.manifest, objective or "mlm", objective_options)
+        elif objective and objective != self.manifest.objective:
+            raise InputError(
+                f"data.objective={objective!r} but {self.dir} holds {self.manifest.objective!r} shards (masked when "
+                "written); leave data.objective empty, or write `--objective tokens` shards to mask on the fly"
+            )
         counts = np.asarray([s.samples for s in self.manifest.shards_of(split)], dtype=np.int64)
         self.num_samples = int(counts.sum())
         self.steps_per_epoch = self.num_samples // spec.global_batch
@@ -188,6 +265,8 @@ class TrainStream(IterableDataset):
         reader = ShardReader(self.dir, self.manifest, self.split)
         orders: dict[int, EpochOrder] = {}
         j = self.spec.start_step * self.spec.accum + worker
+        skipped = 0  # this worker's; each worker may skip up to the budget divided among the workers
+        budget = self.skip_budget // workers + (worker < self.skip_budget % workers)
         try:
             while True:
                 epoch, positions = micro_batch_positions(self.spec, j, self.steps_per_epoch)
@@ -195,7 +274,24 @@ class TrainStream(IterableDataset):
                     orders.clear()
                     orders[epoch] = EpochOrder(reader.counts, self.spec.seed, epoch)
                 order = orders[epoch]
-                yield collate([reader.read(*order.locate(int(p))) for p in positions])
+                samples = []
+                for p in positions:
+                    shard, offset = order.locate(int(p))
+                    try:
+                        sample = reader.read(shard, offset)
+                    except InputError as e:
+                        skipped += 1
+                        if skipped > budget:
+                            raise InputError(f"{e} (skip budget of {self.skip_budget} exhausted: data.skip_budget)") from None
+                        continue
+                    if self.dynamic is not None:
+                        sample = self.dynamic(sample, self.spec.seed, epoch, shard, offset)
+                    samples.append(sample)
+                if not samples:
+                    raise InputError(f"every sample of micro-batch {j} in {self.dir} is unreadable")
+                batch = self.collate(samples)
+                batch["skipped_samples"] = torch.tensor([worker, skipped])  # this worker's running count
+                yield batch
                 j += workers
         finally:
             reader.close()
@@ -215,6 +311,12 @@ class EvalStream(IterableDataset):
         self.dir = Path(directory)
         self.manifest = read_manifest(self.dir)
         self.micro_batch, self.world_size, self.rank = micro_batch, world_size, rank
+        self.collate = collator_for(self.manifest)
+        self.dynamic = (
+            DynamicMasking(self.dir, self.manifest, objective or "mlm", objective_options)
+            if self.manifest.objective == "tokens"
+            else None
+        )
         total = sum(s.samples for s in self.manifest.shards_of("valid"))
         self.batches = min(batches, total // (micro_batch * world_size))
         if self.batches == 0:
@@ -229,7 +331,14 @@ class EvalStream(IterableDataset):
         try:
             for b in range(self.batches):
                 first = (b * self.world_size + self.rank) * self.micro_batch
-                yield collate([reader.read(*order.locate(p)) for p in range(first, first + self.micro_batch)])
+                samples = []
+                for p in range(first, first + self.micro_batch):
+                    shard, offset = order.locate(p)
+                    sample = reader.read(shard, offset)
+                    if self.dynamic is not None:  # fixed masks for evaluation: epoch 0, seed 0
+                        sample = self.dynamic(sample, 0, 0, shard, offset)
+                    samples.append(sample)
+                yield self.collate(samples)
         finally:
             reader.close()
 

@@ -43,6 +43,8 @@ class Manifest:
     packing: dict[str, Any] = field(default_factory=dict)
     source_stats: dict[str, int] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
+    build: dict[str, Any] = field(default_factory=dict)
+    """How it was written: valid_fraction, docs_per_block, dupe_factor, source options, num_slices, blocks."""
     format: str = FORMAT
     version: int = VERSION
 

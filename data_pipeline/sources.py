@@ -10,14 +10,17 @@ from __future__ import annotations
 import ast
 import glob
 import gzip
+import json
 import os
 import sysconfig
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 BUILTIN_PREFIX = "builtin:"
 BUILTINS = ("stdlib-docs",)
+MAX_EXAMPLES = 5
 MAX_LINE_CHARS = 20_000
 """Longer lines are split into pieces of at most this many characters (counted as `long_lines_split`)."""
 
@@ -34,9 +37,70 @@ class SourceStats:
     invalid_utf8_lines: int = 0
     long_lines_split: int = 0
     characters: int = 0
+    bad_json_lines: int = 0
+    missing_field: int = 0
+    examples: list[str] = field(default_factory=list)
+    """file:line of the first few skipped records, for the summary."""
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def skipped(self, where: str, why: str) -> None:
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(f"{where}: {why}")
+
+
+FORMATS = ("auto", "text", "jsonl", "parquet")
+TEXT_MODES = ("blocks", "lines")
+
+
+@dataclass
+class SourceOptions:
+    """How input files are read."""
+
+    format: str = "auto"
+    """'auto' (by suffix: .jsonl/.json -> jsonl, .parquet -> parquet, else text), 'text', 'jsonl', 'parquet'."""
+    text_mode: str = "blocks"
+    """Text files: 'blocks' (documents separated by blank lines) or 'lines' (one document per line)."""
+    field: str = "text"
+    """JSONL: the key holding a record's text."""
+    column: str = "text"
+    """Parquet: the column holding a row's text."""
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise InputError(f"--format {self.format!r}: choose one of {', '.join(FORMATS)}")
+        if self.text_mode not in TEXT_MODES:
+            raise InputError(f"--text-mode {self.text_mode!r}: choose one of {', '.join(TEXT_MODES)}")
+
+
+def format_of(path: str, opts: SourceOptions) -> str:
+    if path.startswith(BUILTIN_PREFIX):
+        return "builtin"
+    if opts.format != "auto":
+        return opts.format
+    name = path[:-3] if path.endswith(".gz") else path
+    if name.endswith((".jsonl", ".json", ".ndjson")):
+        return "jsonl"
+    if name.endswith(".parquet"):
+        return "parquet"
+    return "text"
+
+
+def check_inputs(files: list[str], opts: SourceOptions) -> None:
+    """Checks that need the files' contents but no full read: Parquet columns exist."""
+    for f in files:
+        if format_of(f, opts) == "parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                schema = pq.read_schema(f)
+            except Exception as e:  # pyarrow raises several types for a file that is not Parquet
+                raise InputError(f"input {f} is not a readable Parquet file ({e}); check the file or --format") from None
+            if opts.column not in schema.names:
+                raise InputError(
+                    f"input {f} has no column {opts.column!r} (columns: {', '.join(schema.names)}); pass --column NAME"
+                )
 
 
 def resolve_inputs(inputs: list[str]) -> list[str]:
@@ -93,19 +157,60 @@ def _lines(path: str, stats: SourceStats) -> Iterator[str]:
                 yield raw.decode("utf-8", errors="replace")
 
 
-def iter_text_file(path: str, stats: SourceStats) -> Iterator[list[str]]:
-    """Documents of a text file: blocks separated by blank lines; each document is a list of lines."""
+def iter_text_file(path: str, stats: SourceStats, mode: str = "blocks") -> Iterator[list[str]]:
+    """Documents of a text file: blocks separated by blank lines (or one per line); each a list of lines."""
     stats.files += 1
     doc: list[str] = []
     for line in _lines(path, stats):
         line = line.strip()
-        if line:
+        if mode == "lines":
+            yield _split_long(line, stats) if line else []
+        elif line:
             doc.extend(_split_long(line, stats))
         elif doc:
             yield doc
             doc = []
     if doc:
         yield doc
+
+
+def _text_to_doc(text: str, stats: SourceStats) -> list[str]:
+    return [piece for raw in text.splitlines() if (ln := raw.strip()) for piece in _split_long(ln, stats)]
+
+
+def iter_jsonl_file(path: str, stats: SourceStats, key: str) -> Iterator[list[str]]:
+    """One document per JSON line, from `key`. Lines that are not JSON objects or lack `key` are skipped and counted."""
+    stats.files += 1
+    for lineno, line in enumerate(_lines(path, stats), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            stats.bad_json_lines += 1
+            stats.skipped(f"{path}:{lineno}", "not JSON")
+            continue
+        text = record.get(key) if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            stats.missing_field += 1
+            stats.skipped(f"{path}:{lineno}", f"no string field {key!r}")
+            continue
+        yield _text_to_doc(text, stats)
+
+
+def iter_parquet_file(path: str, stats: SourceStats, column: str) -> Iterator[list[str]]:
+    """One document per row of `column`, read one row group at a time (memory stays flat)."""
+    import pyarrow.parquet as pq
+
+    stats.files += 1
+    pf = pq.ParquetFile(path)
+    for rg in range(pf.num_row_groups):
+        for text in pf.read_row_group(rg, columns=[column]).column(0).to_pylist():
+            if not isinstance(text, str):
+                stats.missing_field += 1
+                stats.skipped(f"{path}:row group {rg}", f"null or non-text {column!r}")
+                continue
+            yield _text_to_doc(text, stats)
 
 
 def stdlib_docstrings() -> Iterator[list[str]]:
@@ -143,14 +248,23 @@ def stdlib_docstrings() -> Iterator[list[str]]:
                             yield lines
 
 
-def iter_documents(inputs: list[str], stats: SourceStats) -> Iterator[list[str]]:
+def iter_documents(
+    inputs: list[str], stats: SourceStats, opts: SourceOptions | None = None
+) -> Iterator[list[str]]:
     """Every document of the resolved inputs, in order. Empty documents are counted and skipped."""
+    opts = opts or SourceOptions()
     for item in inputs:
-        if item.startswith(BUILTIN_PREFIX):
+        fmt = format_of(item, opts)
+        docs: Iterator[list[str]]
+        if fmt == "builtin":
             stats.files += 1
-            docs: Iterator[list[str]] = stdlib_docstrings()
+            docs = stdlib_docstrings()
+        elif fmt == "jsonl":
+            docs = iter_jsonl_file(item, stats, opts.field)
+        elif fmt == "parquet":
+            docs = iter_parquet_file(item, stats, opts.column)
         else:
-            docs = iter_text_file(item, stats)
+            docs = iter_text_file(item, stats, opts.text_mode)
         for doc in docs:
             if not any(doc):
                 stats.empty_documents += 1
@@ -160,8 +274,8 @@ def iter_documents(inputs: list[str], stats: SourceStats) -> Iterator[list[str]]
             yield doc
 
 
-def iter_lines(inputs: list[str]) -> Iterator[str]:
+def iter_lines(inputs: list[str], opts: SourceOptions | None = None) -> Iterator[str]:
     """Every non-empty line, for tokenizer training."""
     stats = SourceStats()
-    for doc in iter_documents(inputs, stats):
+    for doc in iter_documents(inputs, stats, opts):
         yield from doc

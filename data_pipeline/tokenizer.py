@@ -17,9 +17,11 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import sentencepiece as spm
 
-from .sources import InputError, iter_lines, resolve_inputs
+from .objectives import Vocab
+from .sources import InputError, SourceOptions, check_inputs, iter_lines, resolve_inputs
 
 MODEL_FILE = "tokenizer.model"
 META_FILE = "tokenizer.json"
@@ -69,13 +71,14 @@ def train_tokenizer(
     input_sentence_size: int = 2_000_000,
     num_sentinels: int = NUM_SENTINELS,
     byte_fallback: bool = False,
-    seed: int = 0,
+    sources: SourceOptions | None = None,
 ) -> TokenizerInfo:
     """Train a sentencepiece model on `inputs` and write tokenizer.model + tokenizer.json into `out_dir`.
 
     Written to a temporary directory first and moved into place complete, so a failure leaves nothing behind.
     """
     files = resolve_inputs(inputs)
+    check_inputs(files, sources or SourceOptions())
     if model_type not in ("unigram", "bpe"):
         raise InputError(f"--model-type {model_type!r}: use unigram or bpe")
     out = Path(out_dir)
@@ -84,7 +87,7 @@ def train_tokenizer(
     specials = ["[CLS]", "[SEP]", "[MASK]"] + [f"<extra_id_{i}>" for i in range(num_sentinels)]
 
     def sentences() -> Iterator[str]:
-        yield from iter_lines(files)
+        yield from iter_lines(files, sources)
 
     # Peek so an empty corpus is a clear error, not a sentencepiece crash.
     probe = sentences()
@@ -188,6 +191,17 @@ def find_model(tokenizer: str | Path) -> Path:
     raise InputError(f"tokenizer {p} does not exist; create it with `cloze tokenizer --out {p} ...`")
 
 
+def vocab_of(tok: Tokenizer) -> Vocab:
+    """The objectives' view of a tokenizer: special ids, sentinels, and which pieces start a word."""
+    sp = tok.sp
+    word_start = np.asarray([sp.id_to_piece(i).startswith("\u2581") for i in range(tok.vocab_size)], dtype=bool)
+    s = tok.special
+    return Vocab(
+        size=tok.vocab_size, pad=s.pad, cls=s.cls, sep=s.sep, mask=s.mask, bos=s.bos, eos=s.eos,
+        special_ids=s.all(), sentinel_ids=tok.info.sentinel_ids, word_start=word_start,
+    )
+
+
 class Tokenizer:
     """Encode/decode with the special ids at hand."""
 
@@ -195,6 +209,9 @@ class Tokenizer:
         self.path = find_model(model_path)
         self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
         self.info = describe(self.path)
+        meta = self.path.parent / META_FILE
+        if meta.is_file():
+            self.info.model_type = json.loads(meta.read_text()).get("model_type", self.info.model_type)
         self.special = self.info.special_tokens
         self.vocab_size = self.info.vocab_size
 

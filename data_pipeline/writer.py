@@ -1,18 +1,29 @@
-"""Write corrupted pretraining samples as WebDataset tar shards, plus a byte-offset index and the manifest.
+"""Write corrupted pretraining samples as WebDataset tar shards, in parallel, resumably, identically.
 
-Order of writing, so that a crash never leaves something that looks complete:
-  each shard is written as <name>.tmp, closed, hashed, then renamed to <name>; its index likewise;
-  manifest.json is written last (atomically). A directory without manifest.json is not a dataset.
+The unit of work is a *block*: `docs_per_block` consecutive documents of the corpus (by global document index).
+Block b is tokenized, packed, corrupted (seeded by (seed, split, b, sample)) and written to `train-<b>.tar` and
+`valid-<b>.tar` (documents are routed to the validation split by a hash of their index). So the output does not
+depend on how many processes or slices did the work:
+  --workers N               N processes on this node take blocks;
+  --num-slices K --slice I  this invocation takes the blocks b with b % K == I (a SLURM array task, an MPI rank);
+  `cloze shards merge DIR`  writes manifest.json once every slice is done (run automatically when K == 1).
+
+Crash safety: a shard is written as <name>.tmp and renamed when complete; a block's record (.build/block-<b>.json)
+is written after its shards; a rerun with the same options skips blocks with a record and redoes the rest;
+manifest.json is written last, after which .build/ is removed.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +31,45 @@ import numpy as np
 import webdataset as wds
 
 from .manifest import MANIFEST, Manifest, ShardEntry
-from .objectives import MLMMasker, MLMParams, sample_rng
-from .packing import Packer
-from .sources import InputError, SourceStats, iter_documents, resolve_inputs
-from .tokenizer import MODEL_FILE, Tokenizer, sha256_file, tokenizer_meta
+from .objectives import OBJECTIVES, SPLIT_CODES, build_objective, sample_rng
+from .packing import packer_for
+from .sources import InputError, SourceOptions, SourceStats, check_inputs, iter_documents, resolve_inputs
+from .tokenizer import MODEL_FILE, Tokenizer, sha256_file, tokenizer_meta, vocab_of
 
-OBJECTIVES = ("mlm",)
+BUILD = ".build"
+PLAN = "plan.json"
 
 
-def _split_of(doc_index: int, seed: int, valid_fraction: float) -> str:
+@dataclass
+class ShardOptions:
+    """Everything that decides the dataset's contents (recorded in the manifest under `build`)."""
+
+    objective: str = "mlm"
+    seq_len: int = 128
+    seed: int = 0
+    valid_fraction: float = 0.02
+    docs_per_block: int = 4096
+    dupe_factor: int = 1
+    objective_options: dict[str, Any] = field(default_factory=dict)
+    sources: SourceOptions = field(default_factory=SourceOptions)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"--objective {self.objective!r} is not supported; choose one of {', '.join(OBJECTIVES)}")
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise InputError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
+        if self.docs_per_block < 1:
+            raise InputError(f"--docs-per-block must be >= 1, got {self.docs_per_block}")
+        if self.dupe_factor < 1:
+            raise InputError(f"--dupe-factor must be >= 1, got {self.dupe_factor}")
+        if self.dupe_factor > 1 and self.objective == "tokens":
+            raise InputError("--dupe-factor applies to static masking; `--objective tokens` is masked anew every epoch")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def split_of(doc_index: int, seed: int, valid_fraction: float) -> str:
     """Documents (not sequences) go to the validation split, so no text is shared between the splits."""
     if valid_fraction <= 0:
         return "train"
@@ -55,184 +96,287 @@ def sample_byte_ranges(path: Path) -> list[tuple[int, int]]:
     return ranges
 
 
-class ShardSink:
-    """Writes one split's samples into shards of `samples_per_shard`, each with a byte-offset index."""
+def write_tar(out: Path, name: str, samples: list[tuple[str, dict[str, np.ndarray]]], tokens: int, split: str) -> ShardEntry:
+    """One complete shard + its index, each via a temporary name."""
+    tmp = out / (name + ".tmp")
+    with open(tmp, "wb") as f:
+        tw = wds.TarWriter(f)
+        for key, sample in samples:
+            tw.write({"__key__": key, **{f"{k}.npy": v for k, v in sample.items()}})
+        tw.close()
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    ranges = sample_byte_ranges(tmp)
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(ranges, dtype=np.int64).reshape(-1, 2))
+    idx_name = name + ".idx"
+    (out / (idx_name + ".tmp")).write_bytes(buf.getvalue())
+    os.replace(out / (idx_name + ".tmp"), out / idx_name)
+    os.replace(tmp, out / name)
+    return ShardEntry(
+        name=name, split=split, samples=len(samples), tokens=tokens, bytes=(out / name).stat().st_size,
+        sha256=sha256_file(out / name), index=idx_name, index_sha256=sha256_file(out / idx_name),
+    )
 
-    def __init__(self, out: Path, split: str, samples_per_shard: int) -> None:
-        self.out = out
-        self.split = split
-        self.samples_per_shard = samples_per_shard
-        self.entries: list[ShardEntry] = []
-        self._file: Any = None
-        self._tar: wds.TarWriter | None = None
-        self._offsets: list[tuple[int, int]] = []
-        self._tokens = 0
-        self.samples = 0
-        self.tokens = 0
 
-    @property
-    def _name(self) -> str:
-        return f"{self.split}-{len(self.entries):06d}.tar"
+# ---- one block, in a worker process ---------------------------------------------------------------------------
 
-    def write(self, key: str, sample: dict[str, np.ndarray], n_tokens: int) -> None:
-        if self._tar is None:
-            self._file = open(self.out / (self._name + ".tmp"), "wb")  # noqa: SIM115 - closed by TarWriter.close()
-            self._tar = wds.TarWriter(self._file)
-        self._tar.write({"__key__": key, **{f"{k}.npy": v for k, v in sample.items()}})
-        self._offsets.append((0, 0))  # filled from the finished file in close_shard
-        self._tokens += n_tokens
-        if len(self._offsets) >= self.samples_per_shard:
-            self.close_shard()
+_worker: dict[str, Any] = {}
 
-    def close_shard(self) -> None:
-        if self._tar is None:
-            return
-        name = self._name
-        self._tar.close()  # also closes self._file
-        tmp = self.out / (name + ".tmp")
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        self._offsets = sample_byte_ranges(tmp)
-        idx_name = name + ".idx"
-        buf = io.BytesIO()
-        np.save(buf, np.asarray(self._offsets, dtype=np.int64))
-        (self.out / (idx_name + ".tmp")).write_bytes(buf.getvalue())
-        os.replace(self.out / (idx_name + ".tmp"), self.out / idx_name)
-        os.replace(tmp, self.out / name)
-        self.entries.append(
-            ShardEntry(
-                name=name,
-                split=self.split,
-                samples=len(self._offsets),
-                tokens=self._tokens,
-                bytes=(self.out / name).stat().st_size,
-                sha256=sha256_file(self.out / name),
-                index=idx_name,
-                index_sha256=sha256_file(self.out / idx_name),
-            )
-        )
-        self.samples += len(self._offsets)
-        self.tokens += self._tokens
-        self._tar, self._file, self._offsets, self._tokens = None, None, [], 0
+
+def _init_worker(tokenizer_path: str, opts: dict[str, Any]) -> None:
+    tok = Tokenizer(tokenizer_path)
+    o = ShardOptions(**{**opts, "sources": SourceOptions(**opts["sources"])})
+    vocab = vocab_of(tok)
+    objective = None if o.objective == "tokens" else build_objective(o.objective, vocab, o.seq_len, o.objective_options)
+    kind = "encoder" if objective is None else objective.packing
+    length = objective.raw_len if o.objective == "t5" else o.seq_len
+    _worker.update(tok=tok, opts=o, vocab=vocab, objective=objective, kind=kind, length=length)
+
+
+def process_block(out: str, block: int, docs: list[tuple[int, list[str]]]) -> dict[str, Any]:
+    """Tokenize, pack, corrupt and write one block; record it in .build/block-<b>.json. Returns the record."""
+    w = _worker
+    o: ShardOptions = w["opts"]
+    outp = Path(out)
+    packers = {s: packer_for(w["kind"], w["length"], w["vocab"]) for s in SPLIT_CODES}
+    samples: dict[str, list[tuple[str, dict[str, np.ndarray]]]] = {s: [] for s in SPLIT_CODES}
+    tokens = {s: 0 for s in SPLIT_CODES}
+    for doc_index, lines in docs:
+        split = split_of(doc_index, o.seed, o.valid_fraction)
+        for seq in packers[split].add(w["tok"].encode(lines)):
+            n = len(samples[split]) // o.dupe_factor
+            for d in range(o.dupe_factor):
+                if w["objective"] is None:
+                    sample = {"input_ids": seq.tokens.astype(np.int32)}
+                else:
+                    sample = w["objective"](seq, sample_rng(o.seed, SPLIT_CODES[split], block, n, d))
+                samples[split].append((f"{split}-{block:06d}-{n * o.dupe_factor + d:07d}", sample))
+                tokens[split] += int(sample["input_ids"].size)
+    entries = []
+    for split in SPLIT_CODES:
+        packers[split].finish()
+        if samples[split]:
+            entries.append(write_tar(outp, f"{split}-{block:06d}.tar", samples[split], tokens[split], split))
+    record = {
+        "block": block,
+        "shards": [asdict(e) for e in entries],
+        "dropped_tokens": sum(p.dropped_tokens for p in packers.values()),
+        "documents": len(docs),
+    }
+    _atomic_json(outp / BUILD / f"block-{block:06d}.json", record)
+    return record
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _block_done(out: Path, block: int) -> bool:
+    rec = out / BUILD / f"block-{block:06d}.json"
+    if not rec.is_file():
+        return False
+    try:
+        shards = json.loads(rec.read_text())["shards"]
+    except (json.JSONDecodeError, KeyError):
+        return False
+    return all((out / s["name"]).is_file() and (out / s["name"]).stat().st_size == s["bytes"] for s in shards)
+
+
+# ---- the driver -----------------------------------------------------------------------------------------------
+
+
+def _blocks(files: list[str], opts: ShardOptions, stats: SourceStats) -> Iterator[tuple[int, list[tuple[int, list[str]]]]]:
+    block: list[tuple[int, list[str]]] = []
+    b = 0
+    for i, doc in enumerate(iter_documents(files, stats, opts.sources)):
+        block.append((i, doc))
+        if len(block) == opts.docs_per_block:
+            yield b, block
+            b, block = b + 1, []
+    if block:
+        yield b, block
 
 
 def write_shards(
     inputs: list[str],
     tokenizer: str | Path,
     out: str | Path,
-    objective: str = "mlm",
-    seq_len: int = 128,
-    seed: int = 0,
-    samples_per_shard: int = 2048,
-    valid_fraction: float = 0.02,
-    mlm: MLMParams | None = None,
+    opts: ShardOptions | None = None,
+    workers: int = 1,
+    num_slices: int = 1,
+    slice_index: int = 0,
     progress: Callable[[dict[str, float]], None] | None = None,
-) -> Manifest:
-    """Tokenize, pack, corrupt and write `inputs` into the dataset directory `out`. Returns the manifest."""
-    if objective not in OBJECTIVES:
-        raise InputError(f"--objective {objective!r} is not supported; choose one of {', '.join(OBJECTIVES)}")
-    if samples_per_shard < 1:
-        raise InputError(f"--samples-per-shard must be >= 1, got {samples_per_shard}")
-    if not 0.0 <= valid_fraction < 1.0:
-        raise InputError(f"--valid-fraction must be in [0, 1), got {valid_fraction}")
+) -> Manifest | None:
+    """Write this invocation's share of the dataset into `out`; returns the manifest (None when other slices are
+    still to be merged with `merge`)."""
+    opts = opts or ShardOptions()
+    if num_slices < 1 or not 0 <= slice_index < num_slices:
+        raise InputError(f"--slice {slice_index} must be in [0, --num-slices {num_slices})")
+    if workers < 1:
+        raise InputError(f"--workers must be >= 1, got {workers}")
     files = resolve_inputs(inputs)  # every input checked before anything is written
+    check_inputs(files, opts.sources)
     tok = Tokenizer(tokenizer)
-    packer_check = Packer(seq_len, tok.special.cls, tok.special.sep)  # validates seq_len
-    del packer_check
+    if opts.objective != "tokens":
+        build_objective(opts.objective, vocab_of(tok), opts.seq_len, opts.objective_options)  # validates options
+    else:
+        packer_for("encoder", opts.seq_len, vocab_of(tok))
     out = Path(out)
     if (out / MANIFEST).exists():
-        raise InputError(
-            f"{out} already holds a dataset ({MANIFEST} exists); choose another --out or delete it"
-        )
+        raise InputError(f"{out} already holds a dataset ({MANIFEST} exists); choose another --out or delete it")
+    plan = {"inputs": list(inputs), "options": opts.to_dict(), "tokenizer_sha256": tok.info.sha256,
+            "num_slices": num_slices}
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    (out / BUILD).mkdir(parents=True, exist_ok=True)
+    plan_path = out / BUILD / PLAN
+    if plan_path.exists():
+        before = json.loads(plan_path.read_text())
+        if before != plan:
+            raise InputError(
+                f"{out} holds a partial dataset written with other options ({plan_path}); "
+                "rerun with the same options to finish it, or delete the directory"
+            )
+    else:
+        _atomic_json(plan_path, plan)
+    stage_tokenizer(tok.path, out)
     try:
-        manifest = _write(
-            files,
-            inputs,
-            tok,
-            out,
-            objective,
-            seq_len,
-            seed,
-            samples_per_shard,
-            valid_fraction,
-            mlm or MLMParams(),
-            progress,
-        )
-    except BaseException:
+        _run(files, str(tok.path), out, opts, workers, num_slices, slice_index, progress)
+        if num_slices == 1:
+            return merge(out)
+        done = [i for i in range(num_slices) if (out / BUILD / f"slice-{i}-of-{num_slices}.json").is_file()]
+        return merge(out) if len(done) == num_slices else None
+    except InputError:
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
-    return manifest
 
 
-def _write(
-    files: list[str],
-    inputs: list[str],
-    tok: Tokenizer,
-    out: Path,
-    objective: str,
-    seq_len: int,
-    seed: int,
-    samples_per_shard: int,
-    valid_fraction: float,
-    mlm: MLMParams,
-    progress: Callable[[dict[str, float]], None] | None,
-) -> Manifest:
-    special = tok.special
-    masker = MLMMasker(mlm, tok.vocab_size, special.all() + tok.info.sentinel_ids, special.mask)
-    splits = ("train", "valid")
-    packers = {s: Packer(seq_len, special.cls, special.sep) for s in splits}
-    sinks = {s: ShardSink(out, s, samples_per_shard) for s in splits}
+def _run(files: list[str], tok_path: str, out: Path, opts: ShardOptions, workers: int, num_slices: int,
+         slice_index: int, progress: Callable[[dict[str, float]], None] | None) -> None:
     stats = SourceStats()
     t0 = time.perf_counter()
-    for doc_index, doc in enumerate(iter_documents(files, stats)):
-        split = _split_of(doc_index, seed, valid_fraction)
-        sink = sinks[split]
-        for seq in packers[split].add(tok.encode(doc)):
-            index = sink.samples + len(sink._offsets)
-            sample = masker(seq, sample_rng(seed, split, index))
-            sink.write(f"{split}-{index:09d}", sample, seq_len)
-        if progress is not None and doc_index % 500 == 0:
+    done_tokens = 0
+    total_blocks = 0
+
+    def report() -> None:
+        if progress is not None and stats.documents:
             dt = max(time.perf_counter() - t0, 1e-9)
-            done = sum(s.samples + len(s._offsets) for s in sinks.values()) * seq_len
-            progress(
-                {"documents": stats.documents, "docs_per_s": stats.documents / dt, "tokens_per_s": done / dt}
-            )
-    for s in splits:
-        packers[s].finish()
-        sinks[s].close_shard()
-    if stats.documents == 0:
-        raise InputError(f"the corpus {' '.join(inputs)} holds no documents; check the input files")
-    if sinks["train"].samples == 0:
+            progress({"documents": stats.documents, "docs_per_s": stats.documents / dt, "tokens_per_s": done_tokens / dt})
+
+    def account(rec: dict[str, Any]) -> None:
+        nonlocal done_tokens
+        done_tokens += sum(s["tokens"] for s in rec["shards"])
+        report()
+
+    opts_dict = opts.to_dict()
+    if workers == 1:
+        _init_worker(tok_path, opts_dict)
+        for b, docs in _blocks(files, opts, stats):
+            total_blocks = b + 1
+            if b % num_slices == slice_index and not _block_done(out, b):
+                account(process_block(str(out), b, docs))
+    else:
+        pending: list[Future] = []
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(tok_path, opts_dict)) as pool:
+            for b, docs in _blocks(files, opts, stats):
+                total_blocks = b + 1
+                if b % num_slices != slice_index or _block_done(out, b):
+                    continue
+                pending.append(pool.submit(process_block, str(out), b, docs))
+                while len(pending) >= 2 * workers:  # bound the documents held in memory
+                    account(pending.pop(0).result())
+            for f in pending:
+                account(f.result())
+    report()
+    _atomic_json(out / BUILD / f"slice-{slice_index}-of-{num_slices}.json",
+                 {"total_blocks": total_blocks, "source_stats": stats.to_dict()})
+
+
+def merge(out: str | Path) -> Manifest:
+    """Write manifest.json from the blocks of every slice; then remove the build records."""
+    out = Path(out)
+    plan_path = out / BUILD / PLAN
+    if (out / MANIFEST).exists():
+        raise InputError(f"{out} already holds a merged dataset ({MANIFEST} exists)")
+    if not plan_path.is_file():
+        raise InputError(f"{out} has no {BUILD}/{PLAN}: nothing to merge; write shards with `cloze shards` first")
+    plan = json.loads(plan_path.read_text())
+    k = plan["num_slices"]
+    slices = []
+    for i in range(k):
+        p = out / BUILD / f"slice-{i}-of-{k}.json"
+        if not p.is_file():
+            raise InputError(f"slice {i} of {k} has not finished ({p} is missing); run `cloze shards ... --slice {i}`")
+        slices.append(json.loads(p.read_text()))
+    total = {s["total_blocks"] for s in slices}
+    if len(total) != 1:
+        raise InputError(f"slices of {out} disagree on the number of blocks ({sorted(total)}): were the inputs changed?")
+    n_blocks = total.pop()
+    records = []
+    for b in range(n_blocks):
+        p = out / BUILD / f"block-{b:06d}.json"
+        if not p.is_file():
+            raise InputError(f"block {b} of {out} was not written ({p} is missing); rerun its slice")
+        records.append(json.loads(p.read_text()))
+    opts = plan["options"]
+    stats = slices[0]["source_stats"]
+    inputs = " ".join(plan["inputs"])
+    shards = [ShardEntry(**s) for r in records for s in r["shards"]]
+    shards.sort(key=lambda s: (s.split != "train", s.name))
+    splits = {
+        sp: {"samples": sum(s.samples for s in shards if s.split == sp),
+             "tokens": sum(s.tokens for s in shards if s.split == sp),
+             "shards": sum(1 for s in shards if s.split == sp)}
+        for sp in SPLIT_CODES
+    }
+    if stats["documents"] == 0:
+        raise InputError(f"the corpus {inputs} holds no documents; check the input files")
+    if splits["train"]["samples"] == 0:
         raise InputError(
-            f"the corpus {' '.join(inputs)} ({stats.documents} documents) gives no training sequence of "
-            f"--seq-len {seq_len}; add text or lower --seq-len"
+            f"the corpus {inputs} ({stats['documents']} documents) gives no training sequence of "
+            f"--seq-len {opts['seq_len']}; add text or lower --seq-len"
         )
-    if valid_fraction > 0 and sinks["valid"].samples == 0:
+    if opts["valid_fraction"] > 0 and splits["valid"]["samples"] == 0:
         raise InputError(
-            f"--valid-fraction {valid_fraction} gives no validation sequence of --seq-len {seq_len} from "
-            f"{' '.join(inputs)}; raise --valid-fraction or lower --seq-len"
+            f"--valid-fraction {opts['valid_fraction']} gives no validation sequence of --seq-len {opts['seq_len']} "
+            f"from {inputs}; raise --valid-fraction or lower --seq-len"
         )
+    tok = Tokenizer(out / BUILD / MODEL_FILE)
     shutil.copyfile(tok.path, out / MODEL_FILE)
     meta = tokenizer_meta(tok.info)
+    objective_params: dict[str, Any] = {}
+    if opts["objective"] != "tokens":
+        objective_params = build_objective(opts["objective"], vocab_of(tok), opts["seq_len"],
+                                           opts["objective_options"]).params()
     manifest = Manifest(
-        objective=objective,
-        seq_len=seq_len,
-        seed=seed,
-        tokenizer={k: meta[k] for k in ("file", "sha256", "vocab_size", "model_type")},
-        special_tokens=special.to_dict(),
+        objective=opts["objective"],
+        seq_len=opts["seq_len"],
+        seed=opts["seed"],
+        tokenizer={k2: meta[k2] for k2 in ("file", "sha256", "vocab_size", "model_type")},
+        special_tokens=tok.special.to_dict(),
         sentinel_ids=tok.info.sentinel_ids,
-        objective_params=mlm.to_dict(),
-        splits={
-            s: {"samples": sinks[s].samples, "tokens": sinks[s].tokens, "shards": len(sinks[s].entries)}
-            for s in splits
-        },
-        shards=sinks["train"].entries + sinks["valid"].entries,
-        packing={"method": "concat", "dropped_tokens": sum(p.dropped_tokens for p in packers.values())},
-        source_stats=stats.to_dict(),
-        inputs=list(inputs),
+        objective_params=objective_params,
+        splits=splits,
+        shards=shards,
+        packing={"method": "concat", "dropped_tokens": sum(r["dropped_tokens"] for r in records),
+                 "kind": "encoder" if opts["objective"] in ("tokens", "mlm", "wwm", "span", "electra")
+                 else ("raw" if opts["objective"] == "t5" else "bart")},
+        source_stats=stats,
+        inputs=plan["inputs"],
+        build={k2: opts[k2] for k2 in ("valid_fraction", "docs_per_block", "dupe_factor", "sources")}
+        | {"num_slices": k, "blocks": n_blocks},
     )
     manifest.write(out)
+    shutil.rmtree(out / BUILD, ignore_errors=True)
     return manifest
+
+
+def stage_tokenizer(tok_path: Path, out: Path) -> None:
+    """Keep a copy of the tokenizer with the build, so `merge` (maybe on another node) needs no other path."""
+    target = out / BUILD / MODEL_FILE
+    if not target.exists():
+        shutil.copyfile(tok_path, out / BUILD / (MODEL_FILE + ".tmp"))
+        os.replace(out / BUILD / (MODEL_FILE + ".tmp"), target)

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
 EXIT_USAGE = 2
 
 
 def _cmd_tokenizer(args: argparse.Namespace) -> int:
+    from data_pipeline.sources import SourceOptions
     from data_pipeline.tokenizer import train_tokenizer
 
     info = train_tokenizer(
@@ -23,6 +26,7 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
         character_coverage=args.character_coverage,
         input_sentence_size=args.input_sentence_size,
         byte_fallback=args.byte_fallback,
+        sources=SourceOptions(format=args.format, text_mode=args.text_mode, field=args.field, column=args.column),
     )
     print(
         f"tokenizer: {args.out}/tokenizer.model  vocab {info.vocab_size}  specials {info.special_tokens.to_dict()}  "
@@ -31,46 +35,93 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_opts(pairs: list[str]) -> dict[str, Any]:
+    import yaml
+
+    from data_pipeline.sources import InputError
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise InputError(f"--opt {pair!r} is not key=value (example: --opt mask_ratio=0.3)")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
 def _cmd_shards(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from data_pipeline.objectives import MLMParams
-    from data_pipeline.writer import write_shards
+    from data_pipeline.sources import SourceOptions
+    from data_pipeline.writer import ShardOptions, write_shards
 
-    bar = tqdm(desc="documents", unit="doc", disable=not sys.stderr.isatty())
+    options = _parse_opts(args.opt)
+    if args.mask_rate is not None:
+        options["rate"] = args.mask_rate
+    if args.noise_density is not None:
+        options["noise_density"] = args.noise_density
+    if args.mean_span_length is not None:
+        options["mean_noise_span_length"] = args.mean_span_length
+    opts = ShardOptions(
+        objective=args.objective, seq_len=args.seq_len, seed=args.seed, valid_fraction=args.valid_fraction,
+        docs_per_block=args.docs_per_block, dupe_factor=args.dupe_factor, objective_options=options,
+        sources=SourceOptions(format=args.format, text_mode=args.text_mode, field=args.field, column=args.column),
+    )
+    bars: list[Any] = []  # shown once the job has run 2 s (so quick failures print only their error)
+    started = time.perf_counter()
 
     def progress(p: dict[str, float]) -> None:
-        bar.n = int(p["documents"])
-        bar.set_postfix(docs_s=f"{p['docs_per_s']:.0f}", tok_s=f"{p['tokens_per_s']:.0f}")
-        bar.refresh()
+        if not bars:
+            if time.perf_counter() - started < 2.0:
+                return
+            bars.append(tqdm(desc="documents", unit="doc", disable=args.quiet))
+        bars[0].n = int(p["documents"])
+        bars[0].set_postfix(docs_s=f"{p['docs_per_s']:.0f}", tok_s=f"{p['tokens_per_s']:.0f}", refresh=False)
+        bars[0].refresh()
 
     try:
-        m = write_shards(
-            args.input,
-            args.tokenizer,
-            args.out,
-            objective=args.objective,
-            seq_len=args.seq_len,
-            seed=args.seed,
-            samples_per_shard=args.samples_per_shard,
-            valid_fraction=args.valid_fraction,
-            mlm=MLMParams(rate=args.mask_rate),
-            progress=progress,
-        )
+        m = write_shards(args.input, args.tokenizer, args.out, opts, workers=args.workers,
+                         num_slices=args.num_slices, slice_index=args.slice, progress=progress)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
+    if m is None:
+        print(f"shards: slice {args.slice} of {args.num_slices} written to {args.out}; "
+              f"run `cloze shards merge {args.out}` once every slice is done")
+        return 0
+    _summary(args.out, m)
+    return 0
+
+
+def _summary(out: str, m: Any) -> None:
     s = m.source_stats
-    print(
-        f"shards: {args.out}  objective {m.objective}  seq_len {m.seq_len}  "
-        + "  ".join(
-            f"{k}: {v['samples']} samples / {v['tokens']} tokens / {v['shards']} shards"
-            for k, v in m.splits.items()
-        )
-    )
-    print(
-        f"input: {s['documents']} documents, {s['empty_documents']} empty skipped, "
-        f"{s['invalid_utf8_lines']} lines with invalid UTF-8 replaced, {s['long_lines_split']} long lines split"
-    )
+    print(f"shards: {out}  objective {m.objective}  seq_len {m.seq_len}  "
+          + "  ".join(f"{k}: {v['samples']} samples / {v['tokens']} tokens / {v['shards']} shards"
+                      for k, v in m.splits.items()))
+    print(f"input: {s['documents']} documents; skipped {s['empty_documents']} empty, {s['bad_json_lines']} "
+          f"non-JSON lines, {s['missing_field']} records without the text field; {s['invalid_utf8_lines']} lines "
+          f"with invalid UTF-8 replaced, {s['long_lines_split']} long lines split")
+    for ex in s.get("examples", []):
+        print(f"  skipped: {ex}")
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from data_pipeline.writer import merge
+
+    _summary(args.dir, merge(args.dir))
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from data_pipeline.inspect import verify_dataset
+
+    problems = verify_dataset(args.dir)
+    for p in problems:
+        print(f"BAD {p}")
+    if problems:
+        print(f"verify: {len(problems)} problem(s) in {args.dir}; rebuild the named shards", file=sys.stderr)
+        return 1
+    print(f"verify: {args.dir} matches its manifest (every shard's size, sha256 and sample count)")
     return 0
 
 
@@ -114,20 +165,46 @@ def build_parser() -> argparse.ArgumentParser:
         "--input-sentence-size", type=int, default=2_000_000, help="sentences sampled for training"
     )
     t.add_argument("--byte-fallback", action="store_true")
+    t.add_argument("--format", default="auto", choices=["auto", "text", "jsonl", "parquet"])
+    t.add_argument("--text-mode", default="blocks", choices=["blocks", "lines"])
+    t.add_argument("--field", default="text", help="jsonl: the key holding the text")
+    t.add_argument("--column", default="text", help="parquet: the column holding the text")
     t.add_argument("--out", required=True, help="directory for tokenizer.model and tokenizer.json")
     t.set_defaults(fn=_cmd_tokenizer)
 
-    s = sub.add_parser("shards", help="tokenize, pack, corrupt and write WebDataset shards")
-    s.add_argument("--input", nargs="+", required=True)
+    s = sub.add_parser("shards", help="tokenize, pack, corrupt and write WebDataset shards (`shards merge DIR` merges slices)")
+    s.add_argument("--input", nargs="+", required=True, help="files, directories, globs (.gz too), builtin:stdlib-docs")
     s.add_argument("--tokenizer", required=True, help="directory holding tokenizer.model")
-    s.add_argument("--objective", default="mlm")
-    s.add_argument("--seq-len", type=int, default=128)
+    s.add_argument("--objective", default="mlm", help="mlm, wwm, span, electra, t5, bart, or tokens (mask on the fly)")
+    s.add_argument("--seq-len", type=int, default=128, help="tokens per sample (t5: input length)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--mask-rate", type=float, default=0.15)
-    s.add_argument("--samples-per-shard", type=int, default=2048)
+    s.add_argument("--mask-rate", type=float, default=None, help="mlm/wwm/span/electra: fraction predicted (0.15)")
+    s.add_argument("--noise-density", type=float, default=None, help="t5: fraction of tokens in spans (0.15)")
+    s.add_argument("--mean-span-length", type=float, default=None, help="t5: mean span length (3)")
+    s.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="other objective parameters, e.g. --opt mask_prob=0.8 --opt permute_sentences=0.0")
+    s.add_argument("--dupe-factor", type=int, default=1, help="static masking: write each sequence D times")
     s.add_argument("--valid-fraction", type=float, default=0.02, help="fraction of documents held out")
+    s.add_argument("--docs-per-block", type=int, default=4096, help="documents per unit of work (and per shard)")
+    s.add_argument("--format", default="auto", choices=["auto", "text", "jsonl", "parquet"])
+    s.add_argument("--text-mode", default="blocks", choices=["blocks", "lines"],
+                   help="text files: documents separated by blank lines, or one per line")
+    s.add_argument("--field", default="text", help="jsonl: the key holding the text")
+    s.add_argument("--column", default="text", help="parquet: the column holding the text")
+    s.add_argument("--workers", type=int, default=1, help="processes on this node")
+    s.add_argument("--num-slices", type=int, default=1, help="split the work across K invocations (nodes)")
+    s.add_argument("--slice", type=int, default=0, help="which slice this invocation writes")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--out", required=True)
     s.set_defaults(fn=_cmd_shards)
+
+    mg = sub.add_parser("shards-merge", help="write manifest.json once every slice is done")
+    mg.add_argument("dir")
+    mg.set_defaults(fn=_cmd_merge)
+
+    v = sub.add_parser("verify", help="check every shard against the manifest (sizes, sha256, counts)")
+    v.add_argument("dir")
+    v.set_defaults(fn=_cmd_verify)
 
     i = sub.add_parser("inspect", help="decode samples of a dataset to text")
     i.add_argument("dir")
@@ -153,7 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["shards", "merge"]:  # `cloze shards merge DIR`
+        argv = ["shards-merge", *argv[2:]]
     args = build_parser().parse_args(argv)
+    from data_pipeline.objectives import ObjectiveError
     from data_pipeline.sources import InputError
     from trainer.checkpoint import CheckpointError
     from trainer.config import ConfigError
@@ -161,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.fn(args))
-    except (InputError, ConfigError, CheckpointError, DistributedError) as e:
+    except (InputError, ObjectiveError, ConfigError, CheckpointError, DistributedError) as e:
         print(f"cloze {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from data_pipeline.tokenizer import MODEL_FILE, train_tokenizer
-from data_pipeline.writer import write_shards
+from data_pipeline.writer import ShardOptions, write_shards
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 

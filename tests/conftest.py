@@ -84,16 +84,9 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def dataset_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
     """The whole built-in corpus as seq-64 MLM shards (several shards per split)."""
-    from data_pipeline.writer import write_shards
+    from data_pipeline.writer import ShardOptions, write_shards
 
     d = tmp_path_factory.mktemp("ds") / "shards"
-    write_shards(
-        ["builtin:stdlib-docs"],
-        tokenizer_dir,
-        d,
-        seq_len=64,
-        seed=7,
-        samples_per_shard=1000,
-        valid_fraction=0.05,
-    )
+    opts = ShardOptions(seq_len=64, seed=7, docs_per_block=1500, valid_fraction=0.05)
+    write_shards(["builtin:stdlib-docs"], tokenizer_dir, d, opts, workers=2)
     return d

@@ -15,7 +15,7 @@ from data_pipeline.manifest import read_manifest
 from data_pipeline.objectives import IGNORE
 from data_pipeline.sources import SourceStats, iter_documents
 from data_pipeline.tokenizer import Tokenizer, sha256_file
-from data_pipeline.writer import _split_of
+from data_pipeline.writer import split_of
 
 
 def all_samples(directory: Path, split: str) -> list[dict[str, np.ndarray]]:
@@ -45,6 +45,7 @@ def test_manifest_matches_shards(dataset_dir: Path) -> None:
     assert set(m.special_tokens) == {"pad", "unk", "cls", "sep", "mask", "bos", "eos"}
     assert len(m.sentinel_ids) == 100
     assert m.splits["train"]["shards"] >= 3 and m.splits["valid"]["samples"] > 0
+    assert m.build["docs_per_block"] == 1500 and m.build["blocks"] == m.splits["train"]["shards"]
     for split in ("train", "valid"):
         shards = m.shards_of(split)
         assert sum(s.samples for s in shards) == m.splits[split]["samples"]
@@ -74,19 +75,24 @@ def test_indexed_reader_equals_webdataset(dataset_dir: Path) -> None:
 
 
 def expected_packed(
-    tokenizer_dir: Path, seed: int, split: str, valid_fraction: float, seq_len: int
+    tokenizer_dir: Path, seed: int, split: str, valid_fraction: float, seq_len: int, block: int
 ) -> np.ndarray:
-    """Packing re-derived independently: doc tokens + [SEP] concatenated, cut into [CLS] + (seq_len-1)."""
+    """Packing re-derived independently: within each block of documents, doc tokens + [SEP] concatenated and
+    cut into [CLS] + (seq_len-1); a block's remainder is dropped."""
     tok = Tokenizer(tokenizer_dir)
-    stream: list[int] = []
-    for i, doc in enumerate(iter_documents(["builtin:stdlib-docs"], SourceStats())):
-        if _split_of(i, seed, valid_fraction) == split:
-            for line in tok.encode(doc):
-                stream.extend(line)
-            stream.append(tok.special.sep)
-    n = len(stream) // (seq_len - 1)
-    body = np.asarray(stream[: n * (seq_len - 1)], dtype=np.int32).reshape(n, seq_len - 1)
-    return np.concatenate([np.full((n, 1), tok.special.cls, dtype=np.int32), body], axis=1)
+    docs = list(iter_documents(["builtin:stdlib-docs"], SourceStats()))
+    rows = []
+    for b in range(0, len(docs), block):
+        stream: list[int] = []
+        for i in range(b, min(b + block, len(docs))):
+            if split_of(i, seed, valid_fraction) == split:
+                for line in tok.encode(docs[i]):
+                    stream.extend(line)
+                stream.append(tok.special.sep)
+        n = len(stream) // (seq_len - 1)
+        body = np.asarray(stream[: n * (seq_len - 1)], dtype=np.int32).reshape(n, seq_len - 1)
+        rows.append(np.concatenate([np.full((n, 1), tok.special.cls, dtype=np.int32), body], axis=1))
+    return np.concatenate(rows)
 
 
 @pytest.mark.parametrize("split", ["train", "valid"])
@@ -98,7 +104,7 @@ def test_labels_written_back_give_the_packed_text(dataset_dir: Path, tokenizer_d
         where = s["labels"] != IGNORE
         x[where] = s["labels"][where]
         restored.append(x)
-    np.testing.assert_array_equal(np.stack(restored), expected_packed(tokenizer_dir, 7, split, 0.05, 64))
+    np.testing.assert_array_equal(np.stack(restored), expected_packed(tokenizer_dir, 7, split, 0.05, 64, 1500))
 
 
 def test_masking_statistics_on_real_text(dataset_dir: Path) -> None:

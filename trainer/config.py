@@ -37,12 +37,21 @@ class DataConfig:
     """DataLoader worker processes per rank (0 = read in the training process)."""
     prefetch_factor: int = 4
     """Micro-batches each worker prepares ahead."""
+    objective: str = ""
+    """For `--objective tokens` shards: the objective applied on the fly (mlm, wwm, span, electra). Empty =
+    the dataset's own objective."""
+    objective_options: dict[str, Any] = field(default_factory=dict)
+    """Parameters of the on-the-fly objective, e.g. {rate: 0.15}."""
+    skip_budget: int = 0
+    """Unreadable samples (truncated or corrupt shards) that may be skipped and counted before the run fails."""
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.prefetch_factor < 1:
             raise ConfigError(f"data.prefetch_factor must be >= 1, got {self.prefetch_factor}")
+        if self.skip_budget < 0:
+            raise ConfigError(f"data.skip_budget must be >= 0, got {self.skip_budget}")
 
 
 @dataclass

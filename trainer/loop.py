@@ -40,12 +40,15 @@ def derived_seed(*parts: int) -> int:
 def most_frequent_label(data_dir: str, manifest: Manifest, samples: int = 2000) -> int:
     """The token most often asked for in training labels: the accuracy baseline of a model that learned nothing."""
     reader = ShardReader(data_dir, manifest, "train")
+    special_end = max([*manifest.special_tokens.values(), *manifest.sentinel_ids]) + 1
     counts = np.zeros(manifest.tokenizer["vocab_size"], dtype=np.int64)
     n = 0
     for shard, entry in enumerate(reader.shards):
         for i in range(entry.samples):
-            labels = reader.read(shard, i)["labels"]
-            np.add.at(counts, labels[labels >= 0], 1)
+            sample = reader.read(shard, i)
+            # Static shards: the labels asked for; on-the-fly shards: the ordinary input tokens.
+            ids = sample["labels"] if "labels" in sample else sample["input_ids"][sample["input_ids"] >= special_end]
+            np.add.at(counts, ids[ids >= 0], 1)
             n += 1
             if n >= samples:
                 reader.close()
@@ -72,6 +75,12 @@ def prepare(cfg: RunConfig, world_size: int) -> tuple[int, Manifest]:
         raise ConfigError(
             f"the dataset's seq_len {manifest.seq_len} exceeds model.max_position_embeddings="
             f"{cfg.model.max_position_embeddings}; raise it"
+        )
+    kind = manifest.packing.get("kind", "encoder")
+    if kind != "encoder":
+        raise ConfigError(
+            f"model.family={cfg.model.family!r} trains on encoder objectives (mlm, wwm, span, electra, tokens), but "
+            f"{cfg.data.path} holds {manifest.objective!r} shards"
         )
     cfg.model.pad_token_id = manifest.special_tokens["pad"]
     cfg.trainer.grad_accum = grad_accum
@@ -117,8 +126,11 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
 
     baseline_id = most_frequent_label(cfg.data.path, manifest)
     spec = StreamSpec(t.global_batch_size, t.micro_batch_size, info.world_size, info.rank, step, t.seed)
-    batches = iter(train_loader(cfg.data.path, spec, cfg.data.num_workers, cfg.data.prefetch_factor))
-    eval_stream = EvalStream(cfg.data.path, t.micro_batch_size, info.world_size, info.rank, t.eval_batches)
+    d = cfg.data
+    batches = iter(train_loader(d.path, spec, d.num_workers, d.prefetch_factor, d.objective, d.objective_options,
+                                d.skip_budget))
+    eval_stream = EvalStream(d.path, t.micro_batch_size, info.world_size, info.rank, t.eval_batches, d.objective,
+                             d.objective_options)
 
     def save(at: int) -> None:
         t0 = time.perf_counter()
@@ -152,18 +164,21 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
     result = FitResult(step=step, run_dir=str(run_dir))
     stop_at = t.stop_after_steps if 0 < t.stop_after_steps < t.max_steps else t.max_steps
     tokens_per_step = t.global_batch_size * manifest.seq_len
+    skipped_by_worker: dict[int, float] = {}
     while step < stop_at:
         t0 = time.perf_counter()
         sums = np.zeros(3)
         for micro in range(grad_accum):
             torch.manual_seed(derived_seed(t.seed, step, info.rank, micro))
             b = engine.to_device(next(batches))
+            worker, count = b.pop("skipped_samples").tolist()
+            skipped_by_worker[int(worker)] = float(count)
             r = mlm_loss(engine.forward(input_ids=b["input_ids"], labels=b["labels"]))
             engine.backward(r.loss)
             engine.step()
             sums += [r.sums["loss_sum"], r.sums["correct"], r.sums["count"]]
         step += 1
-        loss_sum, correct, count = D.all_reduce_sum(sums.tolist())
+        loss_sum, correct, count, skipped = D.all_reduce_sum([*sums.tolist(), sum(skipped_by_worker.values())])
         dt = time.perf_counter() - t0
         metrics = {
             "loss": loss_sum / max(count, 1),
