@@ -310,22 +310,20 @@ class T5SpanCorruption:
 
 
 def t5_reconstruct(inputs: np.ndarray, targets: np.ndarray, sentinel_ids: list[int], eos: int) -> np.ndarray:
-    """Interleave inputs and targets at the sentinels: the original raw sequence."""
+    """Interleave inputs and targets at the sentinels: the original raw sequence. Both end with one EOS; other
+    EOS tokens inside are document separators of the raw stream."""
     sentinels = set(sentinel_ids)
     spans: dict[int, list[int]] = {}
     current = None
-    for t in targets.tolist():
-        if t == eos:
-            break
+    assert inputs[-1] == eos and targets[-1] == eos, "t5 inputs and targets end with EOS"
+    for t in targets[:-1].tolist():
         if t in sentinels:
             current = t
             spans[current] = []
         elif current is not None:
             spans[current].append(t)
     out: list[int] = []
-    for t in inputs.tolist():
-        if t == eos:
-            break
+    for t in inputs[:-1].tolist():
         out.extend(spans[t] if t in sentinels else [t])
     return np.asarray(out, dtype=np.int32)
 

@@ -100,7 +100,7 @@ def write_tar(out: Path, name: str, samples: list[tuple[str, dict[str, np.ndarra
     """One complete shard + its index, each via a temporary name."""
     tmp = out / (name + ".tmp")
     with open(tmp, "wb") as f:
-        tw = wds.TarWriter(f)
+        tw = wds.TarWriter(f, mtime=0.0)  # a fixed mtime: byte-identical shards whoever writes them
         for key, sample in samples:
             tw.write({"__key__": key, **{f"{k}.npy": v for k, v in sample.items()}})
         tw.close()

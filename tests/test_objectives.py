@@ -1,0 +1,210 @@
+"""Every objective on real text (the built-in corpus): statistics and reconstruction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_pipeline.loader import Collator, ShardReader
+from data_pipeline.manifest import read_manifest
+from data_pipeline.objectives import IGNORE, t5_reconstruct
+from data_pipeline.sources import SourceStats, iter_documents
+from data_pipeline.tokenizer import Tokenizer
+from data_pipeline.writer import ShardOptions, write_shards
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 2000 stdlib docstrings as a text file (documents separated by blank lines)."""
+    p = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    docs = []
+    for i, doc in enumerate(iter_documents(["builtin:stdlib-docs"], SourceStats())):
+        if i == 2000:
+            break
+        docs.append("\n".join(doc))
+    p.write_text("\n\n".join(docs) + "\n")
+    return p
+
+
+def build(tmp: Path, corpus: Path, tok: Path, objective: str, seq_len: int = 128, **options) -> Path:
+    out = tmp / objective
+    write_shards([str(corpus)], tok, out, ShardOptions(objective=objective, seq_len=seq_len, seed=3,
+                                                        docs_per_block=500, objective_options=options), workers=2)
+    return out
+
+
+def samples(d: Path, split: str = "train") -> list[dict[str, np.ndarray]]:
+    m = read_manifest(d)
+    r = ShardReader(d, m, split)
+    out = [r.read(s, i) for s, e in enumerate(r.shards) for i in range(e.samples)]
+    r.close()
+    return out
+
+
+def special_set(d: Path) -> np.ndarray:
+    m = read_manifest(d)
+    return np.asarray(sorted(set(m.special_tokens.values()) | set(m.sentinel_ids)))
+
+
+@pytest.fixture(scope="module")
+def tokens_reference(tmp_path_factory, corpus_file, tokenizer_dir) -> list[np.ndarray]:
+    """The clean packed sequences (`--objective tokens`), the ground truth for encoder objectives."""
+    d = build(tmp_path_factory.mktemp("ref"), corpus_file, tokenizer_dir, "tokens")
+    return [s["input_ids"] for s in samples(d)]
+
+
+@pytest.mark.parametrize("objective", ["mlm", "wwm", "span", "electra"])
+def test_encoder_objectives_rate_and_reconstruction(tmp_path, corpus_file, tokenizer_dir, tokens_reference, objective):
+    d = build(tmp_path, corpus_file, tokenizer_dir, objective)
+    m = read_manifest(d)
+    assert m.objective == objective
+    if objective == "electra":
+        assert m.objective_params["generator_input"] == "mlm"
+    ss = samples(d)
+    inputs = np.stack([s["input_ids"] for s in ss])
+    labels = np.stack([s["labels"] for s in ss])
+    restored = np.where(labels != IGNORE, labels, inputs)
+    np.testing.assert_array_equal(restored, np.stack(tokens_reference))
+    maskable = ~np.isin(restored, special_set(d))
+    chosen = labels != IGNORE
+    assert not (chosen & ~maskable).any()
+    rate = chosen.sum() / maskable.sum()
+    assert abs(rate - 0.15) < 0.01, rate
+    as_mask = (inputs[chosen] == m.special_tokens["mask"]).mean()
+    assert abs(as_mask - 0.8) < 0.03, as_mask
+
+
+def test_wwm_masks_whole_words(tmp_path, corpus_file, tokenizer_dir):
+    d = build(tmp_path, corpus_file, tokenizer_dir, "wwm")
+    tok = Tokenizer(d)
+    starts = np.asarray([tok.sp.id_to_piece(i).startswith("\u2581") for i in range(tok.vocab_size)])
+    special = special_set(d)
+    partial = 0
+    for s in samples(d)[:300]:
+        orig = np.where(s["labels"] != IGNORE, s["labels"], s["input_ids"])
+        chosen = s["labels"] != IGNORE
+        for i in range(1, len(orig)):
+            # a continuation piece shares its word's fate
+            if not starts[orig[i]] and orig[i] not in special and orig[i - 1] not in special:
+                partial += chosen[i] != chosen[i - 1]
+    assert partial == 0
+
+
+def test_span_masks_contiguous_spans(tmp_path, corpus_file, tokenizer_dir):
+    d = build(tmp_path, corpus_file, tokenizer_dir, "span")
+    lengths = []
+    for s in samples(d):
+        chosen = np.concatenate([[False], s["labels"] != IGNORE, [False]]).astype(int)
+        edges = np.flatnonzero(np.diff(chosen))
+        lengths += list(edges[1::2] - edges[::2])
+    mean = float(np.mean(lengths))
+    # Geometric(0.2) clipped at 10 has mean ~3.8; adjacent spans merge and budgets trim, so accept a band.
+    assert 2.5 < mean < 5.5, mean
+    assert max(lengths) >= 8
+
+
+def test_t5_span_corruption(tmp_path, corpus_file, tokenizer_dir):
+    d = build(tmp_path, corpus_file, tokenizer_dir, "t5", seq_len=128)
+    m = read_manifest(d)
+    raw_len, target_len = m.objective_params["raw_len"], m.objective_params["target_len"]
+    assert (raw_len, target_len) == (141, 29)  # T5's length arithmetic for inputs of 128
+    sentinels, eos = m.sentinel_ids, m.special_tokens["eos"]
+    noise, spans, n = 0, 0, 0
+    for s in samples(d):
+        assert s["input_ids"].shape == (128,) and s["labels"].shape == (target_len,)
+        assert s["input_ids"][-1] == eos and s["labels"][-1] == eos
+        original = t5_reconstruct(s["input_ids"], s["labels"], sentinels, eos)
+        assert len(original) == raw_len
+        in_sent = s["input_ids"][np.isin(s["input_ids"], sentinels)]
+        np.testing.assert_array_equal(in_sent, sentinels[: len(in_sent)])  # consecutive sentinels
+        noise += int((~np.isin(s["labels"][:-1], sentinels)).sum())
+        spans += len(in_sent)
+        n += raw_len
+    assert abs(noise / n - 0.15) < 0.01
+    assert abs(noise / spans - 3.0) / 3.0 < 0.10
+
+
+def test_t5_reconstruction_is_the_packed_text(tmp_path, corpus_file, tokenizer_dir):
+    d = build(tmp_path, corpus_file, tokenizer_dir, "t5", seq_len=64)
+    m = read_manifest(d)
+    tok = Tokenizer(d)
+    # Independent packing of the raw stream: documents' tokens + </s>, per block of 500 documents.
+    docs = list(iter_documents([str(corpus_file)], SourceStats()))
+    from data_pipeline.writer import split_of
+
+    expected = []
+    raw = m.objective_params["raw_len"]
+    for b in range(0, len(docs), 500):
+        stream: list[int] = []
+        for i in range(b, min(b + 500, len(docs))):
+            if split_of(i, 3, 0.02) == "train":
+                for line in tok.encode(docs[i]):
+                    stream.extend(line)
+                stream.append(tok.special.eos)
+        expected += [stream[k * raw : (k + 1) * raw] for k in range(len(stream) // raw)]
+    got = [t5_reconstruct(s["input_ids"], s["labels"], m.sentinel_ids, tok.special.eos).tolist() for s in samples(d)]
+    assert got == expected
+
+
+def test_bart_infilling_ratio_and_labels(tmp_path, corpus_file, tokenizer_dir):
+    d = build(tmp_path, corpus_file, tokenizer_dir, "bart", permute_sentences=0.0)
+    m = read_manifest(d)
+    mask, pad = m.special_tokens["mask"], m.special_tokens["pad"]
+    masked, total = 0, 0
+    for s in samples(d):
+        x, y = s["input_ids"], s["labels"]
+        assert y[0] == m.special_tokens["bos"] and y[-1] == m.special_tokens["eos"] and (y != pad).all()
+        body_in = x[1 : int((x != pad).sum()) - 1]
+        total += len(y) - 2
+        masked += (len(y) - 2) - int((body_in != mask).sum())  # tokens no longer present as themselves
+    assert abs(masked / total - 0.3) < 0.02, masked / total
+
+
+def test_bart_without_noise_is_the_original_and_permutation_keeps_tokens(tmp_path, corpus_file, tokenizer_dir):
+    quiet = build(tmp_path / "q", corpus_file, tokenizer_dir, "bart", mask_ratio=0.0, permute_sentences=0.0)
+    for s in samples(quiet):
+        np.testing.assert_array_equal(s["input_ids"], s["labels"])
+    perm = build(tmp_path / "p", corpus_file, tokenizer_dir, "bart", mask_ratio=0.0, permute_sentences=1.0)
+    changed = 0
+    for s in samples(perm):
+        np.testing.assert_array_equal(np.sort(s["input_ids"]), np.sort(s["labels"]))
+        changed += not np.array_equal(s["input_ids"], s["labels"])
+    assert changed > 0
+
+
+def test_composable_bart_noise(tmp_path, corpus_file, tokenizer_dir):
+    d = build(tmp_path, corpus_file, tokenizer_dir, "bart", mask_ratio=0.0, permute_sentences=0.0,
+              delete_ratio=0.1, token_mask_ratio=0.1, rotate_prob=0.5)
+    m = read_manifest(d)
+    assert m.objective_params["delete_ratio"] == 0.1 and m.objective_params["rotate_prob"] == 0.5
+    pad, mask = m.special_tokens["pad"], m.special_tokens["mask"]
+    ss = samples(d)
+    lengths = np.asarray([(s["input_ids"] != pad).sum() for s in ss])
+    assert abs(1 - (lengths.mean() - 2) / (len(ss[0]["labels"]) - 2) - 0.1) < 0.02  # ~10% deleted
+    masks = np.mean([(s["input_ids"] == mask).sum() / (s["input_ids"] != pad).sum() for s in ss])
+    assert 0.07 < masks < 0.12
+
+
+def test_dupe_factor_writes_each_sequence_with_different_masks(tmp_path, corpus_file, tokenizer_dir):
+    out = tmp_path / "dupe"
+    write_shards([str(corpus_file)], tokenizer_dir, out,
+                 ShardOptions(seq_len=128, dupe_factor=3, docs_per_block=500, seed=3))
+    ss = samples(out)
+    assert len(ss) % 3 == 0
+    for a, b, c in zip(ss[::3], ss[1::3], ss[2::3]):
+        ra, rb = (np.where(s["labels"] != IGNORE, s["labels"], s["input_ids"]) for s in (a, b))
+        np.testing.assert_array_equal(ra, rb)
+        assert not np.array_equal(a["labels"], b["labels"]) or not np.array_equal(b["labels"], c["labels"])
+
+
+def test_seq2seq_collation_pads_and_shifts() -> None:
+    col = Collator(pad_id=0, seq2seq=True, decoder_start=3)
+    batch = col([
+        {"input_ids": np.asarray([5, 6, 7, 0]), "labels": np.asarray([8, 9])},
+        {"input_ids": np.asarray([5, 6, 0, 0]), "labels": np.asarray([8, 9, 10])},
+    ])
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 0, 0]]
+    assert batch["labels"].tolist() == [[8, 9, -100], [8, 9, 10]]
+    assert batch["decoder_input_ids"].tolist() == [[3, 8, 9], [3, 8, 9]]
