@@ -46,7 +46,9 @@ def inspect_dataset(directory: str | Path, n: int = 3, split: str = "train") -> 
     if m.objective in ("mlm", "wwm", "span", "electra"):
         lines.append("legend: [MASK→x] masked, [y→x] replaced by a random token, [=x] kept but predicted")
     elif m.objective == "t5":
-        lines.append("legend: <extra_id_k> in the input marks a dropped span; the target lists each span after its sentinel")
+        lines.append(
+            "legend: <extra_id_k> in the input marks a dropped span; the target lists each span after its sentinel"
+        )
     shown = 0
     try:
         for shard, entry in enumerate(reader.shards):
@@ -75,7 +77,9 @@ def verify_dataset(directory: str | Path) -> list[str]:
             problems.append(f"{path}: missing")
             continue
         if path.stat().st_size != s.bytes:
-            problems.append(f"{path}: {path.stat().st_size} bytes, manifest says {s.bytes} (truncated or replaced)")
+            problems.append(
+                f"{path}: {path.stat().st_size} bytes, manifest says {s.bytes} (truncated or replaced)"
+            )
             continue
         if sha256_file(path) != s.sha256:
             problems.append(f"{path}: sha256 differs from the manifest (corrupt)")
@@ -89,5 +93,7 @@ def verify_dataset(directory: str | Path) -> list[str]:
     for split, totals in m.splits.items():
         got = sum(s.samples for s in m.shards_of(split))
         if got != totals["samples"]:
-            problems.append(f"{d / 'manifest.json'}: {split} shards hold {got} samples, totals say {totals['samples']}")
+            problems.append(
+                f"{d / 'manifest.json'}: {split} shards hold {got} samples, totals say {totals['samples']}"
+            )
     return problems

@@ -208,19 +208,25 @@ class DynamicMasking:
     """Corrupts `--objective tokens` samples on the fly, seeded by (seed, epoch, shard, offset): each epoch masks a
     sample anew, and a resumed run masks it exactly as the uninterrupted run did."""
 
-    def __init__(self, directory: Path, manifest: Manifest, objective: str, options: dict[str, Any] | None = None):
+    def __init__(
+        self, directory: Path, manifest: Manifest, objective: str, options: dict[str, Any] | None = None
+    ):
         from .objectives import DYNAMIC, Packed, build_objective
         from .tokenizer import Tokenizer, vocab_of
 
         if objective not in DYNAMIC:
-            raise InputError(f"data.objective={objective!r} cannot mask on the fly; choose one of {', '.join(DYNAMIC)}")
+            raise InputError(
+                f"data.objective={objective!r} cannot mask on the fly; choose one of {', '.join(DYNAMIC)}"
+            )
         self.packed = Packed
         self.objective = build_objective(
             objective, vocab_of(Tokenizer(directory / manifest.tokenizer["file"])), manifest.seq_len, options
         )
 
     def __call__(self, sample: dict[str, np.ndarray], seed: int, epoch: int, shard: int, offset: int):
-        return self.objective(self.packed(sample["input_ids"]), np.random.default_rng([seed, epoch, shard, offset, 0xD7]))
+        return self.objective(
+            self.packed(sample["input_ids"]), np.random.default_rng([seed, epoch, shard, offset, 0xD7])
+        )
 
 
 class TrainStream(IterableDataset):
@@ -282,7 +288,9 @@ class TrainStream(IterableDataset):
                     except InputError as e:
                         skipped += 1
                         if skipped > budget:
-                            raise InputError(f"{e} (skip budget of {self.skip_budget} exhausted: data.skip_budget)") from None
+                            raise InputError(
+                                f"{e} (skip budget of {self.skip_budget} exhausted: data.skip_budget)"
+                            ) from None
                         continue
                     if self.dynamic is not None:
                         sample = self.dynamic(sample, self.spec.seed, epoch, shard, offset)
@@ -305,7 +313,14 @@ class EvalStream(IterableDataset):
     """
 
     def __init__(
-        self, directory: str | Path, micro_batch: int, world_size: int, rank: int, batches: int
+        self,
+        directory: str | Path,
+        micro_batch: int,
+        world_size: int,
+        rank: int,
+        batches: int,
+        objective: str = "",
+        objective_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.dir = Path(directory)
@@ -344,8 +359,14 @@ class EvalStream(IterableDataset):
 
 
 def train_loader(
-    directory: str | Path, spec: StreamSpec, num_workers: int = 1, prefetch: int = 4
+    directory: str | Path,
+    spec: StreamSpec,
+    num_workers: int = 1,
+    prefetch: int = 4,
+    objective: str = "",
+    objective_options: dict[str, Any] | None = None,
+    skip_budget: int = 0,
 ) -> DataLoader:
-    ds = TrainStream(directory, spec)
+    ds = TrainStream(directory, spec, "train", objective, objective_options, skip_budget)
     kwargs: dict[str, Any] = {"prefetch_factor": prefetch, "persistent_workers": False} if num_workers else {}
     return DataLoader(ds, batch_size=None, num_workers=num_workers, **kwargs)

@@ -82,10 +82,14 @@ class MLMParams:
         if not 0.0 < self.rate < 1.0:
             raise ObjectiveError(f"--mask-rate must be in (0, 1), got {self.rate}")
         if self.mask_prob < 0 or self.random_prob < 0 or self.mask_prob + self.random_prob > 1.0:
-            raise ObjectiveError(f"mask_prob={self.mask_prob} + random_prob={self.random_prob} must be within [0, 1]")
+            raise ObjectiveError(
+                f"mask_prob={self.mask_prob} + random_prob={self.random_prob} must be within [0, 1]"
+            )
 
 
-def _replace(inputs: np.ndarray, groups: list[np.ndarray], p: MLMParams, vocab: Vocab, rng: np.random.Generator) -> None:
+def _replace(
+    inputs: np.ndarray, groups: list[np.ndarray], p: MLMParams, vocab: Vocab, rng: np.random.Generator
+) -> None:
     """80/10/10 per group of positions (a token, a word or a span): the whole group gets the same treatment."""
     if not groups:
         return
@@ -118,7 +122,14 @@ class MLM:
         chosen = np.sort(rng.choice(candidates, size=k, replace=False)) if k else candidates[:0]
         return [chosen[i : i + 1] for i in range(len(chosen))]
 
+    @property
+    def batched(self) -> bool:
+        """Plain token masking has a vectorised `batch`; word and span masking go sample by sample."""
+        return type(self).choose is MLM.choose
+
     def __call__(self, seq: Packed, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        if self.batched:  # the vectorised path on one row: one place for the logic
+            return {k: v[0] for k, v in self.batch(seq.tokens[None], rng).items()}
         tokens = seq.tokens
         groups = self.choose(tokens, rng)
         labels = np.full(tokens.shape, IGNORE, dtype=np.int32)
@@ -126,14 +137,29 @@ class MLM:
         if groups:
             where = np.concatenate(groups)
             labels[where] = tokens[where]
-        if type(self) is MLM:  # per-token decisions, drawn in one call (the common, fast path)
-            chosen = np.concatenate(groups) if groups else np.zeros(0, dtype=np.int64)
-            u = rng.random(len(chosen))
-            inputs[chosen[u < self.p.mask_prob]] = self.vocab.mask
-            rand = chosen[(u >= self.p.mask_prob) & (u < self.p.mask_prob + self.p.random_prob)]
-            inputs[rand] = rng.choice(self.vocab.ordinary_ids, size=len(rand))
-        else:
-            _replace(inputs, groups, self.p, self.vocab, rng)
+        _replace(inputs, groups, self.p, self.vocab, rng)
+        return {"input_ids": inputs, "labels": labels}
+
+    def batch(self, tokens: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Token-level masking of (N, L) sequences at once: per row exactly round(rate x maskable) positions,
+        chosen uniformly among the maskable ones, then 80/10/10 per position."""
+        N, L = tokens.shape
+        maskable = ~self.vocab.is_special[tokens]
+        n = maskable.sum(axis=1)
+        k = np.where((n > 0) & (np.rint(n * self.p.rate) == 0), 1, np.rint(n * self.p.rate)).astype(np.int64)
+        keys = rng.random((N, L))
+        keys[~maskable] = 2.0  # never chosen
+        rank = np.empty((N, L), dtype=np.int64)
+        np.put_along_axis(
+            rank, np.argsort(keys, axis=1, kind="stable"), np.broadcast_to(np.arange(L), (N, L)), axis=1
+        )
+        chosen = rank < k[:, None]
+        labels = np.where(chosen, tokens, IGNORE).astype(np.int32)
+        inputs = tokens.astype(np.int32, copy=True)
+        u = rng.random((N, L))
+        inputs[chosen & (u < self.p.mask_prob)] = self.vocab.mask
+        rand = chosen & (u >= self.p.mask_prob) & (u < self.p.mask_prob + self.p.random_prob)
+        inputs[rand] = rng.choice(self.vocab.ordinary_ids, size=int(rand.sum()))
         return {"input_ids": inputs, "labels": labels}
 
 
@@ -287,7 +313,9 @@ class T5SpanCorruption:
         _, _, noise, spans = t5_lengths(self.raw_len, self.p)
         noise_lengths = random_segmentation(noise, spans, rng)
         keep_lengths = random_segmentation(self.raw_len - noise, spans, rng)
-        interleaved = np.stack([keep_lengths, noise_lengths], axis=1).reshape(-1)  # keep, noise, keep, noise ...
+        interleaved = np.stack([keep_lengths, noise_lengths], axis=1).reshape(
+            -1
+        )  # keep, noise, keep, noise ...
         return np.repeat(np.arange(len(interleaved)) % 2 == 1, interleaved)
 
     def __call__(self, seq: Packed, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -301,12 +329,17 @@ class T5SpanCorruption:
         # targets: each span's sentinel followed by the span's tokens
         noise_pos = np.flatnonzero(noise)
         first = starts[noise_pos]
-        slot = np.arange(len(noise_pos)) + np.cumsum(first)  # where each noise token lands after the sentinels
+        slot = np.arange(len(noise_pos)) + np.cumsum(
+            first
+        )  # where each noise token lands after the sentinels
         tgt = np.empty(len(noise_pos) + int(first.sum()), dtype=np.int32)
         tgt[slot] = tokens[noise_pos]
         tgt[slot[first] - 1] = sentinels[span_index[noise_pos[first]]]
         eos = np.asarray([self.vocab.eos], dtype=np.int32)
-        return {"input_ids": np.concatenate([inp.astype(np.int32), eos]), "labels": np.concatenate([tgt, eos])}
+        return {
+            "input_ids": np.concatenate([inp.astype(np.int32), eos]),
+            "labels": np.concatenate([tgt, eos]),
+        }
 
 
 def t5_reconstruct(inputs: np.ndarray, targets: np.ndarray, sentinel_ids: list[int], eos: int) -> np.ndarray:
@@ -350,7 +383,14 @@ class BartParams:
     """Token masking: fraction of tokens replaced by [MASK] one by one."""
 
     def __post_init__(self) -> None:
-        for name in ("mask_ratio", "insert_ratio", "permute_sentences", "delete_ratio", "rotate_prob", "token_mask_ratio"):
+        for name in (
+            "mask_ratio",
+            "insert_ratio",
+            "permute_sentences",
+            "delete_ratio",
+            "rotate_prob",
+            "token_mask_ratio",
+        ):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0 and not (name in ("permute_sentences",) and v == 1.0):
                 raise ObjectiveError(f"bart {name} must be in [0, 1), got {v}")

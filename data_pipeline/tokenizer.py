@@ -194,11 +194,21 @@ def find_model(tokenizer: str | Path) -> Path:
 def vocab_of(tok: Tokenizer) -> Vocab:
     """The objectives' view of a tokenizer: special ids, sentinels, and which pieces start a word."""
     sp = tok.sp
-    word_start = np.asarray([sp.id_to_piece(i).startswith("\u2581") for i in range(tok.vocab_size)], dtype=bool)
+    word_start = np.asarray(
+        [sp.id_to_piece(i).startswith("\u2581") for i in range(tok.vocab_size)], dtype=bool
+    )
     s = tok.special
     return Vocab(
-        size=tok.vocab_size, pad=s.pad, cls=s.cls, sep=s.sep, mask=s.mask, bos=s.bos, eos=s.eos,
-        special_ids=s.all(), sentinel_ids=tok.info.sentinel_ids, word_start=word_start,
+        size=tok.vocab_size,
+        pad=s.pad,
+        cls=s.cls,
+        sep=s.sep,
+        mask=s.mask,
+        bos=s.bos,
+        eos=s.eos,
+        special_ids=s.all(),
+        sentinel_ids=tok.info.sentinel_ids,
+        word_start=word_start,
     )
 
 
@@ -215,8 +225,9 @@ class Tokenizer:
         self.special = self.info.special_tokens
         self.vocab_size = self.info.vocab_size
 
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        return self.sp.encode(texts, out_type=int)
+    def encode(self, texts: list[str], threads: int = 1) -> list[list[int]]:
+        """Token ids of each text. One thread by default: shard writing parallelises over processes."""
+        return self.sp.encode(texts, out_type=int, num_threads=threads)
 
     def decode(self, ids: list[int]) -> str:
         return self.sp.decode(ids)

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import webdataset as wds
 
 from .manifest import MANIFEST, Manifest, ShardEntry
-from .objectives import OBJECTIVES, SPLIT_CODES, build_objective, sample_rng
-from .packing import packer_for
+from .objectives import OBJECTIVES, SPLIT_CODES, T5SpanCorruption, build_objective, sample_rng
+from .packing import pack_block, packer_for
 from .sources import InputError, SourceOptions, SourceStats, check_inputs, iter_documents, resolve_inputs
+from .tarshard import ShardTarWriter
 from .tokenizer import MODEL_FILE, Tokenizer, sha256_file, tokenizer_meta, vocab_of
 
 BUILD = ".build"
@@ -55,7 +55,9 @@ class ShardOptions:
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
-            raise InputError(f"--objective {self.objective!r} is not supported; choose one of {', '.join(OBJECTIVES)}")
+            raise InputError(
+                f"--objective {self.objective!r} is not supported; choose one of {', '.join(OBJECTIVES)}"
+            )
         if not 0.0 <= self.valid_fraction < 1.0:
             raise InputError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
         if self.docs_per_block < 1:
@@ -63,7 +65,9 @@ class ShardOptions:
         if self.dupe_factor < 1:
             raise InputError(f"--dupe-factor must be >= 1, got {self.dupe_factor}")
         if self.dupe_factor > 1 and self.objective == "tokens":
-            raise InputError("--dupe-factor applies to static masking; `--objective tokens` is masked anew every epoch")
+            raise InputError(
+                "--dupe-factor applies to static masking; `--objective tokens` is masked anew every epoch"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,26 +100,32 @@ def sample_byte_ranges(path: Path) -> list[tuple[int, int]]:
     return ranges
 
 
-def write_tar(out: Path, name: str, samples: list[tuple[str, dict[str, np.ndarray]]], tokens: int, split: str) -> ShardEntry:
+def write_tar(
+    out: Path, name: str, samples: list[tuple[str, dict[str, np.ndarray]]], tokens: int, split: str
+) -> ShardEntry:
     """One complete shard + its index, each via a temporary name."""
     tmp = out / (name + ".tmp")
     with open(tmp, "wb") as f:
-        tw = wds.TarWriter(f, mtime=0.0)  # a fixed mtime: byte-identical shards whoever writes them
+        tw = ShardTarWriter(f)
         for key, sample in samples:
-            tw.write({"__key__": key, **{f"{k}.npy": v for k, v in sample.items()}})
+            tw.write(key, sample)
         tw.close()
-    with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
-    ranges = sample_byte_ranges(tmp)
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(ranges, dtype=np.int64).reshape(-1, 2))
     idx_name = name + ".idx"
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(tw.ranges, dtype=np.int64).reshape(-1, 2))
     (out / (idx_name + ".tmp")).write_bytes(buf.getvalue())
     os.replace(out / (idx_name + ".tmp"), out / idx_name)
     os.replace(tmp, out / name)
     return ShardEntry(
-        name=name, split=split, samples=len(samples), tokens=tokens, bytes=(out / name).stat().st_size,
-        sha256=sha256_file(out / name), index=idx_name, index_sha256=sha256_file(out / idx_name),
+        name=name,
+        split=split,
+        samples=len(samples),
+        tokens=tokens,
+        bytes=(out / name).stat().st_size,
+        sha256=sha256_file(out / name),
+        index=idx_name,
+        index_sha256=sha256_file(out / idx_name),
     )
 
 
@@ -128,40 +138,65 @@ def _init_worker(tokenizer_path: str, opts: dict[str, Any]) -> None:
     tok = Tokenizer(tokenizer_path)
     o = ShardOptions(**{**opts, "sources": SourceOptions(**opts["sources"])})
     vocab = vocab_of(tok)
-    objective = None if o.objective == "tokens" else build_objective(o.objective, vocab, o.seq_len, o.objective_options)
+    objective = (
+        None
+        if o.objective == "tokens"
+        else build_objective(o.objective, vocab, o.seq_len, o.objective_options)
+    )
     kind = "encoder" if objective is None else objective.packing
-    length = objective.raw_len if o.objective == "t5" else o.seq_len
+    length = objective.raw_len if isinstance(objective, T5SpanCorruption) else o.seq_len
     _worker.update(tok=tok, opts=o, vocab=vocab, objective=objective, kind=kind, length=length)
 
 
-def process_block(out: str, block: int, docs: list[tuple[int, list[str]]]) -> dict[str, Any]:
-    """Tokenize, pack, corrupt and write one block; record it in .build/block-<b>.json. Returns the record."""
+def process_block(out: str, block: int, first_doc: int, joined: list[str]) -> dict[str, Any]:
+    """Tokenize, pack, corrupt and write one block; record it in .build/block-<b>.json. Returns the record.
+
+    `joined` holds each document's lines joined by newlines (one string a document is cheap to send to a worker);
+    `first_doc` is the global index of the first."""
     w = _worker
     o: ShardOptions = w["opts"]
     outp = Path(out)
-    packers = {s: packer_for(w["kind"], w["length"], w["vocab"]) for s in SPLIT_CODES}
-    samples: dict[str, list[tuple[str, dict[str, np.ndarray]]]] = {s: [] for s in SPLIT_CODES}
-    tokens = {s: 0 for s in SPLIT_CODES}
+    docs = [(first_doc + i, text.split("\n")) for i, text in enumerate(joined)]
+    flat = [line for _, lines in docs for line in lines]
+    encoded = w["tok"].encode(
+        flat
+    )  # one call per block: sentencepiece's per-call overhead dominates small calls
+    by_split: dict[str, list[list[list[int]]]] = {s: [] for s in SPLIT_CODES}
+    cursor = 0
     for doc_index, lines in docs:
-        split = split_of(doc_index, o.seed, o.valid_fraction)
-        for seq in packers[split].add(w["tok"].encode(lines)):
-            n = len(samples[split]) // o.dupe_factor
+        by_split[split_of(doc_index, o.seed, o.valid_fraction)].append(encoded[cursor : cursor + len(lines)])
+        cursor += len(lines)
+    entries, dropped = [], 0
+    for split, code in SPLIT_CODES.items():
+        packed = pack_block(by_split[split], packer_for(w["kind"], w["length"], w["vocab"]))
+        dropped += packed.dropped_tokens
+        if len(packed) == 0:
+            continue
+        n = len(packed)
+        # columns[d] = the arrays of every sequence for copy d (dupe factor)
+        columns: list[dict[str, np.ndarray] | list[dict[str, np.ndarray]]] = []
+        for d in range(o.dupe_factor):
+            obj = w["objective"]
+            if obj is None:
+                columns.append({"input_ids": packed.tokens})
+            elif getattr(obj, "batched", False):  # vectorised over the block, seeded by the block's identity
+                columns.append(obj.batch(packed.tokens, sample_rng(o.seed, code, block, d, 0xB)))
+            else:
+                columns.append(
+                    [obj(packed.sequence(i), sample_rng(o.seed, code, block, i, d)) for i in range(n)]
+                )
+        samples = []
+        for i in range(n):
             for d in range(o.dupe_factor):
-                if w["objective"] is None:
-                    sample = {"input_ids": seq.tokens.astype(np.int32)}
-                else:
-                    sample = w["objective"](seq, sample_rng(o.seed, SPLIT_CODES[split], block, n, d))
-                samples[split].append((f"{split}-{block:06d}-{n * o.dupe_factor + d:07d}", sample))
-                tokens[split] += int(sample["input_ids"].size)
-    entries = []
-    for split in SPLIT_CODES:
-        packers[split].finish()
-        if samples[split]:
-            entries.append(write_tar(outp, f"{split}-{block:06d}.tar", samples[split], tokens[split], split))
+                col = columns[d]
+                sample = {k: v[i] for k, v in col.items()} if isinstance(col, dict) else col[i]
+                samples.append((f"{split}-{block:06d}-{i * o.dupe_factor + d:07d}", sample))
+        tokens = sum(int(s["input_ids"].size) for _, s in samples)
+        entries.append(write_tar(outp, f"{split}-{block:06d}.tar", samples, tokens, split))
     record = {
         "block": block,
         "shards": [asdict(e) for e in entries],
-        "dropped_tokens": sum(p.dropped_tokens for p in packers.values()),
+        "dropped_tokens": dropped,
         "documents": len(docs),
     }
     _atomic_json(outp / BUILD / f"block-{block:06d}.json", record)
@@ -188,16 +223,17 @@ def _block_done(out: Path, block: int) -> bool:
 # ---- the driver -----------------------------------------------------------------------------------------------
 
 
-def _blocks(files: list[str], opts: ShardOptions, stats: SourceStats) -> Iterator[tuple[int, list[tuple[int, list[str]]]]]:
-    block: list[tuple[int, list[str]]] = []
+def _blocks(files: list[str], opts: ShardOptions, stats: SourceStats) -> Iterator[tuple[int, int, list[str]]]:
+    """(block number, global index of its first document, its documents as newline-joined strings)."""
+    block: list[str] = []
     b = 0
-    for i, doc in enumerate(iter_documents(files, stats, opts.sources)):
-        block.append((i, doc))
+    for doc in iter_documents(files, stats, opts.sources):
+        block.append("\n".join(doc))
         if len(block) == opts.docs_per_block:
-            yield b, block
+            yield b, b * opts.docs_per_block, block
             b, block = b + 1, []
     if block:
-        yield b, block
+        yield b, b * opts.docs_per_block, block
 
 
 def write_shards(
@@ -221,14 +257,22 @@ def write_shards(
     check_inputs(files, opts.sources)
     tok = Tokenizer(tokenizer)
     if opts.objective != "tokens":
-        build_objective(opts.objective, vocab_of(tok), opts.seq_len, opts.objective_options)  # validates options
+        build_objective(
+            opts.objective, vocab_of(tok), opts.seq_len, opts.objective_options
+        )  # validates options
     else:
         packer_for("encoder", opts.seq_len, vocab_of(tok))
     out = Path(out)
     if (out / MANIFEST).exists():
-        raise InputError(f"{out} already holds a dataset ({MANIFEST} exists); choose another --out or delete it")
-    plan = {"inputs": list(inputs), "options": opts.to_dict(), "tokenizer_sha256": tok.info.sha256,
-            "num_slices": num_slices}
+        raise InputError(
+            f"{out} already holds a dataset ({MANIFEST} exists); choose another --out or delete it"
+        )
+    plan = {
+        "inputs": list(inputs),
+        "options": opts.to_dict(),
+        "tokenizer_sha256": tok.info.sha256,
+        "num_slices": num_slices,
+    }
     created = not out.exists()
     (out / BUILD).mkdir(parents=True, exist_ok=True)
     plan_path = out / BUILD / PLAN
@@ -254,8 +298,16 @@ def write_shards(
         raise
 
 
-def _run(files: list[str], tok_path: str, out: Path, opts: ShardOptions, workers: int, num_slices: int,
-         slice_index: int, progress: Callable[[dict[str, float]], None] | None) -> None:
+def _run(
+    files: list[str],
+    tok_path: str,
+    out: Path,
+    opts: ShardOptions,
+    workers: int,
+    num_slices: int,
+    slice_index: int,
+    progress: Callable[[dict[str, float]], None] | None,
+) -> None:
     stats = SourceStats()
     t0 = time.perf_counter()
     done_tokens = 0
@@ -264,7 +316,13 @@ def _run(files: list[str], tok_path: str, out: Path, opts: ShardOptions, workers
     def report() -> None:
         if progress is not None and stats.documents:
             dt = max(time.perf_counter() - t0, 1e-9)
-            progress({"documents": stats.documents, "docs_per_s": stats.documents / dt, "tokens_per_s": done_tokens / dt})
+            progress(
+                {
+                    "documents": stats.documents,
+                    "docs_per_s": stats.documents / dt,
+                    "tokens_per_s": done_tokens / dt,
+                }
+            )
 
     def account(rec: dict[str, Any]) -> None:
         nonlocal done_tokens
@@ -274,25 +332,27 @@ def _run(files: list[str], tok_path: str, out: Path, opts: ShardOptions, workers
     opts_dict = opts.to_dict()
     if workers == 1:
         _init_worker(tok_path, opts_dict)
-        for b, docs in _blocks(files, opts, stats):
+        for b, first, docs in _blocks(files, opts, stats):
             total_blocks = b + 1
             if b % num_slices == slice_index and not _block_done(out, b):
-                account(process_block(str(out), b, docs))
+                account(process_block(str(out), b, first, docs))
     else:
         pending: list[Future] = []
         with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(tok_path, opts_dict)) as pool:
-            for b, docs in _blocks(files, opts, stats):
+            for b, first, docs in _blocks(files, opts, stats):
                 total_blocks = b + 1
                 if b % num_slices != slice_index or _block_done(out, b):
                     continue
-                pending.append(pool.submit(process_block, str(out), b, docs))
+                pending.append(pool.submit(process_block, str(out), b, first, docs))
                 while len(pending) >= 2 * workers:  # bound the documents held in memory
                     account(pending.pop(0).result())
             for f in pending:
                 account(f.result())
     report()
-    _atomic_json(out / BUILD / f"slice-{slice_index}-of-{num_slices}.json",
-                 {"total_blocks": total_blocks, "source_stats": stats.to_dict()})
+    _atomic_json(
+        out / BUILD / f"slice-{slice_index}-of-{num_slices}.json",
+        {"total_blocks": total_blocks, "source_stats": stats.to_dict()},
+    )
 
 
 def merge(out: str | Path) -> Manifest:
@@ -302,18 +362,24 @@ def merge(out: str | Path) -> Manifest:
     if (out / MANIFEST).exists():
         raise InputError(f"{out} already holds a merged dataset ({MANIFEST} exists)")
     if not plan_path.is_file():
-        raise InputError(f"{out} has no {BUILD}/{PLAN}: nothing to merge; write shards with `cloze shards` first")
+        raise InputError(
+            f"{out} has no {BUILD}/{PLAN}: nothing to merge; write shards with `cloze shards` first"
+        )
     plan = json.loads(plan_path.read_text())
     k = plan["num_slices"]
     slices = []
     for i in range(k):
         p = out / BUILD / f"slice-{i}-of-{k}.json"
         if not p.is_file():
-            raise InputError(f"slice {i} of {k} has not finished ({p} is missing); run `cloze shards ... --slice {i}`")
+            raise InputError(
+                f"slice {i} of {k} has not finished ({p} is missing); run `cloze shards ... --slice {i}`"
+            )
         slices.append(json.loads(p.read_text()))
     total = {s["total_blocks"] for s in slices}
     if len(total) != 1:
-        raise InputError(f"slices of {out} disagree on the number of blocks ({sorted(total)}): were the inputs changed?")
+        raise InputError(
+            f"slices of {out} disagree on the number of blocks ({sorted(total)}): were the inputs changed?"
+        )
     n_blocks = total.pop()
     records = []
     for b in range(n_blocks):
@@ -327,9 +393,11 @@ def merge(out: str | Path) -> Manifest:
     shards = [ShardEntry(**s) for r in records for s in r["shards"]]
     shards.sort(key=lambda s: (s.split != "train", s.name))
     splits = {
-        sp: {"samples": sum(s.samples for s in shards if s.split == sp),
-             "tokens": sum(s.tokens for s in shards if s.split == sp),
-             "shards": sum(1 for s in shards if s.split == sp)}
+        sp: {
+            "samples": sum(s.samples for s in shards if s.split == sp),
+            "tokens": sum(s.tokens for s in shards if s.split == sp),
+            "shards": sum(1 for s in shards if s.split == sp),
+        }
         for sp in SPLIT_CODES
     }
     if stats["documents"] == 0:
@@ -349,8 +417,9 @@ def merge(out: str | Path) -> Manifest:
     meta = tokenizer_meta(tok.info)
     objective_params: dict[str, Any] = {}
     if opts["objective"] != "tokens":
-        objective_params = build_objective(opts["objective"], vocab_of(tok), opts["seq_len"],
-                                           opts["objective_options"]).params()
+        objective_params = build_objective(
+            opts["objective"], vocab_of(tok), opts["seq_len"], opts["objective_options"]
+        ).params()
     manifest = Manifest(
         objective=opts["objective"],
         seq_len=opts["seq_len"],
@@ -361,9 +430,13 @@ def merge(out: str | Path) -> Manifest:
         objective_params=objective_params,
         splits=splits,
         shards=shards,
-        packing={"method": "concat", "dropped_tokens": sum(r["dropped_tokens"] for r in records),
-                 "kind": "encoder" if opts["objective"] in ("tokens", "mlm", "wwm", "span", "electra")
-                 else ("raw" if opts["objective"] == "t5" else "bart")},
+        packing={
+            "method": "concat",
+            "dropped_tokens": sum(r["dropped_tokens"] for r in records),
+            "kind": "encoder"
+            if opts["objective"] in ("tokens", "mlm", "wwm", "span", "electra")
+            else ("raw" if opts["objective"] == "t5" else "bart"),
+        },
         source_stats=stats,
         inputs=plan["inputs"],
         build={k2: opts[k2] for k2 in ("valid_fraction", "docs_per_block", "dupe_factor", "sources")}

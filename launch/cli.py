@@ -26,7 +26,9 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
         character_coverage=args.character_coverage,
         input_sentence_size=args.input_sentence_size,
         byte_fallback=args.byte_fallback,
-        sources=SourceOptions(format=args.format, text_mode=args.text_mode, field=args.field, column=args.column),
+        sources=SourceOptions(
+            format=args.format, text_mode=args.text_mode, field=args.field, column=args.column
+        ),
     )
     print(
         f"tokenizer: {args.out}/tokenizer.model  vocab {info.vocab_size}  specials {info.special_tokens.to_dict()}  "
@@ -63,9 +65,16 @@ def _cmd_shards(args: argparse.Namespace) -> int:
     if args.mean_span_length is not None:
         options["mean_noise_span_length"] = args.mean_span_length
     opts = ShardOptions(
-        objective=args.objective, seq_len=args.seq_len, seed=args.seed, valid_fraction=args.valid_fraction,
-        docs_per_block=args.docs_per_block, dupe_factor=args.dupe_factor, objective_options=options,
-        sources=SourceOptions(format=args.format, text_mode=args.text_mode, field=args.field, column=args.column),
+        objective=args.objective,
+        seq_len=args.seq_len,
+        seed=args.seed,
+        valid_fraction=args.valid_fraction,
+        docs_per_block=args.docs_per_block,
+        dupe_factor=args.dupe_factor,
+        objective_options=options,
+        sources=SourceOptions(
+            format=args.format, text_mode=args.text_mode, field=args.field, column=args.column
+        ),
     )
     bars: list[Any] = []  # shown once the job has run 2 s (so quick failures print only their error)
     started = time.perf_counter()
@@ -80,14 +89,24 @@ def _cmd_shards(args: argparse.Namespace) -> int:
         bars[0].refresh()
 
     try:
-        m = write_shards(args.input, args.tokenizer, args.out, opts, workers=args.workers,
-                         num_slices=args.num_slices, slice_index=args.slice, progress=progress)
+        m = write_shards(
+            args.input,
+            args.tokenizer,
+            args.out,
+            opts,
+            workers=args.workers,
+            num_slices=args.num_slices,
+            slice_index=args.slice,
+            progress=progress,
+        )
     finally:
         for bar in bars:
             bar.close()
     if m is None:
-        print(f"shards: slice {args.slice} of {args.num_slices} written to {args.out}; "
-              f"run `cloze shards merge {args.out}` once every slice is done")
+        print(
+            f"shards: slice {args.slice} of {args.num_slices} written to {args.out}; "
+            f"run `cloze shards merge {args.out}` once every slice is done"
+        )
         return 0
     _summary(args.out, m)
     return 0
@@ -95,12 +114,18 @@ def _cmd_shards(args: argparse.Namespace) -> int:
 
 def _summary(out: str, m: Any) -> None:
     s = m.source_stats
-    print(f"shards: {out}  objective {m.objective}  seq_len {m.seq_len}  "
-          + "  ".join(f"{k}: {v['samples']} samples / {v['tokens']} tokens / {v['shards']} shards"
-                      for k, v in m.splits.items()))
-    print(f"input: {s['documents']} documents; skipped {s['empty_documents']} empty, {s['bad_json_lines']} "
-          f"non-JSON lines, {s['missing_field']} records without the text field; {s['invalid_utf8_lines']} lines "
-          f"with invalid UTF-8 replaced, {s['long_lines_split']} long lines split")
+    print(
+        f"shards: {out}  objective {m.objective}  seq_len {m.seq_len}  "
+        + "  ".join(
+            f"{k}: {v['samples']} samples / {v['tokens']} tokens / {v['shards']} shards"
+            for k, v in m.splits.items()
+        )
+    )
+    print(
+        f"input: {s['documents']} documents; skipped {s['empty_documents']} empty, {s['bad_json_lines']} "
+        f"non-JSON lines, {s['missing_field']} records without the text field; {s['invalid_utf8_lines']} lines "
+        f"with invalid UTF-8 replaced, {s['long_lines_split']} long lines split"
+    )
     for ex in s.get("examples", []):
         print(f"  skipped: {ex}")
 
@@ -172,23 +197,43 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="directory for tokenizer.model and tokenizer.json")
     t.set_defaults(fn=_cmd_tokenizer)
 
-    s = sub.add_parser("shards", help="tokenize, pack, corrupt and write WebDataset shards (`shards merge DIR` merges slices)")
-    s.add_argument("--input", nargs="+", required=True, help="files, directories, globs (.gz too), builtin:stdlib-docs")
+    s = sub.add_parser(
+        "shards",
+        help="tokenize, pack, corrupt and write WebDataset shards (`shards merge DIR` merges slices)",
+    )
+    s.add_argument(
+        "--input", nargs="+", required=True, help="files, directories, globs (.gz too), builtin:stdlib-docs"
+    )
     s.add_argument("--tokenizer", required=True, help="directory holding tokenizer.model")
-    s.add_argument("--objective", default="mlm", help="mlm, wwm, span, electra, t5, bart, or tokens (mask on the fly)")
+    s.add_argument(
+        "--objective", default="mlm", help="mlm, wwm, span, electra, t5, bart, or tokens (mask on the fly)"
+    )
     s.add_argument("--seq-len", type=int, default=128, help="tokens per sample (t5: input length)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--mask-rate", type=float, default=None, help="mlm/wwm/span/electra: fraction predicted (0.15)")
+    s.add_argument(
+        "--mask-rate", type=float, default=None, help="mlm/wwm/span/electra: fraction predicted (0.15)"
+    )
     s.add_argument("--noise-density", type=float, default=None, help="t5: fraction of tokens in spans (0.15)")
     s.add_argument("--mean-span-length", type=float, default=None, help="t5: mean span length (3)")
-    s.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="other objective parameters, e.g. --opt mask_prob=0.8 --opt permute_sentences=0.0")
+    s.add_argument(
+        "--opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="other objective parameters, e.g. --opt mask_prob=0.8 --opt permute_sentences=0.0",
+    )
     s.add_argument("--dupe-factor", type=int, default=1, help="static masking: write each sequence D times")
     s.add_argument("--valid-fraction", type=float, default=0.02, help="fraction of documents held out")
-    s.add_argument("--docs-per-block", type=int, default=4096, help="documents per unit of work (and per shard)")
+    s.add_argument(
+        "--docs-per-block", type=int, default=4096, help="documents per unit of work (and per shard)"
+    )
     s.add_argument("--format", default="auto", choices=["auto", "text", "jsonl", "parquet"])
-    s.add_argument("--text-mode", default="blocks", choices=["blocks", "lines"],
-                   help="text files: documents separated by blank lines, or one per line")
+    s.add_argument(
+        "--text-mode",
+        default="blocks",
+        choices=["blocks", "lines"],
+        help="text files: documents separated by blank lines, or one per line",
+    )
     s.add_argument("--field", default="text", help="jsonl: the key holding the text")
     s.add_argument("--column", default="text", help="parquet: the column holding the text")
     s.add_argument("--workers", type=int, default=1, help="processes on this node")

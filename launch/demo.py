@@ -43,14 +43,9 @@ def run_demo(out: str, nproc: int = 2, steps: int = 0) -> int:
             flush=True,
         )
     if not (shard_dir / "manifest.json").exists():
-        m = write_shards(
-            ["builtin:stdlib-docs"],
-            tok_dir,
-            shard_dir,
-            seq_len=128,
-            valid_fraction=0.05,
-            samples_per_shard=512,
-        )
+        opts = ShardOptions(seq_len=128, valid_fraction=0.05, docs_per_block=1024)
+        m = write_shards(["builtin:stdlib-docs"], tok_dir, shard_dir, opts, workers=2)
+        assert m is not None  # one slice: merged at once
         print(
             f"[demo] shards: {shard_dir}  train {m.splits['train']}  valid {m.splits['valid']}  "
             f"{time.perf_counter() - t0:.1f}s",

@@ -104,7 +104,9 @@ def test_labels_written_back_give_the_packed_text(dataset_dir: Path, tokenizer_d
         where = s["labels"] != IGNORE
         x[where] = s["labels"][where]
         restored.append(x)
-    np.testing.assert_array_equal(np.stack(restored), expected_packed(tokenizer_dir, 7, split, 0.05, 64, 1500))
+    np.testing.assert_array_equal(
+        np.stack(restored), expected_packed(tokenizer_dir, 7, split, 0.05, 64, 1500)
+    )
 
 
 def test_masking_statistics_on_real_text(dataset_dir: Path) -> None:

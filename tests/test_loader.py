@@ -25,8 +25,17 @@ def key(input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> bytes:
     return b"".join(parts)
 
 
-def consume(directory: Path, world: int, micro: int, global_batch: int, start: int, stop: int, workers: int = 2,
-            seed: int = 11, **kw) -> list[list[bytes]]:
+def consume(
+    directory: Path,
+    world: int,
+    micro: int,
+    global_batch: int,
+    start: int,
+    stop: int,
+    workers: int = 2,
+    seed: int = 11,
+    **kw,
+) -> list[list[bytes]]:
     """For steps [start, stop): the step's samples in global order (by micro-batch a, then rank)."""
     per_rank = []
     for rank in range(world):
@@ -40,7 +49,10 @@ def consume(directory: Path, world: int, micro: int, global_batch: int, start: i
         for a in range(accum):
             for rank in range(world):
                 b = per_rank[rank][t * accum + a]
-                step += [key(b["input_ids"][i], b.get("labels", [None] * micro)[i]) for i in range(len(b["input_ids"]))]
+                step += [
+                    key(b["input_ids"][i], b.get("labels", [None] * micro)[i])
+                    for i in range(len(b["input_ids"]))
+                ]
         steps.append(step)
     return steps
 
@@ -58,7 +70,9 @@ def test_stop_mid_epoch_and_resume_on_two_ranks_gives_exactly_one_epoch(dataset_
     assert len(set(flat)) == len(flat) == epoch_steps * B  # one epoch, nothing repeated
 
 
-def test_resume_on_one_rank_with_double_accumulation_continues_the_same_global_sequence(dataset_dir: Path) -> None:
+def test_resume_on_one_rank_with_double_accumulation_continues_the_same_global_sequence(
+    dataset_dir: Path,
+) -> None:
     B, k = 32, 5
     two_ranks = consume(dataset_dir, world=2, micro=8, global_batch=B, start=k, stop=k + 6)
     one_rank = consume(dataset_dir, world=1, micro=8, global_batch=B, start=k, stop=k + 6, workers=1)
@@ -73,18 +87,30 @@ def test_next_epoch_is_reshuffled(dataset_dir: Path) -> None:
     assert e0 != e1
 
 
-def test_dynamic_masking_differs_per_epoch_and_resumes_identically(tmp_path: Path, tokenizer_dir: Path) -> None:
+def test_dynamic_masking_differs_per_epoch_and_resumes_identically(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
     d = tmp_path / "tokens"
-    write_shards(["builtin:stdlib-docs"], tokenizer_dir, d,
-                 ShardOptions(objective="tokens", seq_len=64, docs_per_block=2000, valid_fraction=0.05), workers=2)
+    write_shards(
+        ["builtin:stdlib-docs"],
+        tokenizer_dir,
+        d,
+        ShardOptions(objective="tokens", seq_len=64, docs_per_block=2000, valid_fraction=0.05),
+        workers=2,
+    )
     m = read_manifest(d)
     assert m.objective == "tokens" and m.objective_params == {}
     n = m.splits["train"]["samples"]
     spe = n // 16
 
     def stream(start: int, steps: int) -> list[dict]:
-        it = iter(DataLoader(TrainStream(d, StreamSpec(16, 16, 1, 0, start, 4), objective="mlm"), batch_size=None,
-                             num_workers=2))
+        it = iter(
+            DataLoader(
+                TrainStream(d, StreamSpec(16, 16, 1, 0, start, 4), objective="mlm"),
+                batch_size=None,
+                num_workers=2,
+            )
+        )
         return [next(it) for _ in range(steps)]
 
     full = stream(0, 6)
@@ -92,6 +118,7 @@ def test_dynamic_masking_differs_per_epoch_and_resumes_identically(tmp_path: Pat
     for a, b in zip(full[3:], resumed):
         torch.testing.assert_close(a["input_ids"], b["input_ids"])
         torch.testing.assert_close(a["labels"], b["labels"])
+
     # The same sample in epoch 0 and epoch 1: same text, different masks.
     def by_text(batches):
         out = {}
@@ -105,8 +132,10 @@ def test_dynamic_masking_differs_per_epoch_and_resumes_identically(tmp_path: Pat
     assert len(common) > 0.9 * len(e0)
     assert sum(e0[c] != e1[c] for c in common) > 0.95 * len(common)
     labels = torch.cat([b["labels"] for b in full])
-    maskable = ~torch.isin(torch.where(labels != IGNORE, labels, torch.cat([b["input_ids"] for b in full])),
-                           torch.tensor(sorted(set(m.special_tokens.values()) | set(m.sentinel_ids))))
+    maskable = ~torch.isin(
+        torch.where(labels != IGNORE, labels, torch.cat([b["input_ids"] for b in full])),
+        torch.tensor(sorted(set(m.special_tokens.values()) | set(m.sentinel_ids))),
+    )
     assert abs((labels != IGNORE).sum() / maskable.sum() - 0.15) < 0.01
 
 
@@ -138,7 +167,9 @@ def test_truncated_shard_within_skip_budget_is_skipped_and_counted(damaged) -> N
     d, name = damaged
     entry = next(s for s in read_manifest(d).shards if s.name == name)
     n = read_manifest(d).splits["train"]["samples"]
-    it = iter(DataLoader(TrainStream(d, StreamSpec(32, 32, 1, 0, 0, 1), skip_budget=entry.samples), batch_size=None))
+    it = iter(
+        DataLoader(TrainStream(d, StreamSpec(32, 32, 1, 0, 0, 1), skip_budget=entry.samples), batch_size=None)
+    )
     batches = [next(it) for _ in range(n // 32)]
     skipped = int(batches[-1]["skipped_samples"][1])
     assert 0 < skipped <= entry.samples

@@ -30,8 +30,15 @@ def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def build(tmp: Path, corpus: Path, tok: Path, objective: str, seq_len: int = 128, **options) -> Path:
     out = tmp / objective
-    write_shards([str(corpus)], tok, out, ShardOptions(objective=objective, seq_len=seq_len, seed=3,
-                                                        docs_per_block=500, objective_options=options), workers=2)
+    write_shards(
+        [str(corpus)],
+        tok,
+        out,
+        ShardOptions(
+            objective=objective, seq_len=seq_len, seed=3, docs_per_block=500, objective_options=options
+        ),
+        workers=2,
+    )
     return out
 
 
@@ -56,7 +63,9 @@ def tokens_reference(tmp_path_factory, corpus_file, tokenizer_dir) -> list[np.nd
 
 
 @pytest.mark.parametrize("objective", ["mlm", "wwm", "span", "electra"])
-def test_encoder_objectives_rate_and_reconstruction(tmp_path, corpus_file, tokenizer_dir, tokens_reference, objective):
+def test_encoder_objectives_rate_and_reconstruction(
+    tmp_path, corpus_file, tokenizer_dir, tokens_reference, objective
+):
     d = build(tmp_path, corpus_file, tokenizer_dir, objective)
     m = read_manifest(d)
     assert m.objective == objective
@@ -144,7 +153,10 @@ def test_t5_reconstruction_is_the_packed_text(tmp_path, corpus_file, tokenizer_d
                     stream.extend(line)
                 stream.append(tok.special.eos)
         expected += [stream[k * raw : (k + 1) * raw] for k in range(len(stream) // raw)]
-    got = [t5_reconstruct(s["input_ids"], s["labels"], m.sentinel_ids, tok.special.eos).tolist() for s in samples(d)]
+    got = [
+        t5_reconstruct(s["input_ids"], s["labels"], m.sentinel_ids, tok.special.eos).tolist()
+        for s in samples(d)
+    ]
     assert got == expected
 
 
@@ -162,7 +174,9 @@ def test_bart_infilling_ratio_and_labels(tmp_path, corpus_file, tokenizer_dir):
     assert abs(masked / total - 0.3) < 0.02, masked / total
 
 
-def test_bart_without_noise_is_the_original_and_permutation_keeps_tokens(tmp_path, corpus_file, tokenizer_dir):
+def test_bart_without_noise_is_the_original_and_permutation_keeps_tokens(
+    tmp_path, corpus_file, tokenizer_dir
+):
     quiet = build(tmp_path / "q", corpus_file, tokenizer_dir, "bart", mask_ratio=0.0, permute_sentences=0.0)
     for s in samples(quiet):
         np.testing.assert_array_equal(s["input_ids"], s["labels"])
@@ -175,8 +189,17 @@ def test_bart_without_noise_is_the_original_and_permutation_keeps_tokens(tmp_pat
 
 
 def test_composable_bart_noise(tmp_path, corpus_file, tokenizer_dir):
-    d = build(tmp_path, corpus_file, tokenizer_dir, "bart", mask_ratio=0.0, permute_sentences=0.0,
-              delete_ratio=0.1, token_mask_ratio=0.1, rotate_prob=0.5)
+    d = build(
+        tmp_path,
+        corpus_file,
+        tokenizer_dir,
+        "bart",
+        mask_ratio=0.0,
+        permute_sentences=0.0,
+        delete_ratio=0.1,
+        token_mask_ratio=0.1,
+        rotate_prob=0.5,
+    )
     m = read_manifest(d)
     assert m.objective_params["delete_ratio"] == 0.1 and m.objective_params["rotate_prob"] == 0.5
     pad, mask = m.special_tokens["pad"], m.special_tokens["mask"]
@@ -189,8 +212,12 @@ def test_composable_bart_noise(tmp_path, corpus_file, tokenizer_dir):
 
 def test_dupe_factor_writes_each_sequence_with_different_masks(tmp_path, corpus_file, tokenizer_dir):
     out = tmp_path / "dupe"
-    write_shards([str(corpus_file)], tokenizer_dir, out,
-                 ShardOptions(seq_len=128, dupe_factor=3, docs_per_block=500, seed=3))
+    write_shards(
+        [str(corpus_file)],
+        tokenizer_dir,
+        out,
+        ShardOptions(seq_len=128, dupe_factor=3, docs_per_block=500, seed=3),
+    )
     ss = samples(out)
     assert len(ss) % 3 == 0
     for a, b, c in zip(ss[::3], ss[1::3], ss[2::3]):
@@ -201,10 +228,12 @@ def test_dupe_factor_writes_each_sequence_with_different_masks(tmp_path, corpus_
 
 def test_seq2seq_collation_pads_and_shifts() -> None:
     col = Collator(pad_id=0, seq2seq=True, decoder_start=3)
-    batch = col([
-        {"input_ids": np.asarray([5, 6, 7, 0]), "labels": np.asarray([8, 9])},
-        {"input_ids": np.asarray([5, 6, 0, 0]), "labels": np.asarray([8, 9, 10])},
-    ])
+    batch = col(
+        [
+            {"input_ids": np.asarray([5, 6, 7, 0]), "labels": np.asarray([8, 9])},
+            {"input_ids": np.asarray([5, 6, 0, 0]), "labels": np.asarray([8, 9, 10])},
+        ]
+    )
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 0, 0]]
     assert batch["labels"].tolist() == [[8, 9, -100], [8, 9, 10]]
     assert batch["decoder_input_ids"].tolist() == [[3, 8, 9], [3, 8, 9]]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,8 +24,12 @@ from tests.test_errors import one_line_error
 def fingerprint(d: Path) -> dict:
     """What must be identical: totals and every shard's name, counts and sha256."""
     m = read_manifest(d)
-    return {"splits": m.splits, "shards": [(s.name, s.samples, s.tokens, s.sha256) for s in m.shards],
-            "dropped": m.packing["dropped_tokens"], "stats": m.source_stats}
+    return {
+        "splits": m.splits,
+        "shards": [(s.name, s.samples, s.tokens, s.sha256) for s in m.shards],
+        "dropped": m.packing["dropped_tokens"],
+        "stats": m.source_stats,
+    }
 
 
 OPTS = ShardOptions(objective="mlm", seq_len=64, seed=5, docs_per_block=700, valid_fraction=0.05)
@@ -54,9 +57,30 @@ def test_two_slices_and_merge_write_the_same_dataset(tmp_path, tokenizer_dir, re
     with pytest.raises(InputError, match="slice 0 of 2 has not finished"):
         merge(out)
     # The last slice to finish through the CLI, then `cloze shards merge`, as an array job would.
-    proc = run_cloze(["shards", "--input", "builtin:stdlib-docs", "--tokenizer", str(tokenizer_dir), "--out", str(out),
-                      "--seq-len", "64", "--seed", "5", "--docs-per-block", "700", "--valid-fraction", "0.05",
-                      "--num-slices", "2", "--slice", "0", "--quiet"])
+    proc = run_cloze(
+        [
+            "shards",
+            "--input",
+            "builtin:stdlib-docs",
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--out",
+            str(out),
+            "--seq-len",
+            "64",
+            "--seed",
+            "5",
+            "--docs-per-block",
+            "700",
+            "--valid-fraction",
+            "0.05",
+            "--num-slices",
+            "2",
+            "--slice",
+            "0",
+            "--quiet",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     assert fingerprint(out) == fingerprint(reference)  # the last slice merged by itself
 
@@ -72,10 +96,30 @@ def test_explicit_merge_command(tmp_path, tokenizer_dir, reference):
 
 def test_kill_9_mid_write_then_rerun_gives_the_same_dataset(tmp_path, tokenizer_dir, reference):
     out = tmp_path / "killed"
-    args = [sys.executable, "-m", "launch.cli", "shards", "--input", "builtin:stdlib-docs", "--tokenizer",
-            str(tokenizer_dir), "--out", str(out), "--seq-len", "64", "--seed", "5", "--docs-per-block", "700",
-            "--valid-fraction", "0.05", "--quiet"]
-    proc = subprocess.Popen(args, cwd=ROOT, env=cloze_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        sys.executable,
+        "-m",
+        "launch.cli",
+        "shards",
+        "--input",
+        "builtin:stdlib-docs",
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--out",
+        str(out),
+        "--seq-len",
+        "64",
+        "--seed",
+        "5",
+        "--docs-per-block",
+        "700",
+        "--valid-fraction",
+        "0.05",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=cloze_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(list((out / BUILD).glob("block-*.json"))) < 3:
         time.sleep(0.05)
@@ -99,8 +143,11 @@ def test_rerun_with_other_options_is_refused(tmp_path, tokenizer_dir):
 
 # ---- input formats and bad input ------------------------------------------------------------------------------
 
-TEXTS = ["The first document talks about parsing.\nIt has two lines.", "A second document, shorter.",
-         "Third: a document about tokenizers and their vocabularies."]
+TEXTS = [
+    "The first document talks about parsing.\nIt has two lines.",
+    "A second document, shorter.",
+    "Third: a document about tokenizers and their vocabularies.",
+]
 
 
 def test_jsonl_parquet_text_and_gzip_give_the_same_documents(tmp_path):
@@ -129,8 +176,7 @@ def test_bad_input_is_counted_never_silent(tmp_path):
         b"not json at all\n"
         b'{"other": "no text field"}\n'
         b'{"text": "bad utf8 \xff\xfe here"}\n'
-        b'{"text": ""}\n'
-        + json.dumps({"text": "x" * 50_000}).encode() + b"\n"
+        b'{"text": ""}\n' + json.dumps({"text": "x" * 50_000}).encode() + b"\n"
     )
     stats = SourceStats()
     docs = list(iter_documents([str(p)], stats))
@@ -146,8 +192,22 @@ def test_bad_jsonl_lines_are_reported_in_the_summary(tmp_path, tokenizer_dir):
     p = tmp_path / "c.jsonl"
     good = [json.dumps({"text": " ".join(TEXTS * 20)}) for _ in range(30)]
     p.write_text("\n".join(good[:10] + ["{broken"] + good[10:]) + "\n")
-    proc = run_cloze(["shards", "--input", str(p), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "ds"),
-                      "--seq-len", "32", "--valid-fraction", "0.1", "--quiet"])
+    proc = run_cloze(
+        [
+            "shards",
+            "--input",
+            str(p),
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--out",
+            str(tmp_path / "ds"),
+            "--seq-len",
+            "32",
+            "--valid-fraction",
+            "0.1",
+            "--quiet",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     assert "1 non-JSON lines" in proc.stdout and f"{p}:11: not JSON" in proc.stdout
     assert read_manifest(tmp_path / "ds").source_stats["bad_json_lines"] == 1
@@ -157,8 +217,21 @@ def test_unknown_parquet_column_is_an_error_before_any_shard(tmp_path, tokenizer
     parquet = tmp_path / "c.parquet"
     pq.write_table(pa.table({"content": TEXTS}), parquet)
     out = tmp_path / "ds"
-    err = one_line_error(run_cloze(["shards", "--input", str(parquet), "--tokenizer", str(tokenizer_dir),
-                                    "--column", "text", "--out", str(out)]))
+    err = one_line_error(
+        run_cloze(
+            [
+                "shards",
+                "--input",
+                str(parquet),
+                "--tokenizer",
+                str(tokenizer_dir),
+                "--column",
+                "text",
+                "--out",
+                str(out),
+            ]
+        )
+    )
     assert str(parquet) in err and "no column 'text'" in err and "content" in err and "--column" in err
     assert not out.exists()
 
@@ -167,7 +240,54 @@ def test_missing_file_among_many_is_an_error_before_any_shard(tmp_path, tokenize
     good = tmp_path / "good.txt"
     good.write_text("\n\n".join(TEXTS * 50))
     out = tmp_path / "ds"
-    err = one_line_error(run_cloze(["shards", "--input", str(good), str(tmp_path / "gone.txt"), "--tokenizer",
-                                    str(tokenizer_dir), "--out", str(out)]))
+    err = one_line_error(
+        run_cloze(
+            [
+                "shards",
+                "--input",
+                str(good),
+                str(tmp_path / "gone.txt"),
+                "--tokenizer",
+                str(tokenizer_dir),
+                "--out",
+                str(out),
+            ]
+        )
+    )
     assert "gone.txt does not exist" in err
     assert not out.exists()
+
+
+def test_fast_tar_writer_is_byte_identical_to_webdataset(tmp_path):
+    import io
+
+    import numpy as np
+    import webdataset as wds
+
+    from data_pipeline.tarshard import ShardTarWriter
+    from data_pipeline.writer import sample_byte_ranges
+
+    rng = np.random.default_rng(0)
+    samples = [
+        (
+            f"train-000001-{i:07d}",
+            {
+                "input_ids": rng.integers(0, 9000, 64 + i).astype(np.int32),
+                "labels": rng.integers(-100, 9000, 64).astype(np.int32),
+            },
+        )
+        for i in range(50)
+    ]
+    ours, theirs = io.BytesIO(), io.BytesIO()
+    w = ShardTarWriter(ours)
+    for key, s in samples:
+        w.write(key, s)
+    w.close()
+    tw = wds.TarWriter(theirs, mtime=0)
+    for key, s in samples:
+        tw.write({"__key__": key, **{f"{k}.npy": v for k, v in s.items()}})
+    tw.close()
+    assert ours.getvalue() == theirs.getvalue()
+    p = tmp_path / "x.tar"
+    p.write_bytes(ours.getvalue())
+    assert sample_byte_ranges(p) == w.ranges

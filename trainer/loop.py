@@ -47,7 +47,11 @@ def most_frequent_label(data_dir: str, manifest: Manifest, samples: int = 2000) 
         for i in range(entry.samples):
             sample = reader.read(shard, i)
             # Static shards: the labels asked for; on-the-fly shards: the ordinary input tokens.
-            ids = sample["labels"] if "labels" in sample else sample["input_ids"][sample["input_ids"] >= special_end]
+            ids = (
+                sample["labels"]
+                if "labels" in sample
+                else sample["input_ids"][sample["input_ids"] >= special_end]
+            )
             np.add.at(counts, ids[ids >= 0], 1)
             n += 1
             if n >= samples:
@@ -127,10 +131,20 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
     baseline_id = most_frequent_label(cfg.data.path, manifest)
     spec = StreamSpec(t.global_batch_size, t.micro_batch_size, info.world_size, info.rank, step, t.seed)
     d = cfg.data
-    batches = iter(train_loader(d.path, spec, d.num_workers, d.prefetch_factor, d.objective, d.objective_options,
-                                d.skip_budget))
-    eval_stream = EvalStream(d.path, t.micro_batch_size, info.world_size, info.rank, t.eval_batches, d.objective,
-                             d.objective_options)
+    batches = iter(
+        train_loader(
+            d.path, spec, d.num_workers, d.prefetch_factor, d.objective, d.objective_options, d.skip_budget
+        )
+    )
+    eval_stream = EvalStream(
+        d.path,
+        t.micro_batch_size,
+        info.world_size,
+        info.rank,
+        t.eval_batches,
+        d.objective,
+        d.objective_options,
+    )
 
     def save(at: int) -> None:
         t0 = time.perf_counter()
@@ -178,7 +192,9 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
             engine.step()
             sums += [r.sums["loss_sum"], r.sums["correct"], r.sums["count"]]
         step += 1
-        loss_sum, correct, count, skipped = D.all_reduce_sum([*sums.tolist(), sum(skipped_by_worker.values())])
+        loss_sum, correct, count, skipped = D.all_reduce_sum(
+            [*sums.tolist(), sum(skipped_by_worker.values())]
+        )
         dt = time.perf_counter() - t0
         metrics = {
             "loss": loss_sum / max(count, 1),
