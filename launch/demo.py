@@ -43,7 +43,8 @@ def run_demo(out: str, nproc: int = 2, steps: int = 0) -> int:
             flush=True,
         )
     if not (shard_dir / "manifest.json").exists():
-        opts = ShardOptions(seq_len=128, valid_fraction=0.05, docs_per_block=1024)
+        # Clean sequences, masked anew every epoch by the loader (configs/demo.yaml: data.objective: mlm).
+        opts = ShardOptions(objective="tokens", seq_len=128, valid_fraction=0.05, docs_per_block=1024)
         m = write_shards(["builtin:stdlib-docs"], tok_dir, shard_dir, opts, workers=2)
         assert m is not None  # one slice: merged at once
         print(

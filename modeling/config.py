@@ -23,7 +23,8 @@ class ModelConfig:
     """Architecture of an encoder (BERT family)."""
 
     family: str = "bert"
-    """Model family. Supported: 'bert'."""
+    """Model family: 'bert', 'roberta', 'albert' (encoders), 'electra' (generator + discriminator), 't5', 'bart'
+    (encoder-decoders)."""
     preset: str = ""
     """Name of the size preset the other fields started from ('' = none). See `PRESETS`."""
     vocab_size: int = 30522
@@ -58,10 +59,55 @@ class ModelConfig:
     """With activation_checkpointing: checkpoint every k-th block (1 = all blocks)."""
     pad_token_id: int = 0
     """Id of the padding token (filled from the dataset's manifest at build time)."""
+    eos_token_id: int = 3
+    """Id of </s> (BART's decoder start; filled from the manifest)."""
+    checkpoint_mode: str = "full"
+    """With activation_checkpointing: 'full' (whole blocks) or 'attention' (only attention is recomputed)."""
+    embedding_size: int = 0
+    """Width of the token embeddings when it differs from hidden_size (ALBERT, ELECTRA); 0 = hidden_size."""
+    share_layers: bool = False
+    """One set of block weights used by every layer (ALBERT's cross-layer sharing)."""
+    position_offset: int = 0
+    """Added to position ids (RoBERTa: pad id + 1); the position table has max_position_embeddings + offset rows."""
+    # ELECTRA
+    generator_fraction: float = 0.25
+    """ELECTRA: the generator's hidden size, heads and FFN width as a fraction of the discriminator's."""
+    rtd_weight: float = 50.0
+    """ELECTRA: weight of the replaced-token-detection loss against the generator's MLM loss."""
+    # encoder-decoders
+    num_decoder_layers: int = 0
+    """T5/BART decoder blocks (0 = num_layers)."""
+    d_kv: int = 0
+    """T5: width of each attention head (0 = hidden_size / num_heads)."""
+    relative_attention_num_buckets: int = 32
+    """T5: relative position buckets (shared across the layers of a stack)."""
+    relative_attention_max_distance: int = 128
+    """T5: distances beyond this share the last bucket."""
+    tie_word_embeddings: bool = True
+    """Tie the LM head to the input embeddings (BERT, BART; T5 v1.1 unties them)."""
 
     def __post_init__(self) -> None:
-        if self.family not in ("bert",):
-            raise ModelConfigError(f"model.family={self.family!r} is not supported; use 'bert'")
+        if self.family not in FAMILIES:
+            raise ModelConfigError(
+                f"model.family={self.family!r} is not supported; choose one of {', '.join(FAMILIES)}"
+            )
+        if self.checkpoint_mode not in ("full", "attention"):
+            raise ModelConfigError(
+                f"model.checkpoint_mode={self.checkpoint_mode!r}: use 'full' or 'attention'"
+            )
+        if not 0.0 < self.generator_fraction <= 1.0:
+            raise ModelConfigError(
+                f"model.generator_fraction must be in (0, 1], got {self.generator_fraction}"
+            )
+        if (
+            self.embedding_size < 0
+            or self.num_decoder_layers < 0
+            or self.d_kv < 0
+            or self.position_offset < 0
+        ):
+            raise ModelConfigError(
+                "model.embedding_size, num_decoder_layers, d_kv and position_offset must be >= 0"
+            )
         for name in (
             "hidden_size",
             "num_layers",
@@ -80,8 +126,8 @@ class ModelConfig:
                 f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}; "
                 "change one of them"
             )
-        if self.activation not in ("gelu", "gelu_tanh"):
-            raise ModelConfigError(f"model.activation={self.activation!r}: use 'gelu' or 'gelu_tanh'")
+        if self.activation not in ("gelu", "gelu_tanh", "relu"):
+            raise ModelConfigError(f"model.activation={self.activation!r}: use 'gelu', 'gelu_tanh' or 'relu'")
         if self.checkpoint_every < 1:
             raise ModelConfigError(f"model.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         for name in ("hidden_dropout", "attention_dropout"):
@@ -90,7 +136,33 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        return self.d_kv or self.hidden_size // self.num_heads
+
+    @property
+    def emb_size(self) -> int:
+        return self.embedding_size or self.hidden_size
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.num_decoder_layers or self.num_layers
+
+    @property
+    def is_seq2seq(self) -> bool:
+        return self.family in ("t5", "bart")
+
+    def generator(self) -> ModelConfig:
+        """ELECTRA's generator: the discriminator's shape scaled by generator_fraction, same embeddings."""
+        f = self.generator_fraction
+        heads = max(1, round(self.num_heads * f))
+        hidden = max(heads, round(self.hidden_size * f / heads) * heads)
+        return dataclasses.replace(
+            self,
+            family="bert",
+            hidden_size=hidden,
+            num_heads=heads,
+            intermediate_size=max(1, round(self.intermediate_size * f)),
+            embedding_size=self.emb_size,
+        )
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
@@ -106,6 +178,8 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
+FAMILIES = ("bert", "roberta", "albert", "electra", "t5", "bart")
+
 PRESETS: dict[str, dict[str, Any]] = {
     # A few-hundred-thousand-parameter BERT that trains on 2 CPU cores in minutes.
     "tiny": dict(
@@ -120,6 +194,110 @@ PRESETS: dict[str, dict[str, Any]] = {
     "bert_small": dict(family="bert", hidden_size=512, num_layers=4, num_heads=8, intermediate_size=2048),
     "bert_base": dict(family="bert", hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
     "bert_large": dict(family="bert", hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096),
+    "roberta_base": dict(
+        family="roberta",
+        hidden_size=768,
+        num_layers=12,
+        num_heads=12,
+        intermediate_size=3072,
+        type_vocab_size=1,
+        position_offset=1,
+        layer_norm_eps=1e-5,
+    ),
+    "albert_base": dict(
+        family="albert",
+        hidden_size=768,
+        num_layers=12,
+        num_heads=12,
+        intermediate_size=3072,
+        embedding_size=128,
+        share_layers=True,
+        activation="gelu_tanh",
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    ),
+    "electra_small": dict(
+        family="electra",
+        hidden_size=256,
+        num_layers=12,
+        num_heads=4,
+        intermediate_size=1024,
+        embedding_size=128,
+        generator_fraction=0.25,
+    ),
+    "electra_base": dict(
+        family="electra",
+        hidden_size=768,
+        num_layers=12,
+        num_heads=12,
+        intermediate_size=3072,
+        generator_fraction=1 / 3,
+    ),
+    "t5_small": dict(
+        family="t5",
+        hidden_size=512,
+        num_layers=8,
+        num_heads=6,
+        d_kv=64,
+        intermediate_size=1024,
+        activation="gelu_tanh",
+        layer_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        initializer_range=1.0,
+    ),
+    "t5_base": dict(
+        family="t5",
+        hidden_size=768,
+        num_layers=12,
+        num_heads=12,
+        d_kv=64,
+        intermediate_size=2048,
+        activation="gelu_tanh",
+        layer_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        initializer_range=1.0,
+    ),
+    "bart_base": dict(
+        family="bart",
+        hidden_size=768,
+        num_layers=6,
+        num_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=1024,
+        layer_norm_eps=1e-5,
+    ),
+    "tiny_t5": dict(
+        family="t5",
+        hidden_size=128,
+        num_layers=2,
+        num_heads=4,
+        d_kv=32,
+        intermediate_size=256,
+        activation="gelu_tanh",
+        layer_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        initializer_range=1.0,
+    ),
+    "tiny_bart": dict(
+        family="bart",
+        hidden_size=128,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=512,
+        layer_norm_eps=1e-5,
+    ),
+    "tiny_electra": dict(
+        family="electra",
+        hidden_size=128,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=512,
+        generator_fraction=0.5,
+    ),
 }
 
 

@@ -1,13 +1,19 @@
-"""BERT-family encoder with a sparse masked-language-modelling head.
+"""BERT-family encoders (BERT, RoBERTa, ALBERT) with a sparse masked-language-modelling head.
 
 Read top to bottom: embeddings -> blocks -> encoder -> MLM head -> the pretraining model.
-Shapes: B batch, T sequence length, H hidden size, M masked positions in the batch, V vocabulary.
-Module and parameter names equal transformers' BertForMaskedLM, so export is a key map (modeling/hf.py).
+Shapes: B batch, T sequence length, H hidden size, E embedding size, M masked positions in the batch, V vocabulary.
+Module and parameter names equal transformers' BertForMaskedLM, so BERT export is the identity map and RoBERTa,
+ALBERT and ELECTRA exports are key maps (modeling/hf.py).
+
+    BERT     post-LN blocks, learned positions, 2 token types
+    RoBERTa  the same blocks; one token type; position ids offset by pad + 1
+    ALBERT   embeddings of width E projected to H; one block's weights shared by every layer; gelu_tanh
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -38,21 +44,21 @@ class TiedEmbedding(nn.Embedding):
 class BertEmbeddings(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.word_embeddings = TiedEmbedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
-        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self.token_type_embeddings = (
-            nn.Embedding(cfg.type_vocab_size, cfg.hidden_size) if cfg.type_vocab_size > 0 else None
-        )
-        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        E = cfg.emb_size
+        self.offset = cfg.position_offset
+        self.word_embeddings = TiedEmbedding(cfg.vocab_size, E, padding_idx=cfg.pad_token_id)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings + cfg.position_offset, E)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, E) if cfg.type_vocab_size > 0 else None
+        self.LayerNorm = nn.LayerNorm(E, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         T = input_ids.shape[1]
-        positions = torch.arange(T, device=input_ids.device)
-        h = self.word_embeddings(input_ids) + self.position_embeddings(positions)  # (B, T, H) + (T, H)
+        positions = torch.arange(self.offset, T + self.offset, device=input_ids.device)
+        h = self.word_embeddings(input_ids) + self.position_embeddings(positions)  # (B, T, E) + (T, E)
         if self.token_type_embeddings is not None:
             if token_type_ids is None:
-                token_type_ids = torch.zeros_like(positions)  # (T,) broadcast over B
+                token_type_ids = torch.zeros(T, dtype=torch.long, device=input_ids.device)  # (T,) over B
             h = h + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.LayerNorm(h))
 
@@ -71,32 +77,45 @@ class BertLayer(nn.Module):
             cfg.intermediate_size, cfg.hidden_size, cfg.layer_norm_eps, cfg.hidden_dropout
         )
         self.act = activation_fn(cfg.activation)
+        self.checkpoint_attention = False  # set by the encoder for selective checkpointing
 
     def ffn(self, x: torch.Tensor) -> torch.Tensor:
         return self.output.dropout(self.output.dense(self.act(self.intermediate.dense(x))))
 
+    def attend(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.checkpoint_attention and self.training:
+            return checkpoint(self.attention.attend, h, mask, use_reentrant=False)
+        return self.attention.attend(h, mask)
+
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         attn_ln, ffn_ln = self.attention.output.LayerNorm, self.output.LayerNorm
         if self.pre_ln:
-            h = h + self.attention.attend(attn_ln(h), mask)
+            h = h + self.attend(attn_ln(h), mask)
             return h + self.ffn(ffn_ln(h))
-        h = attn_ln(h + self.attention.attend(h, mask))  # (B, T, H)
+        h = attn_ln(h + self.attend(h, mask))  # (B, T, H)
         return ffn_ln(h + self.ffn(h))
 
 
 class BertEncoder(nn.Module):
+    """A stack of blocks. With share_layers (ALBERT) `layer` holds one block applied num_layers times."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.layer = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_layers))
-        self.checkpointing = cfg.activation_checkpointing
+        self.num_layers = cfg.num_layers
+        self.layer = nn.ModuleList(BertLayer(cfg) for _ in range(1 if cfg.share_layers else cfg.num_layers))
+        self.checkpointing = cfg.activation_checkpointing and cfg.checkpoint_mode == "full"
         self.checkpoint_every = cfg.checkpoint_every
+        if cfg.activation_checkpointing and cfg.checkpoint_mode == "attention":
+            for block in self.layer:
+                cast(BertLayer, block).checkpoint_attention = True
         # Pre-LN stacks need a final norm; post-LN stacks end normalised already.
         self.final_norm = (
             nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if cfg.pre_layer_norm else None
         )
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        for i, layer in enumerate(self.layer):
+        for i in range(self.num_layers):
+            layer = self.layer[0 if len(self.layer) == 1 else i]
             if self.checkpointing and self.training and i % self.checkpoint_every == 0:
                 h = checkpoint(layer, h, mask, use_reentrant=False)
             else:
@@ -105,10 +124,23 @@ class BertEncoder(nn.Module):
 
 
 class BertModel(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    """embeddings -> (projection E -> H when they differ) -> blocks.
+
+    `with_embeddings=False` builds the blocks alone, to run over embeddings owned elsewhere (ELECTRA's generator
+    and discriminator share one embedding module)."""
+
+    def __init__(self, cfg: ModelConfig, with_embeddings: bool = True) -> None:
         super().__init__()
-        self.embeddings = BertEmbeddings(cfg)
+        self.embeddings = BertEmbeddings(cfg) if with_embeddings else None
+        self.embeddings_project = (
+            nn.Linear(cfg.emb_size, cfg.hidden_size) if cfg.emb_size != cfg.hidden_size else None
+        )
         self.encoder = BertEncoder(cfg)
+
+    def encode(self, e: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Blocks over embeddings e: (B, T, E) -> (B, T, H)."""
+        h = self.embeddings_project(e) if self.embeddings_project is not None else e
+        return self.encoder(h, padding_mask_to_sdpa(attention_mask, h.dtype))
 
     def forward(
         self,
@@ -116,16 +148,15 @@ class BertModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        h = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
-        mask = padding_mask_to_sdpa(attention_mask, h.dtype)  # (B, 1, 1, T) or None
-        return self.encoder(h, mask)  # (B, T, H)
+        assert self.embeddings is not None, "built without embeddings: call encode()"
+        return self.encode(self.embeddings(input_ids, token_type_ids), attention_mask)  # (B, T, H)
 
 
 class PredictionTransform(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dense = nn.Linear(cfg.hidden_size, cfg.emb_size)
+        self.LayerNorm = nn.LayerNorm(cfg.emb_size, eps=cfg.layer_norm_eps)
         self.act = activation_fn(cfg.activation)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -133,7 +164,7 @@ class PredictionTransform(nn.Module):
 
 
 class MLMPredictions(nn.Module):
-    """transform -> projection onto the (tied) word embeddings + bias."""
+    """transform (H -> E) -> projection onto the (tied) word embeddings + bias."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -156,10 +187,19 @@ class MLMOutput:
     """(M, V) logits at the positions that carry a label, or (B, T, V) when no labels were given."""
     targets: torch.Tensor | None
     """(M,) the labels at those positions (None without labels)."""
+    hidden: torch.Tensor | None = None
+    """(B, T, H) the encoder's output."""
+
+
+def select_labelled(h: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(M, H) hidden states and (M,) labels at the positions whose label is not -100, and their flat indices."""
+    flat_labels = labels.reshape(-1)  # (B*T,)
+    idx = (flat_labels != -100).nonzero().squeeze(1)  # (M,)
+    return h.reshape(-1, h.shape[-1]).index_select(0, idx), flat_labels.index_select(0, idx), idx
 
 
 class BertForPretraining(nn.Module):
-    """BERT encoder + MLM head tied to the input embeddings.
+    """BERT / RoBERTa / ALBERT encoder + MLM head tied to the input embeddings.
 
     With labels, the head runs only at the M positions whose label is not -100: the vocabulary projection is
     most of the head's cost, and ~85% of positions carry no label.
@@ -173,6 +213,7 @@ class BertForPretraining(nn.Module):
         self.apply(lambda m: init_bert_weights(m, cfg.initializer_range))
 
     def mlm_logits(self, h: torch.Tensor) -> torch.Tensor:
+        assert self.bert.embeddings is not None
         return self.cls.predictions(h, self.bert.embeddings.word_embeddings)
 
     def forward(
@@ -184,12 +225,6 @@ class BertForPretraining(nn.Module):
     ) -> MLMOutput:
         h = self.bert(input_ids, attention_mask, token_type_ids)  # (B, T, H)
         if labels is None:
-            return MLMOutput(self.mlm_logits(h), None)  # (B, T, V)
-        flat_labels = labels.reshape(-1)  # (B*T,)
-        idx = (flat_labels != -100).nonzero().squeeze(1)  # (M,)
-        selected = h.reshape(-1, h.shape[-1]).index_select(0, idx)  # (M, H)
-        return MLMOutput(self.mlm_logits(selected), flat_labels.index_select(0, idx))  # (M, V), (M,)
-
-
-def build_encoder(cfg: ModelConfig) -> BertForPretraining:
-    return BertForPretraining(cfg)
+            return MLMOutput(self.mlm_logits(h), None, h)  # (B, T, V)
+        selected, targets, _ = select_labelled(h, labels)  # (M, H), (M,)
+        return MLMOutput(self.mlm_logits(selected), targets, h)  # (M, V), (M,)

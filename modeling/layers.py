@@ -13,11 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def activation_fn(name: str):
+def activation_fn(name: str):  # noqa: ANN201 - returns a tensor function
     if name == "gelu":
         return F.gelu
     if name == "gelu_tanh":
         return lambda x: F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu
     raise ValueError(f"unknown activation {name!r}")
 
 

@@ -1,0 +1,122 @@
+"""ELECTRA: a small generator (MLM) and a discriminator (replaced-token detection) sharing one embedding module.
+
+    input (masked)  -> embeddings (shared) -> generator blocks -> MLM head (tied to the token embeddings)
+                                                                   -> sample replacements at masked positions
+    corrupted input -> embeddings (shared) -> discriminator blocks -> per-token "replaced?" logit
+
+Loss = generator MLM loss + rtd_weight x binary cross-entropy of the discriminator (mean over real tokens).
+Replacements are sampled from the generator's softmax without gradient. Names map to transformers'
+ElectraForPreTraining (discriminator) and ElectraForMaskedLM (generator) in modeling/hf.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .encoder import BertEmbeddings, BertModel, MLMPredictions, select_labelled
+from .layers import activation_fn, init_bert_weights
+
+
+class DiscriminatorHead(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.dense_prediction = nn.Linear(cfg.hidden_size, 1)
+        self.act = activation_fn(cfg.activation)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.dense_prediction(self.act(self.dense(h))).squeeze(-1)  # (B, T)
+
+
+@dataclass
+class ElectraOutput:
+    loss: torch.Tensor
+    """gen_loss + rtd_weight x rtd_loss."""
+    gen_loss: torch.Tensor
+    rtd_loss: torch.Tensor
+    gen_logits: torch.Tensor
+    """(M, V) at the masked positions."""
+    targets: torch.Tensor
+    """(M,) original ids at the masked positions."""
+    rtd_logits: torch.Tensor
+    """(B, T)."""
+    rtd_labels: torch.Tensor
+    """(B, T) 1 where the discriminator's input differs from the original."""
+    real: torch.Tensor
+    """(B, T) bool, positions that are not padding."""
+
+
+class ElectraForPretraining(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        gen = cfg.generator()
+        self.embeddings = BertEmbeddings(cfg)  # (B, T, E), shared by both
+        self.generator = BertModel(gen, with_embeddings=False)
+        self.generator_predictions = MLMPredictions(gen)  # H_gen -> E -> tied decoder
+        self.discriminator = BertModel(cfg, with_embeddings=False)
+        self.discriminator_predictions = DiscriminatorHead(cfg)
+        self.apply(lambda m: init_bert_weights(m, cfg.initializer_range))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> ElectraOutput:
+        words = self.embeddings.word_embeddings
+        # Generator: MLM at the masked positions only.
+        h_gen = self.generator.encode(
+            self.embeddings(input_ids, token_type_ids), attention_mask
+        )  # (B, T, Hg)
+        selected, targets, idx = select_labelled(h_gen, labels)  # (M, Hg), (M,)
+        gen_logits = self.generator_predictions(selected, words)  # (M, V)
+        gen_loss = F.cross_entropy(gen_logits.float(), targets) if targets.numel() else gen_logits.sum() * 0.0
+        # Replacements sampled from the generator, without gradient.
+        with torch.no_grad():
+            sampled = (
+                torch.multinomial(F.softmax(gen_logits.float(), dim=-1), 1).squeeze(1)
+                if targets.numel()
+                else targets
+            )
+            corrupted = input_ids.reshape(-1).clone()
+            corrupted[idx] = sampled
+            corrupted = corrupted.view_as(input_ids)
+            original = torch.where(labels != -100, labels, input_ids)
+            rtd_labels = (corrupted != original).float()  # (B, T)
+            real = (
+                attention_mask.bool()
+                if attention_mask is not None
+                else torch.ones_like(input_ids, dtype=torch.bool)
+            )
+        h = self.discriminator.encode(self.embeddings(corrupted, token_type_ids), attention_mask)  # (B, T, H)
+        rtd_logits = self.discriminator_predictions(h)  # (B, T)
+        rtd_loss = F.binary_cross_entropy_with_logits(rtd_logits.float()[real], rtd_labels[real])
+        loss = gen_loss + self.config.rtd_weight * rtd_loss
+        return ElectraOutput(loss, gen_loss, rtd_loss, gen_logits, targets, rtd_logits, rtd_labels, real)
+
+    def discriminator_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T) replaced-token logits of the discriminator alone (what fine-tuning starts from)."""
+        h = self.discriminator.encode(self.embeddings(input_ids, token_type_ids), attention_mask)
+        return self.discriminator_predictions(h)
+
+    def generator_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T, V) MLM logits of the generator alone."""
+        h = self.generator.encode(self.embeddings(input_ids, token_type_ids), attention_mask)
+        return self.generator_predictions(h, self.embeddings.word_embeddings)

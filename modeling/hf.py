@@ -1,0 +1,322 @@
+"""Hugging Face transformers interoperability: export every family, import checkpoints to continue pretraining.
+
+Export = a transformers config from ours + a key map of the state dict, loaded into the transformers class and
+saved with its own `save_pretrained` (config.json + model.safetensors). Import is the inverse map.
+
+| family  | transformers class(es)                                        |
+|---------|---------------------------------------------------------------|
+| bert    | BertForMaskedLM                                               |
+| roberta | RobertaForMaskedLM                                            |
+| albert  | AlbertForMaskedLM                                             |
+| electra | ElectraForPreTraining (discriminator) + ElectraForMaskedLM (generator, in generator/) |
+| t5      | T5ForConditionalGeneration                                    |
+| bart    | BartForConditionalGeneration                                  |
+
+transformers is imported lazily (it is a dev / export dependency, not needed to train).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+
+HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
+CLASSES = {
+    "bert": "BertForMaskedLM",
+    "roberta": "RobertaForMaskedLM",
+    "albert": "AlbertForMaskedLM",
+    "electra": "ElectraForPreTraining",
+    "t5": "T5ForConditionalGeneration",
+    "bart": "BartForConditionalGeneration",
+}
+
+
+class ExportError(RuntimeError):
+    """A model that cannot be mapped onto transformers, named."""
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:  # pragma: no cover - transformers is in the [dev] extra
+        raise ExportError("export needs transformers: pip install 'cloze[dev]' (or transformers)") from None
+    return transformers
+
+
+def hf_config(cfg: ModelConfig, generator: bool = False) -> Any:
+    """The transformers config of the same architecture."""
+    tf = _transformers()
+    common = dict(
+        vocab_size=cfg.vocab_size,
+        pad_token_id=cfg.pad_token_id,
+        eos_token_id=cfg.eos_token_id,
+    )
+    enc = dict(
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        hidden_act=HF_ACT[cfg.activation],
+        hidden_dropout_prob=cfg.hidden_dropout,
+        attention_probs_dropout_prob=cfg.attention_dropout,
+        type_vocab_size=max(1, cfg.type_vocab_size),
+        layer_norm_eps=cfg.layer_norm_eps,
+        initializer_range=cfg.initializer_range,
+        **common,
+    )
+    if cfg.pre_layer_norm and cfg.family != "t5":
+        raise ExportError(
+            "model.pre_layer_norm=true has no transformers equivalent for this family; export needs post-LN"
+        )
+    if cfg.family == "bert":
+        return tf.BertConfig(max_position_embeddings=cfg.max_position_embeddings, **enc)
+    if cfg.family == "roberta":
+        if cfg.position_offset != cfg.pad_token_id + 1:
+            raise ExportError(f"roberta needs model.position_offset = pad id + 1 = {cfg.pad_token_id + 1}")
+        return tf.RobertaConfig(
+            max_position_embeddings=cfg.max_position_embeddings + cfg.position_offset, **enc
+        )
+    if cfg.family == "albert":
+        return tf.AlbertConfig(
+            embedding_size=cfg.emb_size,
+            max_position_embeddings=cfg.max_position_embeddings,
+            num_hidden_groups=1,
+            inner_group_num=1,
+            classifier_dropout_prob=0.1,
+            **enc,
+        )
+    if cfg.family == "electra":
+        c = cfg.generator() if generator else cfg
+        return tf.ElectraConfig(
+            embedding_size=cfg.emb_size,
+            max_position_embeddings=cfg.max_position_embeddings,
+            **{
+                **enc,
+                "hidden_size": c.hidden_size,
+                "num_attention_heads": c.num_heads,
+                "intermediate_size": c.intermediate_size,
+            },
+        )
+    if cfg.family == "t5":
+        return tf.T5Config(
+            d_model=cfg.hidden_size,
+            d_kv=cfg.head_dim,
+            d_ff=cfg.intermediate_size,
+            num_layers=cfg.num_layers,
+            num_decoder_layers=cfg.decoder_layers,
+            num_heads=cfg.num_heads,
+            relative_attention_num_buckets=cfg.relative_attention_num_buckets,
+            relative_attention_max_distance=cfg.relative_attention_max_distance,
+            dropout_rate=cfg.hidden_dropout,
+            layer_norm_epsilon=cfg.layer_norm_eps,
+            feed_forward_proj="gated-gelu" if cfg.activation == "gelu_tanh" else "gated-" + cfg.activation,
+            tie_word_embeddings=cfg.tie_word_embeddings,
+            decoder_start_token_id=cfg.pad_token_id,
+            initializer_factor=cfg.initializer_range,
+            **common,
+        )
+    if cfg.family == "bart":
+        return tf.BartConfig(
+            d_model=cfg.hidden_size,
+            encoder_layers=cfg.num_layers,
+            decoder_layers=cfg.decoder_layers,
+            encoder_attention_heads=cfg.num_heads,
+            decoder_attention_heads=cfg.num_heads,
+            encoder_ffn_dim=cfg.intermediate_size,
+            decoder_ffn_dim=cfg.intermediate_size,
+            max_position_embeddings=cfg.max_position_embeddings,
+            activation_function=HF_ACT[cfg.activation],
+            dropout=cfg.hidden_dropout,
+            attention_dropout=cfg.attention_dropout,
+            activation_dropout=cfg.hidden_dropout,
+            scale_embedding=False,
+            init_std=cfg.initializer_range,
+            bos_token_id=cfg.eos_token_id - 1,
+            decoder_start_token_id=cfg.eos_token_id,
+            forced_eos_token_id=cfg.eos_token_id,
+            **common,
+        )
+    raise ExportError(f"no transformers class for model.family={cfg.family!r}")
+
+
+# ---- key maps: (ours, theirs) pairs; a name ending in "." renames a prefix, otherwise one exact key ---------
+
+ALBERT_LAYER = "albert.encoder.albert_layer_groups.0.albert_layers.0."
+MAPS: dict[str, list[tuple[str, str]]] = {
+    "bert": [],
+    "roberta": [
+        ("bert.", "roberta."),
+        ("cls.predictions.transform.dense.", "lm_head.dense."),
+        ("cls.predictions.transform.LayerNorm.", "lm_head.layer_norm."),
+        ("cls.predictions.bias", "lm_head.bias"),
+    ],
+    "albert": [
+        ("bert.embeddings_project.", "albert.encoder.embedding_hidden_mapping_in."),
+        ("bert.embeddings.", "albert.embeddings."),
+        ("bert.encoder.layer.0.attention.self.", ALBERT_LAYER + "attention."),
+        ("bert.encoder.layer.0.attention.output.dense.", ALBERT_LAYER + "attention.dense."),
+        ("bert.encoder.layer.0.attention.output.LayerNorm.", ALBERT_LAYER + "attention.LayerNorm."),
+        ("bert.encoder.layer.0.intermediate.dense.", ALBERT_LAYER + "ffn."),
+        ("bert.encoder.layer.0.output.dense.", ALBERT_LAYER + "ffn_output."),
+        ("bert.encoder.layer.0.output.LayerNorm.", ALBERT_LAYER + "full_layer_layer_norm."),
+        ("cls.predictions.transform.dense.", "predictions.dense."),
+        ("cls.predictions.transform.LayerNorm.", "predictions.LayerNorm."),
+        ("cls.predictions.bias", "predictions.bias"),
+    ],
+    "electra": [
+        ("embeddings.", "electra.embeddings."),
+        ("discriminator.embeddings_project.", "electra.embeddings_project."),
+        ("discriminator.encoder.", "electra.encoder."),
+    ],
+    "electra_generator": [
+        ("embeddings.", "electra.embeddings."),
+        ("generator.embeddings_project.", "electra.embeddings_project."),
+        ("generator.encoder.", "electra.encoder."),
+        ("generator_predictions.transform.dense.", "generator_predictions.dense."),
+        ("generator_predictions.transform.LayerNorm.", "generator_predictions.LayerNorm."),
+        ("generator_predictions.bias", "generator_lm_head.bias"),
+    ],
+    "t5": [],
+    "bart": [],
+}
+# Our keys that the transformers model of a map does not hold (the other half of ELECTRA).
+DROP = {
+    "electra": ("generator.", "generator_predictions."),
+    "electra_generator": ("discriminator.", "discriminator_predictions."),
+}
+# transformers keys filled from ours that have no key of their own here (tied heads).
+TIED = {
+    "bert": {
+        "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    },
+    "roberta": {
+        "lm_head.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        "lm_head.decoder.bias": "cls.predictions.bias",
+    },
+    "albert": {
+        "predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+        "predictions.decoder.bias": "cls.predictions.bias",
+    },
+    "electra": {},
+    "electra_generator": {"generator_lm_head.weight": "embeddings.word_embeddings.weight"},
+    "t5": {},
+    "bart": {"lm_head.weight": "model.shared.weight"},
+}
+
+
+def _rename(key: str, pairs: list[tuple[str, str]]) -> str:
+    """Rename by the longest matching pair (so a specific prefix wins over a general one)."""
+    hits = [(src, dst) for src, dst in pairs if key == src or (src.endswith(".") and key.startswith(src))]
+    if not hits:
+        return key
+    src, dst = max(hits, key=lambda p: len(p[0]))
+    return dst + key[len(src) :]
+
+
+def to_hf_state_dict(state: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
+    drop = DROP.get(family, ())
+    out = {_rename(k, MAPS[family]): v for k, v in state.items() if not (drop and k.startswith(drop))}
+    for theirs, ours in TIED[family].items():
+        out[theirs] = state[ours]
+    return out
+
+
+def from_hf_state_dict(state: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
+    """The inverse map (transformers keys -> ours); tied copies and position-id buffers are left out."""
+    inverse = [(theirs, ours) for ours, theirs in MAPS[family]]
+    skip = set(TIED[family])
+    return {
+        _rename(k, inverse): v for k, v in state.items() if k not in skip and not k.endswith("position_ids")
+    }
+
+
+def _load_into_hf(model: nn.Module, cfg: ModelConfig, family: str, generator: bool = False) -> Any:
+    tf = _transformers()
+    cls_name = "ElectraForMaskedLM" if generator else CLASSES[cfg.family]
+    hf = getattr(tf, cls_name)(hf_config(cfg, generator=generator))
+    if cfg.family == "t5" and not cfg.tie_word_embeddings:
+        # transformers 5 builds T5 with lm_head tied to `shared` always (T5Config forces tie_word_embeddings);
+        # v1.1 unties them: give lm_head its own tensor and drop the pair, so save_pretrained writes both.
+        hf.lm_head.weight = nn.Parameter(hf.lm_head.weight.detach().clone())
+        getattr(hf, "all_tied_weights_keys", {}).pop("lm_head.weight", None)
+    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    mapped = to_hf_state_dict(state, family)
+    missing, unexpected = hf.load_state_dict(mapped, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids") and "pooler" not in k]
+    if missing or unexpected:
+        raise ExportError(
+            f"{cls_name}: keys without a match: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return hf.eval()
+
+
+def export_hf(
+    model: nn.Module, cfg: ModelConfig, out: str | Path, tokenizer_model: str | Path | None = None
+) -> list[Path]:
+    """Write `out` (and `out/generator` for ELECTRA) loadable with transformers' from_pretrained; returns them."""
+    out = Path(out)
+    written = []
+    targets = [(out, False)] + ([(out / "generator", True)] if cfg.family == "electra" else [])
+    for path, generator in targets:
+        family = "electra_generator" if generator else cfg.family
+        hf = _load_into_hf(model, cfg, family, generator)
+        hf.save_pretrained(str(path))
+        if tokenizer_model is not None:
+            save_tokenizer(tokenizer_model, path, cfg)
+        written.append(path)
+    return written
+
+
+def hf_model(model: nn.Module, cfg: ModelConfig, generator: bool = False) -> Any:
+    """The transformers model holding `model`'s weights, in memory."""
+    return _load_into_hf(model, cfg, "electra_generator" if generator else cfg.family, generator)
+
+
+def import_hf(hf: Any, cfg: ModelConfig, generator: bool = False) -> dict[str, torch.Tensor]:
+    """Our state dict from a transformers model of `cfg.family` (load with model.load_state_dict). ELECTRA: the
+    discriminator (ElectraForPreTraining) and, with generator=True, the generator (ElectraForMaskedLM)."""
+    return from_hf_state_dict(dict(hf.state_dict()), "electra_generator" if generator else cfg.family)
+
+
+def save_tokenizer(model_file: str | Path, out: Path, cfg: ModelConfig) -> None:
+    """The sentencepiece tokenizer as a transformers fast tokenizer (tokenizer.json) with our special tokens."""
+    import json
+    import shutil
+
+    tf = _transformers()
+    from transformers.convert_slow_tokenizer import SpmConverter
+
+    class _Slow:
+        vocab_file = str(model_file)
+        legacy = True
+        add_prefix_space = True
+
+    converter = SpmConverter.__new__(SpmConverter)
+    converter.original_tokenizer = _Slow()
+    import sentencepiece.sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()  # type: ignore[attr-defined]
+    proto.ParseFromString(Path(model_file).read_bytes())
+    converter.proto = proto
+    converter.handle_byte_fallback = False
+    fast = tf.PreTrainedTokenizerFast(
+        tokenizer_object=converter.converted(),
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    fast.save_pretrained(str(out))
+    shutil.copyfile(model_file, out / "spiece.model")
+    meta = json.loads((out / "tokenizer_config.json").read_text())
+    meta["model_max_length"] = cfg.max_position_embeddings
+    (out / "tokenizer_config.json").write_text(json.dumps(meta, indent=2))

@@ -1,0 +1,171 @@
+"""Every family against transformers: same logits after export (fp32, CPU, with padding), import round trip,
+and a saved directory that transformers loads offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from modeling import ModelConfig, build_model
+from modeling.hf import export_hf, hf_model, import_hf
+
+transformers = pytest.importorskip("transformers")
+
+V = 211
+ENCODERS = {
+    "bert": dict(family="bert"),
+    "roberta": dict(family="roberta", type_vocab_size=1, position_offset=1, layer_norm_eps=1e-5),
+    "albert": dict(
+        family="albert", embedding_size=16, share_layers=True, activation="gelu_tanh", num_layers=3
+    ),
+}
+
+
+def cfg_of(**kw) -> ModelConfig:
+    base = dict(
+        vocab_size=V,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        pad_token_id=0,
+        eos_token_id=3,
+    )
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def batch(B: int = 3, T: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(7, V, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, 8:] = 0  # right padding in one row
+    ids[mask == 0] = 0
+    return ids, mask
+
+
+def make(cfg: ModelConfig) -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = build_model(cfg).eval()
+    with torch.no_grad():  # non-trivial LayerNorm / bias values, so a wrong map cannot hide behind init
+        for p in m.parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return m
+
+
+@pytest.mark.parametrize("family", sorted(ENCODERS))
+def test_encoder_logits_equal_transformers(family: str) -> None:
+    cfg = cfg_of(**ENCODERS[family])
+    ours = make(cfg)
+    hf = hf_model(ours, cfg)
+    assert (
+        type(hf).__name__
+        == {"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM", "albert": "AlbertForMaskedLM"}[family]
+    )
+    ids, mask = batch()
+    with torch.no_grad():
+        got = ours(ids, attention_mask=mask).logits
+        expected = hf(input_ids=ids, attention_mask=mask).logits
+    keep = mask.bool()
+    torch.testing.assert_close(got[keep], expected[keep])
+
+
+def test_electra_discriminator_and_generator_equal_transformers() -> None:
+    cfg = cfg_of(family="electra", embedding_size=24, generator_fraction=0.5)
+    ours = make(cfg)
+    ids, mask = batch()
+    keep = mask.bool()
+    disc, gen = hf_model(ours, cfg), hf_model(ours, cfg, generator=True)
+    assert type(disc).__name__ == "ElectraForPreTraining" and type(gen).__name__ == "ElectraForMaskedLM"
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ours.discriminator_logits(ids, mask)[keep], disc(input_ids=ids, attention_mask=mask).logits[keep]
+        )
+        torch.testing.assert_close(
+            ours.generator_logits(ids, mask)[keep], gen(input_ids=ids, attention_mask=mask).logits[keep]
+        )
+
+
+SEQ2SEQ = {
+    "t5": dict(
+        family="t5",
+        d_kv=8,
+        activation="gelu_tanh",
+        layer_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        initializer_range=1.0,
+        num_decoder_layers=3,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+    ),
+    "bart": dict(family="bart", layer_norm_eps=1e-5, num_decoder_layers=3),
+}
+
+
+@pytest.mark.parametrize("family", sorted(SEQ2SEQ))
+def test_encoder_decoder_logits_equal_transformers(family: str) -> None:
+    cfg = cfg_of(**SEQ2SEQ[family])
+    ours = make(cfg)
+    hf = hf_model(ours, cfg)
+    ids, mask = batch(T=20)
+    dec = torch.randint(7, V, (3, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = ours(ids, dec, attention_mask=mask).logits
+        expected = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "albert", "electra", "t5", "bart"])
+def test_import_round_trip(family: str) -> None:
+    kw = {**ENCODERS, "electra": dict(family="electra", embedding_size=24), **SEQ2SEQ}[family]
+    cfg = cfg_of(**kw)
+    ours = make(cfg)
+    fresh = build_model(cfg)
+    state = import_hf(hf_model(ours, cfg), cfg)
+    if family == "electra":  # the two exports hold one half each (and the shared embeddings)
+        state.update(import_hf(hf_model(ours, cfg, generator=True), cfg, generator=True))
+    missing, unexpected = fresh.load_state_dict(state, strict=False)
+    assert not unexpected and not [k for k in missing if "final_logits_bias" not in k], (missing, unexpected)
+    for (k, a), b in zip(ours.state_dict().items(), fresh.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+@pytest.mark.parametrize("family", ["bert", "electra", "t5", "bart"])
+def test_export_directory_loads_offline(
+    tmp_path: Path, tokenizer_dir: Path, family: str, monkeypatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    kw = {"bert": {}, "electra": dict(family="electra", embedding_size=24), **SEQ2SEQ}[family]
+    cfg = cfg_of(vocab_size=3000, **kw)
+    ours = make(cfg)
+    dirs = export_hf(ours, cfg, tmp_path / "hf", tokenizer_dir / "tokenizer.model")
+    assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "hf" / "model.safetensors").is_file()
+    cls = {
+        "bert": transformers.BertForMaskedLM,
+        "electra": transformers.ElectraForPreTraining,
+        "t5": transformers.T5ForConditionalGeneration,
+        "bart": transformers.BartForConditionalGeneration,
+    }[family]
+    loaded = cls.from_pretrained(str(dirs[0])).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(dirs[0]))
+    enc = tok(["Return the number of items in the container."], return_tensors="pt")
+    assert tok.convert_ids_to_tokens(6) == "[MASK]" and tok.pad_token_id == 0
+    ids = enc["input_ids"]
+    with torch.no_grad():
+        if family in ("t5", "bart"):
+            dec = ids[:, :5]
+            torch.testing.assert_close(
+                loaded(input_ids=ids, decoder_input_ids=dec).logits, ours(ids, dec).logits
+            )
+        elif family == "electra":
+            torch.testing.assert_close(loaded(input_ids=ids).logits, ours.discriminator_logits(ids))
+            gen = transformers.ElectraForMaskedLM.from_pretrained(str(dirs[1])).eval()
+            torch.testing.assert_close(gen(input_ids=ids).logits, ours.generator_logits(ids))
+        else:
+            torch.testing.assert_close(loaded(input_ids=ids).logits, ours(ids).logits)
