@@ -169,6 +169,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from launch.export import export_run
+
+    for path in export_run(args.run_dir, args.out, args.tag):
+        print(f"export: {path} (transformers: from_pretrained('{path}'))")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from launch.demo import run_demo
 
@@ -264,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.set_defaults(fn=_cmd_train)
 
+    ex = sub.add_parser("export", help="write a run's checkpoint in Hugging Face transformers format")
+    ex.add_argument("run_dir")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--tag", default="", help="checkpoint tag (default: the one `latest` names)")
+    ex.set_defaults(fn=_cmd_export)
+
     d = sub.add_parser(
         "demo", help="tokenizer -> shards -> 2-process ZeRO-2 pretraining on the built-in corpus"
     )
@@ -281,13 +295,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from data_pipeline.objectives import ObjectiveError
     from data_pipeline.sources import InputError
+    from modeling.hf import ExportError
     from trainer.checkpoint import CheckpointError
     from trainer.config import ConfigError
     from trainer.distributed import DistributedError
 
     try:
         return int(args.fn(args))
-    except (InputError, ObjectiveError, ConfigError, CheckpointError, DistributedError) as e:
+    except (InputError, ObjectiveError, ConfigError, CheckpointError, DistributedError, ExportError) as e:
         print(f"cloze {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
 

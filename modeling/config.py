@@ -121,7 +121,7 @@ class ModelConfig:
             raise ModelConfigError(
                 f"model.vocab_size must be >= 0 (0 = from the tokenizer), got {self.vocab_size}"
             )
-        if self.hidden_size % self.num_heads:
+        if self.hidden_size % self.num_heads and not self.d_kv:
             raise ModelConfigError(
                 f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}; "
                 "change one of them"

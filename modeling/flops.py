@@ -1,7 +1,8 @@
-"""Parameter and FLOP accounting for MFU.
+"""Parameter and FLOP accounting for every family, for MFU (tests check the counts against built models).
 
-FLOPs per token of a training step = 3 x forward FLOPs (backward costs twice the forward), counting a
-multiply-add as 2 FLOPs; embedding lookups and elementwise ops are ignored (they are a few percent).
+Training FLOPs = 3 x forward FLOPs (backward costs twice the forward); a multiply-add is 2 FLOPs; embedding lookups,
+norms and elementwise ops are ignored (a few percent). Attention adds 2 x 2 x T x width per token per layer
+(scores and the weighted sum). Heads that run on masked positions only are scaled by the mask fraction.
 """
 
 from __future__ import annotations
@@ -9,20 +10,119 @@ from __future__ import annotations
 from .config import ModelConfig
 
 
+def _encoder_block(H: int, inner: int) -> int:
+    return 4 * (H * H + H) + 2 * H + (H * inner + inner) + (inner * H + H) + 2 * H
+
+
+def _bert_embeddings(cfg: ModelConfig) -> int:
+    E = cfg.emb_size
+    return (cfg.vocab_size + cfg.max_position_embeddings + cfg.position_offset + cfg.type_vocab_size) * E + 2 * E
+
+
+def _bert_trunk(cfg: ModelConfig) -> int:
+    """Projection (when E != H) + blocks (+ final norm), without embeddings."""
+    H, E = cfg.hidden_size, cfg.emb_size
+    proj = E * H + H if E != H else 0
+    blocks = (1 if cfg.share_layers else cfg.num_layers) * _encoder_block(H, cfg.intermediate_size)
+    return proj + blocks + (2 * H if cfg.pre_layer_norm else 0)
+
+
+def _mlm_head(cfg: ModelConfig) -> int:
+    H, E = cfg.hidden_size, cfg.emb_size
+    return H * E + E + 2 * E + cfg.vocab_size  # transform dense + LayerNorm + output bias (decoder tied)
+
+
+def _t5_stack(cfg: ModelConfig, decoder: bool) -> int:
+    D, inner, F = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.intermediate_size
+    attn = 4 * D * inner + D  # q, k, v, o + RMSNorm
+    ffn = 3 * D * F + D  # wi_0, wi_1, wo + RMSNorm
+    layers = cfg.decoder_layers if decoder else cfg.num_layers
+    per_layer = attn * (2 if decoder else 1) + ffn
+    return layers * per_layer + cfg.relative_attention_num_buckets * cfg.num_heads + D
+
+
+def _bart_stack(cfg: ModelConfig, decoder: bool) -> int:
+    D, inner = cfg.hidden_size, cfg.intermediate_size
+    attn = 4 * (D * D + D) + 2 * D
+    ffn = D * inner + inner + inner * D + D + 2 * D
+    layers = cfg.decoder_layers if decoder else cfg.num_layers
+    return (cfg.max_position_embeddings + 2) * D + 2 * D + layers * (attn * (2 if decoder else 1) + ffn)
+
+
+def param_count(cfg: ModelConfig) -> int:
+    """Trainable parameters of build_model(cfg), each shared tensor counted once."""
+    if cfg.family in ("bert", "roberta", "albert"):
+        return _bert_embeddings(cfg) + _bert_trunk(cfg) + _mlm_head(cfg)
+    if cfg.family == "electra":
+        gen = cfg.generator()
+        disc_head = cfg.hidden_size * cfg.hidden_size + cfg.hidden_size + cfg.hidden_size + 1
+        return _bert_embeddings(cfg) + _bert_trunk(gen) + _mlm_head(gen) + _bert_trunk(cfg) + disc_head
+    if cfg.family == "t5":
+        head = 0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size
+        return cfg.vocab_size * cfg.hidden_size + _t5_stack(cfg, False) + _t5_stack(cfg, True) + head
+    if cfg.family == "bart":
+        return cfg.vocab_size * cfg.hidden_size + _bart_stack(cfg, False) + _bart_stack(cfg, True)
+    raise ValueError(f"no parameter count for family {cfg.family!r}")
+
+
 def encoder_params(cfg: ModelConfig) -> int:
-    """Parameters of BertForPretraining (tied MLM decoder counted once)."""
-    H, inner, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.vocab_size
-    emb = V * H + cfg.max_position_embeddings * H + cfg.type_vocab_size * H + 2 * H
-    block = 4 * (H * H + H) + 2 * H + (H * inner + inner) + (inner * H + H) + 2 * H
-    final = 2 * H if cfg.pre_layer_norm else 0
-    head = H * H + H + 2 * H + V
-    return emb + L * block + final + head
+    """Kept for callers of the first version: the same as param_count for the encoder families."""
+    return param_count(cfg)
+
+
+def _encoder_matmul_per_token(cfg: ModelConfig, T: int) -> float:
+    """Forward FLOPs per token through the blocks (applied num_layers times even when weights are shared)."""
+    H, inner, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
+    proj = 2 * cfg.emb_size * H if cfg.emb_size != H else 0
+    return proj + L * (2 * (4 * H * H + 2 * H * inner) + 2 * 2 * T * H)
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int, target_len: int = 0, mask_fraction: float = 0.15) -> float:
+    """Training FLOPs per input token. Encoder-decoders: per encoder token, with the decoder's work on `target_len`
+    tokens per sequence of `seq_len` included."""
+    V, H, E = cfg.vocab_size, cfg.hidden_size, cfg.emb_size
+    if cfg.family in ("bert", "roberta", "albert"):
+        head = mask_fraction * 2 * (H * E + E * V)
+        return 3.0 * (_encoder_matmul_per_token(cfg, seq_len) + head)
+    if cfg.family == "electra":
+        gen = cfg.generator()
+        gen_head = mask_fraction * 2 * (gen.hidden_size * E + E * V)
+        disc_head = 2 * (H * H + H)
+        return 3.0 * (_encoder_matmul_per_token(gen, seq_len) + gen_head + _encoder_matmul_per_token(cfg, seq_len) + disc_head)
+    if cfg.family in ("t5", "bart"):
+        D, F = cfg.hidden_size, cfg.intermediate_size
+        inner = cfg.num_heads * cfg.head_dim if cfg.family == "t5" else D
+        ffn = (3 if cfg.family == "t5" else 2) * 2 * D * F
+        S, T = seq_len, max(target_len, 1)
+        enc = S * cfg.num_layers * (2 * 4 * D * inner + ffn + 2 * 2 * S * inner)
+        dec = T * cfg.decoder_layers * (2 * 8 * D * inner + ffn + 2 * 2 * T * inner + 2 * 2 * S * inner)
+        head = T * 2 * D * V
+        return 3.0 * (enc + dec + head) / S
+    raise ValueError(f"no FLOP count for family {cfg.family!r}")
 
 
 def encoder_train_flops_per_token(cfg: ModelConfig, seq_len: int, mask_fraction: float = 0.15) -> float:
-    """Training FLOPs per input token (forward + backward) of the encoder with a sparse MLM head."""
-    H, inner, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.vocab_size
-    dense = 2 * (4 * H * H + 2 * H * inner)  # q, k, v, o projections + FFN, per token per layer
-    attn = 2 * 2 * seq_len * H  # scores + weighted sum, per token per layer
-    head = mask_fraction * 2 * (H * H + H * V)  # transform + vocabulary projection at masked positions only
-    return 3.0 * (L * (dense + attn) + head)
+    return train_flops_per_token(cfg, seq_len, mask_fraction=mask_fraction)
+
+
+# Dense bf16 peak FLOP/s of known accelerators (tensor cores, no sparsity); override with trainer settings.
+PEAK_FLOPS = {
+    "H100 SXM": 989e12,
+    "H100 PCIe": 756e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "A10G": 125e12,
+    "L4": 121e12,
+    "V100": 125e12,
+}
+
+
+def peak_flops_for(device_name: str) -> float | None:
+    """Peak bf16 FLOP/s of a GPU by its torch.cuda.get_device_name(), if known."""
+    name = device_name.upper()
+    if "H100" in name:
+        return PEAK_FLOPS["H100 PCIe" if "PCIE" in name else "H100 SXM"]
+    for key, value in PEAK_FLOPS.items():
+        if key.upper() in name:
+            return value
+    return None

@@ -320,3 +320,99 @@ def save_tokenizer(model_file: str | Path, out: Path, cfg: ModelConfig) -> None:
     meta = json.loads((out / "tokenizer_config.json").read_text())
     meta["model_max_length"] = cfg.max_position_embeddings
     (out / "tokenizer_config.json").write_text(json.dumps(meta, indent=2))
+
+
+REVERSE_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+
+
+def config_from_hf(path: str | Path) -> ModelConfig:
+    """Our ModelConfig for a transformers checkpoint directory (BERT, RoBERTa, ALBERT, T5, BART)."""
+    import json
+
+    raw = json.loads((Path(path) / "config.json").read_text())
+    kind = raw.get("model_type")
+    act = REVERSE_ACT.get(raw.get("hidden_act") or raw.get("activation_function") or "gelu", "gelu")
+    common = dict(vocab_size=raw["vocab_size"], pad_token_id=raw.get("pad_token_id") or 0)
+    if kind in ("bert", "roberta", "albert"):
+        offset = common["pad_token_id"] + 1 if kind == "roberta" else 0
+        return ModelConfig(
+            family=kind,
+            hidden_size=raw["hidden_size"],
+            num_layers=raw["num_hidden_layers"],
+            num_heads=raw["num_attention_heads"],
+            intermediate_size=raw["intermediate_size"],
+            max_position_embeddings=raw["max_position_embeddings"] - offset,
+            type_vocab_size=raw["type_vocab_size"],
+            hidden_dropout=raw.get("hidden_dropout_prob", 0.1),
+            attention_dropout=raw.get("attention_probs_dropout_prob", 0.1),
+            layer_norm_eps=raw.get("layer_norm_eps", 1e-12),
+            activation=act,
+            position_offset=offset,
+            embedding_size=raw.get("embedding_size", 0) if kind == "albert" else 0,
+            share_layers=kind == "albert",
+            **common,
+        )
+    if kind == "t5":
+        return ModelConfig(
+            family="t5",
+            hidden_size=raw["d_model"],
+            num_layers=raw["num_layers"],
+            num_decoder_layers=raw.get("num_decoder_layers") or raw["num_layers"],
+            num_heads=raw["num_heads"],
+            d_kv=raw["d_kv"],
+            intermediate_size=raw["d_ff"],
+            layer_norm_eps=raw.get("layer_norm_epsilon", 1e-6),
+            activation="gelu_tanh" if "gelu" in raw.get("feed_forward_proj", "") else "relu",
+            tie_word_embeddings=raw.get("tie_word_embeddings", True)
+            and raw.get("scale_decoder_outputs", True),
+            hidden_dropout=raw.get("dropout_rate", 0.1),
+            attention_dropout=raw.get("dropout_rate", 0.1),
+            relative_attention_num_buckets=raw.get("relative_attention_num_buckets", 32),
+            relative_attention_max_distance=raw.get("relative_attention_max_distance", 128),
+            **common,
+        )
+    if kind == "bart":
+        return ModelConfig(
+            family="bart",
+            hidden_size=raw["d_model"],
+            num_layers=raw["encoder_layers"],
+            num_decoder_layers=raw["decoder_layers"],
+            num_heads=raw["encoder_attention_heads"],
+            intermediate_size=raw["encoder_ffn_dim"],
+            max_position_embeddings=raw["max_position_embeddings"],
+            activation=act,
+            layer_norm_eps=1e-5,
+            eos_token_id=raw.get("eos_token_id", 2),
+            **common,
+        )
+    raise ExportError(
+        f"{path}/config.json: model_type {kind!r} cannot be imported (bert, roberta, albert, t5, bart)"
+    )
+
+
+def load_hf(path: str | Path) -> tuple[nn.Module, ModelConfig, list[str]]:
+    """Build our model from a transformers checkpoint directory, to continue pretraining from it.
+
+    Returns (model, config, keys left at their initialisation): a bare encoder checkpoint (BertModel) has no MLM
+    head, which then starts from scratch."""
+    from safetensors.torch import load_file
+
+    from . import build_model
+
+    cfg = config_from_hf(path)
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise ExportError(f"{path} has no .safetensors weights")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    prefix = {"bert": "bert.", "roberta": "roberta.", "albert": "albert."}.get(cfg.family)
+    if prefix and not any(k.startswith(prefix) for k in state):  # a bare encoder saved without its prefix
+        state = {prefix + k: v for k, v in state.items()}
+    ours = from_hf_state_dict(state, cfg.family)
+    model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(ours, strict=False)
+    unexpected = [k for k in unexpected if ".pooler." not in k]
+    if unexpected:
+        raise ExportError(f"{path}: weights with no place in cloze's {cfg.family} model: {unexpected[:5]}")
+    return model, cfg, list(missing)

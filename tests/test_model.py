@@ -142,3 +142,30 @@ def test_only_engine_imports_deepspeed() -> None:
             if "import deepspeed" in path.read_text() or "from deepspeed" in path.read_text():
                 users.add(str(path.relative_to(ROOT)))
     assert users == {"trainer/engine.py"}
+
+
+@pytest.mark.parametrize(
+    "preset",
+    ["tiny", "bert_base", "roberta_base", "albert_base", "electra_small", "electra_base", "t5_small", "t5_base",
+     "bart_base", "tiny_t5", "tiny_bart", "tiny_electra"],
+)
+def test_parameter_accounting_matches_every_family(preset: str) -> None:
+    from modeling.flops import param_count, train_flops_per_token
+
+    cfg = ModelConfig.from_preset(preset, vocab_size=1000)
+    model = build_model(cfg)
+    assert sum(p.numel() for p in model.parameters()) == param_count(cfg)  # parameters() counts shared ones once
+    assert train_flops_per_token(cfg, 128, target_len=29) > 0
+
+
+def test_flops_per_token_is_six_times_the_matmul_weights() -> None:
+    """With every position predicted and one token (no attention span), BERT's training FLOPs per token are
+    6 x the weights of its matrix multiplies: every Linear weight plus the tied vocabulary projection."""
+    from modeling.flops import train_flops_per_token
+
+    cfg = ModelConfig.from_preset("bert_base", vocab_size=30522)
+    model = build_model(cfg)
+    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    matmul += model.bert.embeddings.word_embeddings.weight.numel()
+    attention = 3 * cfg.num_layers * 2 * 2 * 1 * cfg.hidden_size  # seq_len 1
+    assert train_flops_per_token(cfg, 1, mask_fraction=1.0) == pytest.approx(6 * matmul + attention, rel=1e-9)

@@ -51,18 +51,22 @@ class ConsoleCallback(Callback):
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         if step % self.every == 0 or step == self.max_steps:
+            accs = "  ".join(
+                f"{k.removesuffix('_accuracy')} {v:.3f}"
+                for k, v in metrics.items()
+                if k.endswith("_accuracy")
+            )
             print(
-                f"step {step:>6}/{self.max_steps}  loss {metrics['loss']:.4f}  acc {metrics['mlm_accuracy']:.3f}  "
+                f"step {step:>6}/{self.max_steps}  loss {metrics['loss']:.4f}  {accs}  "
                 f"lr {metrics['lr']:.2e}  gnorm {metrics['grad_norm']:.3f}  tok/s {metrics['tokens_per_s']:,.0f}",
                 flush=True,
             )
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
-        print(
-            f"eval @ {step}: loss {metrics['loss']:.4f}  mlm accuracy {metrics['mlm_accuracy']:.4f}  "
-            f"(most-frequent-token baseline {metrics['baseline_accuracy']:.4f})",
-            flush=True,
+        accs = "  ".join(
+            f"{k.replace('_', ' ')} {v:.4f}" for k, v in metrics.items() if k.endswith("_accuracy")
         )
+        print(f"eval @ {step}: loss {metrics['loss']:.4f}  {accs}", flush=True)
 
     def on_checkpoint(self, step: int, seconds: float, path: str) -> None:
         print(f"checkpoint @ {step}: {path} ({seconds:.1f}s)", file=sys.stdout, flush=True)

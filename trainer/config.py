@@ -76,6 +76,8 @@ class OptimizerConfig:
     """Final learning rate as a fraction of lr."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 = no clipping)."""
+    fused: bool = True
+    """torch's fused AdamW kernel (CPU and CUDA): one kernel for all parameters instead of a loop of ops."""
 
     def __post_init__(self) -> None:
         if self.name != "adamw":

@@ -118,3 +118,15 @@ class Engine:
 
     def write_config(self, run_dir: str | Path) -> None:
         Path(run_dir, "ds_config.json").write_text(json.dumps(self.ds_config, indent=2) + "\n")
+
+
+def consolidated_state_dict(ckpt_root: str | Path, tag: str, zero_stage: int) -> dict[str, torch.Tensor]:
+    """The full fp32 model weights of a sharded checkpoint, on CPU (DeepSpeed's zero_to_fp32 consolidation)."""
+    if zero_stage == 0:
+        states = torch.load(
+            Path(ckpt_root) / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+        )
+        return {k: v.float() for k, v in states["module"].items()}
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_root), tag=tag)

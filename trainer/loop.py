@@ -20,7 +20,7 @@ from . import distributed as D
 from .callbacks import Callback, ConsoleCallback, TensorBoardCallback
 from .config import ConfigError, RunConfig
 from .engine import Engine, init_distributed
-from .losses import mlm_loss
+from .losses import COMPATIBLE, task_for
 
 
 @dataclass
@@ -75,18 +75,22 @@ def prepare(cfg: RunConfig, world_size: int) -> tuple[int, Manifest]:
             f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {vocab} "
             f"({cfg.data.path}/manifest.json); set model.vocab_size=0 to take it from the dataset"
         )
-    if manifest.seq_len > cfg.model.max_position_embeddings:
+    longest = max(manifest.seq_len, int(manifest.objective_params.get("target_len", 0)))
+    if cfg.model.family != "t5" and longest > cfg.model.max_position_embeddings:
         raise ConfigError(
-            f"the dataset's seq_len {manifest.seq_len} exceeds model.max_position_embeddings="
+            f"the dataset's sequences ({longest} tokens) exceed model.max_position_embeddings="
             f"{cfg.model.max_position_embeddings}; raise it"
         )
-    kind = manifest.packing.get("kind", "encoder")
-    if kind != "encoder":
+    family, objective = cfg.model.family, manifest.objective
+    if objective not in COMPATIBLE[family]:
         raise ConfigError(
-            f"model.family={cfg.model.family!r} trains on encoder objectives (mlm, wwm, span, electra, tokens), but "
-            f"{cfg.data.path} holds {manifest.objective!r} shards"
+            f"model.family={family!r} trains on {', '.join(COMPATIBLE[family])} shards, but {cfg.data.path} holds "
+            f"{objective!r} shards; write matching shards (cloze shards --objective ...) or change model.family"
         )
     cfg.model.pad_token_id = manifest.special_tokens["pad"]
+    cfg.model.eos_token_id = manifest.special_tokens["eos"]
+    if family == "roberta":
+        cfg.model.position_offset = cfg.model.pad_token_id + 1  # RoBERTa's positions start after the pad id
     cfg.trainer.grad_accum = grad_accum
     return grad_accum, manifest
 
@@ -128,7 +132,8 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
             callbacks.append(TensorBoardCallback(run_dir / "tensorboard"))
         callbacks.append(ConsoleCallback(cfg.logging.log_every, t.max_steps))
 
-    baseline_id = most_frequent_label(cfg.data.path, manifest)
+    # Accuracy of always predicting the most frequent label token: what "learned something" is measured against.
+    baseline_id = most_frequent_label(cfg.data.path, manifest) if not cfg.model.is_seq2seq else None
     spec = StreamSpec(t.global_batch_size, t.micro_batch_size, info.world_size, info.rank, step, t.seed)
     d = cfg.data
     batches = iter(
@@ -153,22 +158,23 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
         for cb in callbacks:
             cb.on_checkpoint(at, time.perf_counter() - t0, str(path))
 
+    task = task_for(cfg.model.family)
+
+    def reduce(sums: dict[str, float]) -> dict[str, float]:
+        """Sum every rank's statistics (the same keys, in the same order, on every rank)."""
+        keys = sorted(sums)
+        return dict(zip(keys, D.all_reduce_sum([sums[k] for k in keys])))
+
     def evaluate(at: int) -> dict[str, float]:
         engine.train(False)
-        sums = np.zeros(4)
+        sums: dict[str, float] = {}
         with torch.no_grad():
             for batch in eval_stream:
-                b = engine.to_device(batch)
-                r = mlm_loss(engine.forward(input_ids=b["input_ids"], labels=b["labels"]), baseline_id)
-                sums += [r.sums["loss_sum"], r.sums["correct"], r.sums["count"], r.sums["baseline_correct"]]
+                r = task(engine.forward, engine.to_device(batch), baseline_id)
+                for k, v in r.sums.items():
+                    sums[k] = sums.get(k, 0.0) + v
         engine.train(True)
-        loss_sum, correct, count, base = D.all_reduce_sum(sums.tolist())
-        m = {
-            "loss": loss_sum / max(count, 1),
-            "mlm_accuracy": correct / max(count, 1),
-            "baseline_accuracy": base / max(count, 1),
-            "masked_tokens": count,
-        }
+        m = task.summarize(reduce(sums))
         for cb in callbacks:
             cb.on_eval(at, m)
         return m
@@ -181,29 +187,29 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
     skipped_by_worker: dict[int, float] = {}
     while step < stop_at:
         t0 = time.perf_counter()
-        sums = np.zeros(3)
+        sums: dict[str, float] = {}
         for micro in range(grad_accum):
             torch.manual_seed(derived_seed(t.seed, step, info.rank, micro))
             b = engine.to_device(next(batches))
             worker, count = b.pop("skipped_samples").tolist()
             skipped_by_worker[int(worker)] = float(count)
-            r = mlm_loss(engine.forward(input_ids=b["input_ids"], labels=b["labels"]))
+            r = task(engine.forward, b)
             engine.backward(r.loss)
             engine.step()
-            sums += [r.sums["loss_sum"], r.sums["correct"], r.sums["count"]]
+            for k, v in r.sums.items():
+                sums[k] = sums.get(k, 0.0) + v
         step += 1
-        loss_sum, correct, count, skipped = D.all_reduce_sum(
-            [*sums.tolist(), sum(skipped_by_worker.values())]
-        )
+        sums["skipped_samples"] = sum(skipped_by_worker.values())
+        totals = reduce(sums)
         dt = time.perf_counter() - t0
         metrics = {
-            "loss": loss_sum / max(count, 1),
-            "mlm_accuracy": correct / max(count, 1),
+            **task.summarize(totals),
             "lr": engine.lr(),
             "grad_norm": engine.grad_norm(),
             "tokens_per_s": tokens_per_step / dt,
             "samples_per_s": t.global_batch_size / dt,
             "consumed_samples": step * t.global_batch_size,
+            "skipped_samples": totals["skipped_samples"],
         }
         for cb in callbacks:
             cb.on_step(step, metrics)
