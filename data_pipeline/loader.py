@@ -178,10 +178,12 @@ class Collator:
             for i, s in enumerate(samples):
                 arr[i, : len(s[key])] = s[key]
             out[key] = torch.from_numpy(arr)
+        ids = out["input_ids"]
+        if (ids == self.pad_id).any():  # padded inputs (bart, sentence pairs): a padding mask
+            out["attention_mask"] = (ids != self.pad_id).long()
+        if "sentence_label" in out:
+            out["sentence_label"] = out["sentence_label"].reshape(-1)
         if self.seq2seq:
-            ids = out["input_ids"]
-            if (ids == self.pad_id).any():
-                out["attention_mask"] = (ids != self.pad_id).long()
             labels = out["labels"]
             dec = torch.full_like(labels, self.pad_id)
             dec[:, 0] = self.decoder_start
@@ -224,9 +226,11 @@ class DynamicMasking:
         )
 
     def __call__(self, sample: dict[str, np.ndarray], seed: int, epoch: int, shard: int, offset: int):
-        return self.objective(
-            self.packed(sample["input_ids"]), np.random.default_rng([seed, epoch, shard, offset, 0xD7])
-        )
+        rng = np.random.default_rng([seed, epoch, shard, offset, 0xD7])
+        return {
+            **sample,
+            **self.objective(self.packed(sample["input_ids"]), rng),
+        }  # keeps token types, pair labels
 
 
 class TrainStream(IterableDataset):

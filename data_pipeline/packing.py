@@ -94,3 +94,80 @@ def pack_block(docs: Iterable[list[list[int]]], packer: Packer) -> PackedBlock:
         axis=1,
     ).astype(np.int32)
     return PackedBlock(tokens, ends, packer.body, len(packer.prefix), total - n * packer.body)
+
+
+@dataclass
+class PairBlock:
+    """Sentence pairs of one block for SOP / NSP: [CLS] A [SEP] B [SEP] <pad>..., padded to `length`."""
+
+    tokens: np.ndarray
+    token_type_ids: np.ndarray
+    sentence_label: np.ndarray
+    dropped_tokens: int = 0
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def sequence(self, i: int) -> Packed:
+        return Packed(self.tokens[i])
+
+
+def pair_block(
+    docs: list[list[list[int]]], length: int, vocab: Vocab, task: str, rng: np.random.Generator
+) -> PairBlock:
+    """BERT/ALBERT-style pairs: each document's lines are gathered into chunks of about length - 3 tokens, each
+    chunk cut at a random line boundary into A and B (label 0). SOP swaps A and B with probability 0.5 (label 1);
+    NSP replaces B with a segment of another document of the block with probability 0.5 (label 1). The longer
+    segment is truncated from its end until the pair fits."""
+    if task not in ("sop", "nsp"):
+        raise ValueError(f"unknown sentence task {task!r}")
+    target = length - 3
+    rows, types, labels = [], [], []
+    flat_docs = [[t for line in d for t in line] for d in docs]
+    for d, doc in enumerate(docs):
+        lines = [line for line in doc if line]
+        chunk: list[list[int]] = []
+        size = 0
+        for i, line in enumerate(lines):
+            chunk.append(line)
+            size += len(line)
+            if i < len(lines) - 1 and size < target:
+                continue
+            if len(chunk) >= 2:
+                cut = int(rng.integers(1, len(chunk)))
+                a = [t for x in chunk[:cut] for t in x]
+                b = [t for x in chunk[cut:] for t in x]
+            else:
+                toks = chunk[0]
+                a, b = toks[: len(toks) // 2], toks[len(toks) // 2 :]
+            chunk, size = [], 0
+            if not a or not b:
+                continue
+            label = 0
+            if task == "sop" and rng.random() < 0.5:
+                a, b, label = b, a, 1
+            elif task == "nsp" and rng.random() < 0.5 and len(docs) > 1:
+                other = int(rng.integers(0, len(docs) - 1))
+                other += other >= d  # any document but this one
+                src = flat_docs[other]
+                if src:
+                    start = int(rng.integers(0, max(1, len(src) - len(b) + 1)))
+                    b, label = src[start : start + len(b)], 1
+            while len(a) + len(b) > target:
+                if len(a) >= len(b):
+                    a = a[:-1]
+                else:
+                    b = b[:-1]
+            seq = [vocab.cls, *a, vocab.sep, *b, vocab.sep]
+            row = np.full(length, vocab.pad, dtype=np.int32)
+            row[: len(seq)] = seq
+            tt = np.zeros(length, dtype=np.int32)
+            tt[len(a) + 2 : len(seq)] = 1
+            rows.append(row)
+            types.append(tt)
+            labels.append(label)
+    if not rows:
+        return PairBlock(
+            np.zeros((0, length), np.int32), np.zeros((0, length), np.int32), np.zeros((0, 1), np.int32)
+        )
+    return PairBlock(np.stack(rows), np.stack(types), np.asarray(labels, dtype=np.int32)[:, None])

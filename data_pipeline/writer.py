@@ -31,7 +31,7 @@ import numpy as np
 
 from .manifest import MANIFEST, Manifest, ShardEntry
 from .objectives import OBJECTIVES, SPLIT_CODES, T5SpanCorruption, build_objective, sample_rng
-from .packing import pack_block, packer_for
+from .packing import PackedBlock, PairBlock, pack_block, packer_for, pair_block
 from .sources import InputError, SourceOptions, SourceStats, check_inputs, iter_documents, resolve_inputs
 from .tarshard import ShardTarWriter
 from .tokenizer import MODEL_FILE, Tokenizer, sha256_file, tokenizer_meta, vocab_of
@@ -50,6 +50,8 @@ class ShardOptions:
     valid_fraction: float = 0.02
     docs_per_block: int = 4096
     dupe_factor: int = 1
+    sentence_task: str = ""
+    """'' (packed sequences), 'sop' or 'nsp': sentence pairs with token_type_ids and a sentence_label."""
     objective_options: dict[str, Any] = field(default_factory=dict)
     sources: SourceOptions = field(default_factory=SourceOptions)
 
@@ -64,6 +66,12 @@ class ShardOptions:
             raise InputError(f"--docs-per-block must be >= 1, got {self.docs_per_block}")
         if self.dupe_factor < 1:
             raise InputError(f"--dupe-factor must be >= 1, got {self.dupe_factor}")
+        if self.sentence_task not in ("", "sop", "nsp"):
+            raise InputError(f"--sentence-task {self.sentence_task!r}: use sop or nsp")
+        if self.sentence_task and self.objective not in ("mlm", "wwm", "span", "tokens"):
+            raise InputError(
+                f"--sentence-task {self.sentence_task} goes with an encoder objective (mlm, wwm, span, tokens)"
+            )
         if self.dupe_factor > 1 and self.objective == "tokens":
             raise InputError(
                 "--dupe-factor applies to static masking; `--objective tokens` is masked anew every epoch"
@@ -168,7 +176,15 @@ def process_block(out: str, block: int, first_doc: int, joined: list[str]) -> di
         cursor += len(lines)
     entries, dropped = [], 0
     for split, code in SPLIT_CODES.items():
-        packed = pack_block(by_split[split], packer_for(w["kind"], w["length"], w["vocab"]))
+        packed: PackedBlock | PairBlock
+        extra: dict[str, np.ndarray] = {}
+        if o.sentence_task:
+            packed = pair_block(
+                by_split[split], o.seq_len, w["vocab"], o.sentence_task, sample_rng(o.seed, code, block, 0x5E)
+            )
+            extra = {"token_type_ids": packed.token_type_ids, "sentence_label": packed.sentence_label}
+        else:
+            packed = pack_block(by_split[split], packer_for(w["kind"], w["length"], w["vocab"]))
         dropped += packed.dropped_tokens
         if len(packed) == 0:
             continue
@@ -190,6 +206,7 @@ def process_block(out: str, block: int, first_doc: int, joined: list[str]) -> di
             for d in range(o.dupe_factor):
                 col = columns[d]
                 sample = {k: v[i] for k, v in col.items()} if isinstance(col, dict) else col[i]
+                sample = {**sample, **{k: v[i] for k, v in extra.items()}}
                 samples.append((f"{split}-{block:06d}-{i * o.dupe_factor + d:07d}", sample))
         tokens = sum(int(s["input_ids"].size) for _, s in samples)
         entries.append(write_tar(outp, f"{split}-{block:06d}.tar", samples, tokens, split))
@@ -431,7 +448,7 @@ def merge(out: str | Path) -> Manifest:
         splits=splits,
         shards=shards,
         packing={
-            "method": "concat",
+            "method": "pairs" if opts["sentence_task"] else "concat",
             "dropped_tokens": sum(r["dropped_tokens"] for r in records),
             "kind": "encoder"
             if opts["objective"] in ("tokens", "mlm", "wwm", "span", "electra")
@@ -439,7 +456,10 @@ def merge(out: str | Path) -> Manifest:
         },
         source_stats=stats,
         inputs=plan["inputs"],
-        build={k2: opts[k2] for k2 in ("valid_fraction", "docs_per_block", "dupe_factor", "sources")}
+        build={
+            k2: opts[k2]
+            for k2 in ("valid_fraction", "docs_per_block", "dupe_factor", "sentence_task", "sources")
+        }
         | {"num_slices": k, "blocks": n_blocks},
     )
     manifest.write(out)

@@ -70,6 +70,7 @@ def _cmd_shards(args: argparse.Namespace) -> int:
         seed=args.seed,
         valid_fraction=args.valid_fraction,
         docs_per_block=args.docs_per_block,
+        sentence_task=args.sentence_task,
         dupe_factor=args.dupe_factor,
         objective_options=options,
         sources=SourceOptions(
@@ -231,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="other objective parameters, e.g. --opt mask_prob=0.8 --opt permute_sentences=0.0",
     )
     s.add_argument("--dupe-factor", type=int, default=1, help="static masking: write each sequence D times")
+    s.add_argument(
+        "--sentence-task",
+        default="",
+        choices=["", "sop", "nsp"],
+        help="write sentence pairs (token_type_ids, sentence_label) for SOP or NSP",
+    )
     s.add_argument("--valid-fraction", type=float, default=0.02, help="fraction of documents held out")
     s.add_argument(
         "--docs-per-block", type=int, default=4096, help="documents per unit of work (and per shard)"

@@ -67,6 +67,9 @@ class ModelConfig:
     """Width of the token embeddings when it differs from hidden_size (ALBERT, ELECTRA); 0 = hidden_size."""
     share_layers: bool = False
     """One set of block weights used by every layer (ALBERT's cross-layer sharing)."""
+    sentence_head: bool = False
+    """A pooler on [CLS] + 2-way classifier for sentence-order (SOP) or next-sentence (NSP) prediction; set
+    automatically when the dataset holds sentence pairs."""
     position_offset: int = 0
     """Added to position ids (RoBERTa: pad id + 1); the position table has max_position_embeddings + offset rows."""
     # ELECTRA

@@ -179,6 +179,7 @@ class MLMHeadContainer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.predictions = MLMPredictions(cfg)
+        self.seq_relationship = nn.Linear(cfg.hidden_size, 2) if cfg.sentence_head else None
 
 
 @dataclass
@@ -189,6 +190,19 @@ class MLMOutput:
     """(M,) the labels at those positions (None without labels)."""
     hidden: torch.Tensor | None = None
     """(B, T, H) the encoder's output."""
+    sentence_logits: torch.Tensor | None = None
+    """(B, 2) sentence-order / next-sentence logits (models with a sentence head)."""
+
+
+class Pooler(nn.Module):
+    """tanh(dense(h[CLS])) as in BERT's pooler; feeds the SOP / NSP classifier."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(h[:, 0]))  # (B, H)
 
 
 def select_labelled(h: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -209,6 +223,7 @@ class BertForPretraining(nn.Module):
         super().__init__()
         self.config = cfg
         self.bert = BertModel(cfg)
+        self.pooler = Pooler(cfg) if cfg.sentence_head else None
         self.cls = MLMHeadContainer(cfg)
         self.apply(lambda m: init_bert_weights(m, cfg.initializer_range))
 
@@ -224,7 +239,10 @@ class BertForPretraining(nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> MLMOutput:
         h = self.bert(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+        sentence = None
+        if self.pooler is not None and self.cls.seq_relationship is not None:
+            sentence = self.cls.seq_relationship(self.pooler(h))  # (B, 2)
         if labels is None:
-            return MLMOutput(self.mlm_logits(h), None, h)  # (B, T, V)
+            return MLMOutput(self.mlm_logits(h), None, h, sentence)  # (B, T, V)
         selected, targets, _ = select_labelled(h, labels)  # (M, H), (M,)
-        return MLMOutput(self.mlm_logits(selected), targets, h)  # (M, V), (M,)
+        return MLMOutput(self.mlm_logits(selected), targets, h, sentence)  # (M, V), (M,)

@@ -16,7 +16,9 @@ def _encoder_block(H: int, inner: int) -> int:
 
 def _bert_embeddings(cfg: ModelConfig) -> int:
     E = cfg.emb_size
-    return (cfg.vocab_size + cfg.max_position_embeddings + cfg.position_offset + cfg.type_vocab_size) * E + 2 * E
+    return (
+        cfg.vocab_size + cfg.max_position_embeddings + cfg.position_offset + cfg.type_vocab_size
+    ) * E + 2 * E
 
 
 def _bert_trunk(cfg: ModelConfig) -> int:
@@ -29,7 +31,8 @@ def _bert_trunk(cfg: ModelConfig) -> int:
 
 def _mlm_head(cfg: ModelConfig) -> int:
     H, E = cfg.hidden_size, cfg.emb_size
-    return H * E + E + 2 * E + cfg.vocab_size  # transform dense + LayerNorm + output bias (decoder tied)
+    sentence = (H * H + H) + (2 * H + 2) if cfg.sentence_head else 0  # pooler + SOP/NSP classifier
+    return H * E + E + 2 * E + cfg.vocab_size + sentence  # transform dense + LayerNorm + bias (decoder tied)
 
 
 def _t5_stack(cfg: ModelConfig, decoder: bool) -> int:
@@ -77,7 +80,9 @@ def _encoder_matmul_per_token(cfg: ModelConfig, T: int) -> float:
     return proj + L * (2 * (4 * H * H + 2 * H * inner) + 2 * 2 * T * H)
 
 
-def train_flops_per_token(cfg: ModelConfig, seq_len: int, target_len: int = 0, mask_fraction: float = 0.15) -> float:
+def train_flops_per_token(
+    cfg: ModelConfig, seq_len: int, target_len: int = 0, mask_fraction: float = 0.15
+) -> float:
     """Training FLOPs per input token. Encoder-decoders: per encoder token, with the decoder's work on `target_len`
     tokens per sequence of `seq_len` included."""
     V, H, E = cfg.vocab_size, cfg.hidden_size, cfg.emb_size
@@ -88,7 +93,12 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int, target_len: int = 0, m
         gen = cfg.generator()
         gen_head = mask_fraction * 2 * (gen.hidden_size * E + E * V)
         disc_head = 2 * (H * H + H)
-        return 3.0 * (_encoder_matmul_per_token(gen, seq_len) + gen_head + _encoder_matmul_per_token(cfg, seq_len) + disc_head)
+        return 3.0 * (
+            _encoder_matmul_per_token(gen, seq_len)
+            + gen_head
+            + _encoder_matmul_per_token(cfg, seq_len)
+            + disc_head
+        )
     if cfg.family in ("t5", "bart"):
         D, F = cfg.hidden_size, cfg.intermediate_size
         inner = cfg.num_heads * cfg.head_dim if cfg.family == "t5" else D

@@ -186,6 +186,10 @@ MAPS: dict[str, list[tuple[str, str]]] = {
 }
 # Our keys that the transformers model of a map does not hold (the other half of ELECTRA).
 DROP = {
+    # BertForMaskedLM-style exports carry no pooler / sentence classifier (BertForPreTraining would).
+    "bert": ("pooler.", "cls.seq_relationship."),
+    "roberta": ("pooler.", "cls.seq_relationship."),
+    "albert": ("pooler.", "cls.seq_relationship."),
     "electra": ("generator.", "generator_predictions."),
     "electra_generator": ("discriminator.", "discriminator_predictions."),
 }

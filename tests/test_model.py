@@ -146,15 +146,29 @@ def test_only_engine_imports_deepspeed() -> None:
 
 @pytest.mark.parametrize(
     "preset",
-    ["tiny", "bert_base", "roberta_base", "albert_base", "electra_small", "electra_base", "t5_small", "t5_base",
-     "bart_base", "tiny_t5", "tiny_bart", "tiny_electra"],
+    [
+        "tiny",
+        "bert_base",
+        "roberta_base",
+        "albert_base",
+        "electra_small",
+        "electra_base",
+        "t5_small",
+        "t5_base",
+        "bart_base",
+        "tiny_t5",
+        "tiny_bart",
+        "tiny_electra",
+    ],
 )
 def test_parameter_accounting_matches_every_family(preset: str) -> None:
     from modeling.flops import param_count, train_flops_per_token
 
     cfg = ModelConfig.from_preset(preset, vocab_size=1000)
     model = build_model(cfg)
-    assert sum(p.numel() for p in model.parameters()) == param_count(cfg)  # parameters() counts shared ones once
+    assert sum(p.numel() for p in model.parameters()) == param_count(
+        cfg
+    )  # parameters() counts shared ones once
     assert train_flops_per_token(cfg, 128, target_len=29) > 0
 
 

@@ -237,3 +237,107 @@ def test_seq2seq_collation_pads_and_shifts() -> None:
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 0, 0]]
     assert batch["labels"].tolist() == [[8, 9, -100], [8, 9, 10]]
     assert batch["decoder_input_ids"].tolist() == [[3, 8, 9], [3, 8, 9]]
+
+
+def _numbered_docs(n_docs: int = 40, lines: int = 12, width: int = 9) -> list[list[list[int]]]:
+    """Token ids that say where they come from: doc d, line i, position j -> 200 + d*1000 + i*10 + j."""
+    return [
+        [[200 + d * 1000 + i * 10 + j for j in range(width)] for i in range(lines)] for d in range(n_docs)
+    ]
+
+
+def _vocab():
+    from data_pipeline.objectives import Vocab
+
+    return Vocab(
+        size=50_000,
+        pad=0,
+        cls=4,
+        sep=5,
+        mask=6,
+        bos=2,
+        eos=3,
+        special_ids=[0, 1, 2, 3, 4, 5, 6],
+        sentinel_ids=list(range(7, 107)),
+    )
+
+
+def _segments(row, types):
+    body = row[(row != 0)]
+    a = [t for t, tt in zip(row, types) if tt == 0 and t not in (0, 4, 5)]
+    b = [t for t, tt in zip(row, types) if tt == 1 and t not in (0, 4, 5)]
+    assert body[0] == 4 and list(body).count(5) == 2
+    return a, b
+
+
+@pytest.mark.parametrize("task", ["sop", "nsp"])
+def test_sentence_pairs_have_the_right_order_and_labels(task: str) -> None:
+    from data_pipeline.packing import pair_block
+
+    pb = pair_block(_numbered_docs(), 64, _vocab(), task, np.random.default_rng(0))
+    assert len(pb) > 50 and pb.tokens.shape[1] == 64
+    assert 0.4 < pb.sentence_label.mean() < 0.6
+    for row, types, label in zip(pb.tokens, pb.token_type_ids, pb.sentence_label[:, 0]):
+        a, b = _segments(row, types)
+        assert a and b and len(a) + len(b) <= 61
+        same_doc = a[0] // 1000 == b[0] // 1000
+        if task == "sop":
+            assert same_doc
+            assert (max(a) < min(b)) if label == 0 else (min(a) > max(b))
+        else:
+            assert (same_doc and max(a) < min(b)) if label == 0 else not same_doc
+
+
+def test_sop_shards_on_real_text(tmp_path, corpus_file, tokenizer_dir):
+    out = tmp_path / "sop"
+    write_shards(
+        [str(corpus_file)],
+        tokenizer_dir,
+        out,
+        ShardOptions(objective="mlm", seq_len=128, sentence_task="sop", docs_per_block=500, seed=3),
+        workers=2,
+    )
+    m = read_manifest(out)
+    assert m.build["sentence_task"] == "sop" and m.packing["method"] == "pairs"
+    ss = samples(out)
+    assert {"input_ids", "labels", "token_type_ids", "sentence_label"} <= set(ss[0])
+    labels = np.concatenate([s["sentence_label"] for s in ss])
+    assert abs(labels.mean() - 0.5) < 0.05
+    inputs = np.stack([s["input_ids"] for s in ss])
+    lab = np.stack([s["labels"] for s in ss])
+    restored = np.where(lab != IGNORE, lab, inputs)
+    maskable = ~np.isin(restored, special_set(out))
+    assert abs((lab != IGNORE).sum() / maskable.sum() - 0.15) < 0.01  # padding and [SEP]s are never masked
+    padded = [s for s in ss if (s["input_ids"] == 0).any()][:4]
+    assert padded, "short pairs are padded"
+    batch = Collator(pad_id=0)(padded)
+    assert batch["sentence_label"].shape == (4,)
+    assert batch["attention_mask"].tolist() == (batch["input_ids"] != 0).long().tolist()
+
+
+def test_sentence_head_trains_in_the_loop(tmp_path, corpus_file, tokenizer_dir):
+    from tests.conftest import read_scalars, run_cloze
+
+    out = tmp_path / "nsp"
+    write_shards(
+        [str(corpus_file)],
+        tokenizer_dir,
+        out,
+        ShardOptions(objective="mlm", seq_len=64, sentence_task="nsp", docs_per_block=1000, seed=3),
+        workers=2,
+    )
+    run = tmp_path / "run"
+    proc = run_cloze(
+        [
+            "train",
+            "configs/tiny-bert.yaml",
+            f"data.path={out}",
+            f"run_dir={run}",
+            "trainer.max_steps=4",
+            "trainer.eval_every=0",
+            "checkpoint.every_steps=0",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(read_scalars(run / "tensorboard", "train/sentence_accuracy")) == 4
+    assert read_scalars(run / "tensorboard", "eval/sentence_loss")

@@ -87,3 +87,24 @@ def test_stop_and_resume_reproduces_the_uninterrupted_losses(
     assert sorted(got) == list(range(1, 21))
     # Exactly equal: same data order, same dropout masks (derived from seed, step, rank), same optimizer state.
     assert got == expected
+
+
+def test_zero3_with_activation_checkpointing_trains(tmp_path: Path, dataset_dir: Path) -> None:
+    """Parameters partitioned across the 2 ranks, blocks recomputed in backward (non-reentrant checkpointing)."""
+    run = tmp_path / "z3"
+    train(
+        dataset_dir,
+        run,
+        "deepspeed.zero_stage=3",
+        "model.activation_checkpointing=true",
+        "trainer.max_steps=12",
+        "trainer.eval_every=0",
+        "checkpoint.every_steps=0",
+    )
+    losses = read_scalars(run / "tensorboard", "train/loss")
+    assert sorted(losses) == list(range(1, 13))
+    assert sum(losses[s] for s in (10, 11, 12)) / 3 < sum(losses[s] for s in (1, 2, 3)) / 3 - 0.2
+    meta = json.loads((run / "checkpoints" / "step00000012" / "checkpoint.json").read_text())
+    assert {"zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"} <= set(
+        meta["files"]
+    )

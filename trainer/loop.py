@@ -87,6 +87,9 @@ def prepare(cfg: RunConfig, world_size: int) -> tuple[int, Manifest]:
             f"model.family={family!r} trains on {', '.join(COMPATIBLE[family])} shards, but {cfg.data.path} holds "
             f"{objective!r} shards; write matching shards (cloze shards --objective ...) or change model.family"
         )
+    cfg.model.sentence_head = bool(
+        manifest.build.get("sentence_task")
+    )  # the data decides: pairs need the head
     cfg.model.pad_token_id = manifest.special_tokens["pad"]
     cfg.model.eos_token_id = manifest.special_tokens["eos"]
     if family == "roberta":

@@ -64,13 +64,28 @@ class Task:
 
 
 class MLMTask(Task):
+    """MLM, plus sentence-order / next-sentence prediction when the batch carries sentence labels."""
+
     name = "mlm"
     keys = ("input_ids", "labels", "attention_mask", "token_type_ids")
 
     def __call__(
         self, forward: Any, batch: dict[str, torch.Tensor], baseline_id: int | None = None
     ) -> LossResult:
-        return mlm_loss(forward(**_inputs(batch, self.keys)), baseline_id)
+        out = forward(**_inputs(batch, self.keys))
+        r = mlm_loss(out, baseline_id)
+        if out.sentence_logits is not None and "sentence_label" in batch:
+            target = batch["sentence_label"]
+            sentence_loss = F.cross_entropy(out.sentence_logits.float(), target)
+            r.loss = r.loss + sentence_loss
+            with torch.no_grad():
+                n = float(target.numel())
+                r.sums.update(
+                    sentence_loss_sum=sentence_loss.item() * n,
+                    sentence_count=n,
+                    sentence_correct=float((out.sentence_logits.argmax(-1) == target).sum()),
+                )
+        return r
 
     def summarize(self, s: dict[str, float]) -> dict[str, float]:
         n = max(s.get("count", 0.0), 1.0)
@@ -81,6 +96,11 @@ class MLMTask(Task):
         }
         if "baseline_correct" in s:
             out["baseline_accuracy"] = s["baseline_correct"] / n
+        if s.get("sentence_count"):
+            k = s["sentence_count"]
+            out["sentence_loss"] = s["sentence_loss_sum"] / k
+            out["sentence_accuracy"] = s["sentence_correct"] / k
+            out["loss"] += out["sentence_loss"]
         return out
 
 
