@@ -10,11 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
 from .encoder import TiedEmbedding
-from .layers import activation_fn, init_bert_weights
+from .layers import activation_fn, init_bert_weights, run_blocks
 from .t5 import Seq2SeqOutput, additive_mask
 
 POSITION_OFFSET = 2  # fairseq's learned positions start at 2 (padding_idx + 1)
@@ -99,12 +98,15 @@ class BartStack(nn.Module):
         enc_mask = None
         if self.is_decoder and enc_keep is not None and enc is not None:
             enc_mask = additive_mask(enc_keep, B, T, enc.shape[1], False, ids.device, h.dtype)
-        for i, layer in enumerate(self.layers):
-            if self.checkpointing and self.training and i % self.checkpoint_every == 0:
-                h = checkpoint(layer, h, mask, enc, enc_mask, use_reentrant=False)
-            else:
-                h = layer(h, mask, enc, enc_mask)
-        return h
+        return run_blocks(
+            list(self.layers),
+            h,
+            mask,
+            enc,
+            enc_mask,
+            checkpoint_every=self.checkpoint_every,
+            enabled=self.checkpointing and self.training,
+        )
 
 
 class BartModel(nn.Module):

@@ -28,6 +28,7 @@ from .layers import (
     activation_fn,
     init_bert_weights,
     padding_mask_to_sdpa,
+    run_blocks,
 )
 
 
@@ -114,12 +115,16 @@ class BertEncoder(nn.Module):
         )
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        for i in range(self.num_layers):
-            layer = self.layer[0 if len(self.layer) == 1 else i]
-            if self.checkpointing and self.training and i % self.checkpoint_every == 0:
-                h = checkpoint(layer, h, mask, use_reentrant=False)
-            else:
-                h = layer(h, mask)
+        blocks = [
+            self.layer[0 if len(self.layer) == 1 else i] for i in range(self.num_layers)
+        ]  # ALBERT: one, shared
+        h = run_blocks(
+            blocks,
+            h,
+            mask,
+            checkpoint_every=self.checkpoint_every,
+            enabled=self.checkpointing and self.training,
+        )
         return self.final_norm(h) if self.final_norm is not None else h
 
 

@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def activation_fn(name: str):  # noqa: ANN201 - returns a tensor function
@@ -114,3 +115,16 @@ def init_bert_weights(module: nn.Module, std: float) -> None:
 
 def round_up(x: int, multiple: int) -> int:
     return int(math.ceil(x / multiple) * multiple)
+
+
+def run_blocks(
+    blocks: list[nn.Module], h: torch.Tensor, *args: object, checkpoint_every: int, enabled: bool
+) -> torch.Tensor:
+    """h = block(h, *args) for each block; when `enabled`, every `checkpoint_every`-th block is recomputed in the
+    backward pass instead of keeping its activations (non-reentrant, so it composes with ZeRO-3)."""
+    for i, block in enumerate(blocks):
+        if enabled and i % checkpoint_every == 0:
+            h = checkpoint(block, h, *args, use_reentrant=False)
+        else:
+            h = block(h, *args)
+    return h

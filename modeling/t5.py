@@ -14,9 +14,9 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
+from .layers import run_blocks
 
 
 class T5LayerNorm(nn.Module):
@@ -205,11 +205,15 @@ class T5Stack(nn.Module):
         if self.is_decoder:
             assert enc is not None
             enc_mask = additive_mask(enc_keep, B, T, enc.shape[1], False, ids.device, h.dtype)
-        for i, block in enumerate(self.block):
-            if self.checkpointing and self.training and i % self.checkpoint_every == 0:
-                h = checkpoint(block, h, bias, enc, enc_mask, use_reentrant=False)
-            else:
-                h = block(h, bias, enc, enc_mask)
+        h = run_blocks(
+            list(self.block),
+            h,
+            bias,
+            enc,
+            enc_mask,
+            checkpoint_every=self.checkpoint_every,
+            enabled=self.checkpointing and self.training,
+        )
         return self.dropout(self.final_layer_norm(h))
 
 

@@ -41,16 +41,9 @@ def torchrun_cloze(
     args: Sequence[str], nproc: int = 2, timeout: float = 300, **env: str
 ) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node N -m launch.cli ARGS`: real ranks over gloo."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "launch.cli",
-        *args,
-    ]
+    from launch.demo import torchrun_command
+
+    cmd = torchrun_command(nproc, list(args))
     return subprocess.run(
         cmd, cwd=ROOT, env=cloze_env(**env), capture_output=True, text=True, timeout=timeout
     )
