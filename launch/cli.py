@@ -160,14 +160,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from trainer.config import load_config
-    from trainer.loop import fit
+    from trainer.loop import EXIT_REQUEUE, fit
 
     cfg = load_config(args.config, args.overrides)
     result = fit(cfg)
-    print(
-        f"run directory: {result.run_dir}  (stopped at step {result.step})", flush=True
-    ) if result.stopped_early else None
-    return 0
+    if result.stopped_early:
+        print(f"run directory: {result.run_dir}  (stopped at step {result.step})", flush=True)
+    return EXIT_REQUEUE if result.preempted else 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

@@ -31,6 +31,9 @@ COMPLETE = "COMPLETE"
 META = "checkpoint.json"
 TMP_PREFIX = ".tmp-"
 TAG_RE = re.compile(r"^step(\d+)$")
+CRASH_ENV = "CLOZE_CRASH_IN_SAVE"
+"""Set to a rank number to make that rank exit in the middle of a save (tests of crash safety)."""
+CRASH_EXIT = 17
 
 
 class CheckpointError(RuntimeError):
@@ -92,6 +95,9 @@ def save(
     D.barrier()
     engine.save(root, tmp_tag, client_state)
     _fsync_tree(root / tmp_tag)
+    crash_rank = os.environ.get(CRASH_ENV)
+    if crash_rank is not None and crash_rank == str(D.rank()):
+        os._exit(CRASH_EXIT)  # fault injection for tests: die with the files written but nothing committed
     D.barrier()
     final = root / tag
     if is_main:

@@ -144,6 +144,10 @@ def initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def rank() -> int:
+    return dist.get_rank() if initialized() else 0
+
+
 def barrier() -> None:
     if initialized():
         dist.barrier()

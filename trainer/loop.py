@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import signal
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -23,12 +25,30 @@ from .engine import Engine, init_distributed
 from .losses import COMPATIBLE, task_for
 
 
+EXIT_REQUEUE = 75
+"""Exit code of a run stopped by SIGUSR1/SIGTERM after saving its checkpoint (EX_TEMPFAIL): requeue me."""
+
+
 @dataclass
 class FitResult:
     step: int
     eval: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
     run_dir: str = ""
+    preempted: bool = False
+    """Stopped by a signal (SIGUSR1 / SIGTERM): checkpoint saved, the job should be requeued."""
+
+
+class StopFlag:
+    """SIGUSR1 / SIGTERM only set a flag; the loop acts on it at the next step boundary, on every rank at once."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum: int, frame: object) -> None:
+        self.signum = signum
 
 
 def derived_seed(*parts: int) -> int:
@@ -118,11 +138,20 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
     ckpt_root = run_dir / "checkpoints"
     step = 0
     if cfg.checkpoint.resume:
-        tag = D.broadcast_object(ckpt.find_resume(ckpt_root) if info.is_main else None)
+        # Rank 0 finds and verifies; every rank gets the verdict, so a bad checkpoint stops all of them at once.
+        verdict: tuple[str | None, str | None] = (None, None)
+        if info.is_main:
+            try:
+                found = ckpt.find_resume(ckpt_root)
+                if found is not None:
+                    ckpt.verify(ckpt_root / found, hashes=cfg.checkpoint.verify_hashes)
+                verdict = (found, None)
+            except ckpt.CheckpointError as e:
+                verdict = (None, str(e))
+        tag, error = cast(tuple[str | None, str | None], D.broadcast_object(verdict))
+        if error is not None:
+            raise ckpt.CheckpointError(error)
         if tag is not None:
-            if info.is_main:
-                ckpt.verify(ckpt_root / str(tag), hashes=cfg.checkpoint.verify_hashes)
-            D.barrier()
             state = engine.load(ckpt_root, str(tag))
             step = int(state["step"])
             if info.is_main:
@@ -188,6 +217,7 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
     stop_at = t.stop_after_steps if 0 < t.stop_after_steps < t.max_steps else t.max_steps
     tokens_per_step = t.global_batch_size * manifest.seq_len
     skipped_by_worker: dict[int, float] = {}
+    stop = StopFlag()
     while step < stop_at:
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
@@ -203,7 +233,8 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
                 sums[k] = sums.get(k, 0.0) + v
         step += 1
         sums["skipped_samples"] = sum(skipped_by_worker.values())
-        totals = reduce(sums)
+        sums["stop_requested"] = float(stop.signum != 0)
+        totals = reduce(sums)  # one all-reduce: metrics, and whether any rank was told to stop
         dt = time.perf_counter() - t0
         metrics = {
             **task.summarize(totals),
@@ -218,10 +249,18 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
             cb.on_step(step, metrics)
         if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
             result.eval = evaluate(step)
+        if totals["stop_requested"] > 0:
+            if info.is_main:
+                print(
+                    f"stop requested by a signal at step {step}: saving a checkpoint, then exit {EXIT_REQUEUE}",
+                    flush=True,
+                )
+            result.preempted = True
+            break
         if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 and step < stop_at:
             save(step)
     result.step = step
-    if step >= t.max_steps:
+    if step >= t.max_steps and not result.preempted:
         result.eval = evaluate(step)
     else:
         result.stopped_early = True

@@ -1,0 +1,184 @@
+"""Checkpoints that cannot be trusted are never used silently: damaged files, crashes mid-save, broken `latest`."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import read_scalars, torchrun_cloze
+from trainer.checkpoint import COMPLETE, CRASH_ENV, CRASH_EXIT, CheckpointError, find_resume
+
+
+def make_tag(root: Path, name: str, complete: bool = True) -> None:
+    (root / name).mkdir(parents=True)
+    if complete:
+        (root / name / COMPLETE).write_text(name)
+
+
+def test_find_resume_rules(tmp_path: Path) -> None:
+    root = tmp_path / "ck"
+    assert find_resume(root) is None  # nothing yet: a fresh start
+    root.mkdir()
+    assert find_resume(root) is None
+    make_tag(root, ".tmp-step00000005", complete=False)  # a crash before the commit: ignored
+    assert find_resume(root) is None
+    make_tag(root, "step00000010", complete=False)
+    with pytest.raises(CheckpointError, match="step00000010.*none is complete"):
+        find_resume(root)
+    make_tag(root, "step00000005")
+    assert find_resume(root) == "step00000005"  # no `latest`: the newest complete one
+    (root / "latest").write_text("")
+    with pytest.raises(CheckpointError, match="latest is empty"):
+        find_resume(root)
+    (root / "latest").write_text("step00000099\n")
+    with pytest.raises(CheckpointError, match="names 'step00000099', which does not exist"):
+        find_resume(root)
+    (root / "latest").write_text("step00000005\n")
+    make_tag(root, "step00000007")  # renamed, but the crash came before `latest` was replaced
+    assert find_resume(root) == "step00000007"
+
+
+def train(dataset_dir: Path, run: Path, *overrides: str, **env: str):
+    return torchrun_cloze(
+        [
+            "train",
+            "configs/tiny-bert.yaml",
+            f"data.path={dataset_dir}",
+            f"run_dir={run}",
+            "trainer.eval_every=0",
+            *overrides,
+        ],
+        **env,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, dataset_dir: Path) -> Path:
+    run = tmp_path_factory.mktemp("ref") / "run"
+    proc = train(dataset_dir, run, "checkpoint.every_steps=5")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_crash_in_the_middle_of_a_save(tmp_path: Path, dataset_dir: Path, reference: Path, rank: str) -> None:
+    run = tmp_path / "run"
+    ck = run / "checkpoints"
+    crashed = train(
+        dataset_dir, run, "checkpoint.every_steps=5", "trainer.stop_after_steps=10", **{CRASH_ENV: rank}
+    )
+    assert crashed.returncode != 0
+    # The save at step 5 crashed: nothing committed, `latest` never written, the partial tag left aside.
+    assert not (ck / "latest").exists() and not (ck / "step00000005").exists()
+    assert (ck / ".tmp-step00000005").is_dir()
+    # Second attempt: the crash comes at step 10's save; step 5 is complete and `latest` names it.
+    shutil.rmtree(run)
+    first = train(dataset_dir, run, "checkpoint.every_steps=5", "trainer.stop_after_steps=8")
+    assert first.returncode == 0, first.stderr[-3000:]
+    crashed = train(
+        dataset_dir, run, "checkpoint.every_steps=2", "trainer.stop_after_steps=14", **{CRASH_ENV: rank}
+    )
+    assert crashed.returncode != 0
+    latest = (ck / "latest").read_text().strip()
+    assert latest == "step00000008"
+    assert (ck / ".tmp-step00000010").is_dir() and not (ck / "step00000010").exists()
+    resumed = train(dataset_dir, run, "checkpoint.every_steps=5")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "at step 8" in resumed.stdout
+    assert read_scalars(run / "tensorboard", "train/loss") == read_scalars(
+        reference / "tensorboard", "train/loss"
+    )
+
+
+def _damaged_copy(reference: Path, tmp_path: Path) -> tuple[Path, Path]:
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    (run / "result.json").unlink()
+    return run, run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+
+
+@pytest.mark.slow
+def test_flipped_byte_is_an_error_naming_the_file(tmp_path: Path, dataset_dir: Path, reference: Path) -> None:
+    run, tag = _damaged_copy(reference, tmp_path)
+    victim = tag / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+    proc = train(dataset_dir, run, "trainer.max_steps=25")
+    assert proc.returncode != 0
+    assert f"checkpoint file {victim} fails its sha256 check" in proc.stderr
+    assert not (run / "checkpoints" / "step00000025").exists()
+
+
+@pytest.mark.slow
+def test_deleted_rank_file_is_an_error_naming_it(tmp_path: Path, dataset_dir: Path, reference: Path) -> None:
+    run, tag = _damaged_copy(reference, tmp_path)
+    victim = tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    victim.unlink()
+    proc = train(dataset_dir, run, "trainer.max_steps=25")
+    assert proc.returncode != 0
+    assert f"checkpoint file {victim} is missing" in proc.stderr
+
+
+def test_crash_exit_code_is_distinct() -> None:
+    assert CRASH_EXIT not in (0, 1, 2)
+
+
+@pytest.mark.slow
+def test_usr1_to_one_rank_saves_on_all_ranks_and_exits_for_requeue(
+    tmp_path: Path, dataset_dir: Path, reference: Path
+) -> None:
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from launch.demo import torchrun_command
+    from tests.conftest import ROOT, cloze_env
+    from trainer.loop import EXIT_REQUEUE
+
+    run = tmp_path / "run"
+    cmd = torchrun_command(
+        2,
+        [
+            "train",
+            "configs/tiny-bert.yaml",
+            f"data.path={dataset_dir}",
+            f"run_dir={run}",
+            "trainer.eval_every=0",
+            "checkpoint.every_steps=5",
+            "logging.log_every=1",
+        ],
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=cloze_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    deadline = time.time() + 240
+    for line in proc.stdout:
+        m = re.match(r"step\s+(\d+)/", line)
+        if m and int(m.group(1)) >= 11:
+            break
+        assert time.time() < deadline, "training did not reach step 11"
+    # The worker with RANK=1, among torchrun's children, gets SIGUSR1.
+    children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    rank1 = next(p for p in children if b"RANK=1" in Path(f"/proc/{p}/environ").read_bytes().split(b"\0"))
+    os.kill(rank1, signal.SIGUSR1)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode != 0  # torchrun reports its workers' exit
+    assert f"exitcode  : {EXIT_REQUEUE}" in err or f"exitcode: {EXIT_REQUEUE}" in err.replace("  ", " "), err[
+        -2000:
+    ]
+    stopped = int((run / "checkpoints" / "latest").read_text().strip().removeprefix("step"))
+    assert 11 <= stopped < 20
+    resumed = train(dataset_dir, run, "checkpoint.every_steps=5")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at step {stopped}" in resumed.stdout
+    assert read_scalars(run / "tensorboard", "train/loss") == read_scalars(
+        reference / "tensorboard", "train/loss"
+    )
