@@ -135,7 +135,6 @@ def test_usr1_to_one_rank_saves_on_all_ranks_and_exits_for_requeue(
     import re
     import signal
     import subprocess
-    import sys
     import time
 
     from launch.demo import torchrun_command

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import signal
 import json
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +23,6 @@ from .callbacks import Callback, ConsoleCallback, TensorBoardCallback
 from .config import ConfigError, RunConfig
 from .engine import Engine, init_distributed
 from .losses import COMPATIBLE, task_for
-
 
 EXIT_REQUEUE = 75
 """Exit code of a run stopped by SIGUSR1/SIGTERM after saving its checkpoint (EX_TEMPFAIL): requeue me."""
