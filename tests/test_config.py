@@ -115,3 +115,22 @@ def test_docs_config_reference_names_every_key() -> None:
                 assert f"`{section.name}.{f.name}`" in doc, f"docs/config.md lacks {section.name}.{f.name}"
         else:
             assert f"`{section.name}`" in doc
+
+
+def test_learning_rate_schedules() -> None:
+    import math
+
+    from trainer.config import OptimizerConfig
+    from trainer.optim import lr_factor
+
+    def f(schedule: str, step: int) -> float:
+        return lr_factor(step, OptimizerConfig(schedule=schedule, warmup_steps=10, min_lr_ratio=0.1), 110)
+
+    assert [f("linear", s) for s in (0, 9)] == [0.1, 1.0]  # warmup
+    assert f("linear", 60) == pytest.approx(0.55) and f("linear", 110) == pytest.approx(0.1)
+    assert f("cosine", 10) == pytest.approx(1.0) and f("cosine", 60) == pytest.approx(0.55)
+    assert f("cosine", 110) == pytest.approx(0.1)
+    assert f("inverse_sqrt", 9) == 1.0 and f("inverse_sqrt", 39) == pytest.approx(math.sqrt(10 / 40))
+    assert f("constant", 100) == 1.0
+    with pytest.raises(ConfigError, match="optimizer.schedule='exp'"):
+        config_from_dict({"optimizer": {"schedule": "exp"}})

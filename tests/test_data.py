@@ -181,3 +181,17 @@ def test_order_does_not_depend_on_worker_count(dataset_dir: Path) -> None:
 def test_eval_stream_gives_each_rank_the_same_number_of_batches(dataset_dir: Path) -> None:
     counts = [len(list(EvalStream(dataset_dir, 8, 2, r, batches=1000))) for r in range(2)]
     assert counts[0] == counts[1] > 0
+
+
+def test_bpe_tokenizer_with_byte_fallback(tmp_path: Path) -> None:
+    from data_pipeline.tokenizer import train_tokenizer
+
+    info = train_tokenizer(
+        ["builtin:stdlib-docs"], tmp_path / "bpe", vocab_size=1500, model_type="bpe", byte_fallback=True
+    )
+    tok = Tokenizer(tmp_path / "bpe")
+    assert info.model_type == "bpe" and tok.info.model_type == "bpe"
+    assert tok.special.to_dict() == {"pad": 0, "unk": 1, "bos": 2, "eos": 3, "cls": 4, "sep": 5, "mask": 6}
+    ids = tok.encode(["naïve 数据 café"])[0]
+    assert tok.special.unk not in ids  # byte fallback: no unknown token even for unseen characters
+    assert tok.decode(ids) == "naïve 数据 café"

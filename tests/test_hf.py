@@ -136,18 +136,20 @@ def test_import_round_trip(family: str) -> None:
         torch.testing.assert_close(a, b, msg=k)
 
 
-@pytest.mark.parametrize("family", ["bert", "electra", "t5", "bart"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "albert", "electra", "t5", "bart"])
 def test_export_directory_loads_offline(
     tmp_path: Path, tokenizer_dir: Path, family: str, monkeypatch
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    kw = {"bert": {}, "electra": dict(family="electra", embedding_size=24), **SEQ2SEQ}[family]
+    kw = {**ENCODERS, "electra": dict(family="electra", embedding_size=24), **SEQ2SEQ}[family]
     cfg = cfg_of(vocab_size=3000, **kw)
     ours = make(cfg)
     dirs = export_hf(ours, cfg, tmp_path / "hf", tokenizer_dir / "tokenizer.model")
     assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "hf" / "model.safetensors").is_file()
     cls = {
         "bert": transformers.BertForMaskedLM,
+        "roberta": transformers.RobertaForMaskedLM,
+        "albert": transformers.AlbertForMaskedLM,
         "electra": transformers.ElectraForPreTraining,
         "t5": transformers.T5ForConditionalGeneration,
         "bart": transformers.BartForConditionalGeneration,

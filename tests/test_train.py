@@ -43,6 +43,9 @@ def test_zero2_two_processes_lowers_the_loss(uninterrupted: Path) -> None:
 def test_tensorboard_has_the_scalars(uninterrupted: Path) -> None:
     tb = uninterrupted / "tensorboard"
     for tag in (
+        "train/tflops_per_s_per_device",
+        "train/skipped_samples",
+        "checkpoint/save_seconds",
         "train/loss",
         "train/mlm_accuracy",
         "train/lr",
@@ -108,3 +111,22 @@ def test_zero3_with_activation_checkpointing_trains(tmp_path: Path, dataset_dir:
     assert {"zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"} <= set(
         meta["files"]
     )
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_exact_resume_under_zero_stage(tmp_path: Path, dataset_dir: Path, stage: int) -> None:
+    """ZeRO-1 and ZeRO-3 (ZeRO-2 above): stop at step 4 + resume == uninterrupted, with dropout on."""
+    common = (
+        f"deepspeed.zero_stage={stage}",
+        "trainer.max_steps=10",
+        "trainer.eval_every=0",
+        "checkpoint.every_steps=0",
+    )
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(dataset_dir, full, *common)
+    train(dataset_dir, part, *common, "trainer.stop_after_steps=4")
+    resumed = train(dataset_dir, part, *common)
+    assert "at step 4" in resumed.stdout
+    expected = read_scalars(full / "tensorboard", "train/loss")
+    assert sorted(expected) == list(range(1, 11))
+    assert read_scalars(part / "tensorboard", "train/loss") == expected

@@ -71,7 +71,8 @@ class OptimizerConfig:
     warmup_steps: int = 0
     """Steps of linear warmup from 0 to lr."""
     schedule: str = "linear"
-    """Decay after warmup: 'linear' (to min_lr_ratio*lr at trainer.max_steps) or 'constant'."""
+    """Decay after warmup: 'linear' or 'cosine' (to min_lr_ratio x lr at trainer.max_steps), 'inverse_sqrt', or
+    'constant'."""
     min_lr_ratio: float = 0.0
     """Final learning rate as a fraction of lr."""
     grad_clip: float = 1.0
@@ -82,8 +83,10 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         if self.name != "adamw":
             raise ConfigError(f"optimizer.name={self.name!r} is not supported; use 'adamw'")
-        if self.schedule not in ("linear", "constant"):
-            raise ConfigError(f"optimizer.schedule={self.schedule!r}: use 'linear' or 'constant'")
+        if self.schedule not in ("linear", "cosine", "inverse_sqrt", "constant"):
+            raise ConfigError(
+                f"optimizer.schedule={self.schedule!r}: use 'linear', 'cosine', 'inverse_sqrt' or 'constant'"
+            )
         if self.lr <= 0:
             raise ConfigError(f"optimizer.lr must be > 0, got {self.lr}")
         if len(self.betas) != 2:
@@ -102,6 +105,8 @@ class DeepSpeedConfig:
     """'fp32', 'bf16' or 'fp16' (dynamic loss scaling)."""
     dist_backend: str = ""
     """torch.distributed backend: '' = nccl on GPU, gloo on CPU."""
+    peak_tflops: float = 0.0
+    """Peak TFLOP/s of one device for MFU; 0 = look the GPU up in modeling/flops.py (no MFU on CPU)."""
     timeout_minutes: int = 30
     """Collective timeout: a rank that hangs makes all ranks fail after this long."""
     extra: dict[str, Any] = field(default_factory=dict)

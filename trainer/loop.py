@@ -16,6 +16,7 @@ import torch
 from data_pipeline.loader import EvalStream, ShardReader, StreamSpec, train_loader
 from data_pipeline.manifest import Manifest, read_manifest
 from modeling import build_model
+from modeling.flops import peak_flops_for, train_flops_per_token
 
 from . import checkpoint as ckpt
 from . import distributed as D
@@ -215,6 +216,17 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
     result = FitResult(step=step, run_dir=str(run_dir))
     stop_at = t.stop_after_steps if 0 < t.stop_after_steps < t.max_steps else t.max_steps
     tokens_per_step = t.global_batch_size * manifest.seq_len
+    # Model FLOPs per step, for TFLOP/s and MFU (modeling/flops.py).
+    target_len = int(
+        manifest.objective_params.get("target_len", 0) or (manifest.seq_len if cfg.model.is_seq2seq else 0)
+    )
+    mask_rate = float(manifest.objective_params.get("rate", 0.15) or 0.15)
+    flops_per_step = tokens_per_step * train_flops_per_token(
+        cfg.model, manifest.seq_len, target_len, mask_rate
+    )
+    peak = cfg.deepspeed.peak_tflops * 1e12 or (
+        peak_flops_for(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
+    )
     skipped_by_worker: dict[int, float] = {}
     stop = StopFlag()
     while step < stop_at:
@@ -240,6 +252,8 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
             "lr": engine.lr(),
             "grad_norm": engine.grad_norm(),
             "tokens_per_s": tokens_per_step / dt,
+            "tflops_per_s_per_device": flops_per_step / dt / info.world_size / 1e12,
+            **({"mfu": flops_per_step / dt / info.world_size / peak} if peak else {}),
             "samples_per_s": t.global_batch_size / dt,
             "consumed_samples": step * t.global_batch_size,
             "skipped_samples": totals["skipped_samples"],

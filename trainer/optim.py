@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -38,8 +40,12 @@ def lr_factor(step: int, cfg: OptimizerConfig, max_steps: int) -> float:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return 1.0
+    if cfg.schedule == "inverse_sqrt":  # T5 / fairseq: lr ~ 1/sqrt(step) after warmup, continuous at the peak
+        return max(cfg.min_lr_ratio, math.sqrt(max(1, cfg.warmup_steps) / max(1, step + 1)))
     span = max(1, max_steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
+    if cfg.schedule == "cosine":
+        return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
     return 1.0 - (1.0 - cfg.min_lr_ratio) * progress
 
 
