@@ -10,7 +10,7 @@ from modeling import build_model
 from modeling.hf import export_hf
 from trainer import checkpoint as ckpt
 from trainer.config import ConfigError, config_from_dict
-from trainer.engine import consolidated_state_dict
+from trainer.engine import check_checkpoint_file, consolidated_state_dict
 
 
 def export_run(run_dir: str | Path, out: str | Path, tag: str = "") -> list[Path]:
@@ -25,7 +25,7 @@ def export_run(run_dir: str | Path, out: str | Path, tag: str = "") -> list[Path
     tag = tag or ckpt.find_resume(root) or ""
     if not tag:
         raise ckpt.CheckpointError(f"{root} holds no complete checkpoint to export")
-    ckpt.verify(root / tag, hashes=True)
+    ckpt.verify(root / tag, hashes=True, check_file=None if cfg.checkpoint.trusted else check_checkpoint_file)
     state = consolidated_state_dict(root, tag, cfg.deepspeed.zero_stage)
     model = build_model(cfg.model)
     missing, unexpected = model.load_state_dict(state, strict=False)

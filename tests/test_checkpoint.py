@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -127,21 +128,16 @@ def test_crash_exit_code_is_distinct() -> None:
     assert CRASH_EXIT not in (0, 1, 2)
 
 
-@pytest.mark.slow
-def test_usr1_to_one_rank_saves_on_all_ranks_and_exits_for_requeue(
-    tmp_path: Path, dataset_dir: Path, reference: Path
-) -> None:
-    import os
+def _start_until(dataset_dir: Path, run: Path, step: int):
+    """Start a 2-rank run (checkpoints every 5 steps, a log line every step); return it once `step` is logged,
+    with the pid of its rank-1 worker."""
     import re
-    import signal
     import subprocess
     import time
 
     from launch.demo import torchrun_command
     from tests.conftest import ROOT, cloze_env
-    from trainer.loop import EXIT_REQUEUE
 
-    run = tmp_path / "run"
     cmd = torchrun_command(
         2,
         [
@@ -161,18 +157,29 @@ def test_usr1_to_one_rank_saves_on_all_ranks_and_exits_for_requeue(
     deadline = time.time() + 240
     for line in proc.stdout:
         m = re.match(r"step\s+(\d+)/", line)
-        if m and int(m.group(1)) >= 11:
+        if m and int(m.group(1)) >= step:
             break
-        assert time.time() < deadline, "training did not reach step 11"
-    # The worker with RANK=1, among torchrun's children, gets SIGUSR1.
+        assert time.time() < deadline, f"training did not reach step {step}"
     children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
     rank1 = next(p for p in children if b"RANK=1" in Path(f"/proc/{p}/environ").read_bytes().split(b"\0"))
+    return proc, rank1
+
+
+@pytest.mark.slow
+def test_usr1_to_one_rank_saves_on_all_ranks_and_exits_for_requeue(
+    tmp_path: Path, dataset_dir: Path, reference: Path
+) -> None:
+    import os
+    import signal
+
+    from trainer.loop import EXIT_REQUEUE
+
+    run = tmp_path / "run"
+    proc, rank1 = _start_until(dataset_dir, run, 11)
     os.kill(rank1, signal.SIGUSR1)
-    out, err = proc.communicate(timeout=240)
-    assert proc.returncode != 0  # torchrun reports its workers' exit
-    assert f"exitcode  : {EXIT_REQUEUE}" in err or f"exitcode: {EXIT_REQUEUE}" in err.replace("  ", " "), err[
-        -2000:
-    ]
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode != 0  # torchrun reports its workers' exit code
+    assert re.search(rf"exitcode\s*:\s*{EXIT_REQUEUE}\b", err), err[-2000:]
     stopped = int((run / "checkpoints" / "latest").read_text().strip().removeprefix("step"))
     assert 11 <= stopped < 20
     resumed = train(dataset_dir, run, "checkpoint.every_steps=5")
@@ -181,3 +188,63 @@ def test_usr1_to_one_rank_saves_on_all_ranks_and_exits_for_requeue(
     assert read_scalars(run / "tensorboard", "train/loss") == read_scalars(
         reference / "tensorboard", "train/loss"
     )
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_rank_then_relaunch_resumes_exactly(
+    tmp_path: Path, dataset_dir: Path, reference: Path
+) -> None:
+    import os
+    import signal
+
+    run = tmp_path / "run"
+    proc, rank1 = _start_until(dataset_dir, run, 12)  # past the checkpoint of step 10
+    os.kill(rank1, signal.SIGKILL)
+    proc.communicate(timeout=240)
+    assert proc.returncode != 0
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    assert latest in ("step00000010", "step00000015")
+    resumed = train(dataset_dir, run, "checkpoint.every_steps=5")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at step {int(latest.removeprefix('step'))}" in resumed.stdout
+    assert read_scalars(run / "tensorboard", "train/loss") == read_scalars(
+        reference / "tensorboard", "train/loss"
+    )
+
+
+class _Payload:
+    """Unpickling this runs a shell command (the classic pickle attack)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.slow
+def test_pickle_payload_in_a_checkpoint_is_refused_and_runs_nothing(
+    tmp_path: Path, dataset_dir: Path, reference: Path
+) -> None:
+    import json
+
+    import torch
+
+    from data_pipeline.tokenizer import sha256_file
+
+    run, tag = _damaged_copy(reference, tmp_path)
+    marker = tmp_path / "pwned"
+    victim = tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    torch.save({"optimizer_state_dict": _Payload(marker)}, victim)
+    # The attacker also rewrote the manifest, so sizes and hashes match: only the unpickling check stands.
+    meta_path = tag / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    meta["files"][victim.name] = {"bytes": victim.stat().st_size, "sha256": sha256_file(victim)}
+    meta_path.write_text(json.dumps(meta))
+    proc = train(dataset_dir, run, "trainer.max_steps=25")
+    assert proc.returncode != 0
+    assert f"checkpoint file {victim} cannot be loaded safely" in proc.stderr and "system" in proc.stderr
+    assert not marker.exists(), "the payload ran"
+    assert not (run / "checkpoints" / "step00000025").exists()

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,8 +154,11 @@ def prune(root: Path, keep_last: int) -> None:
             log.warning("could not delete old checkpoint %s: %s", root / tag, e)
 
 
-def verify(path: Path, hashes: bool) -> dict[str, Any]:
-    """Check a checkpoint directory against its checkpoint.json; return the metadata."""
+def verify(
+    path: Path, hashes: bool, check_file: Callable[[Path], str | None] | None = None
+) -> dict[str, Any]:
+    """Check a checkpoint directory against its checkpoint.json; return the metadata. `check_file` (the engine's
+    weights-only unpickling) refuses a .pt file that would run code when loaded."""
     if not (path / COMPLETE).is_file():
         raise CheckpointError(f"checkpoint {path} has no {COMPLETE} marker: it was not finished; delete it")
     try:
@@ -179,6 +183,13 @@ def verify(path: Path, hashes: bool) -> dict[str, Any]:
             raise CheckpointError(
                 f"checkpoint file {f} fails its sha256 check: it is damaged; restore it or delete {path}"
             )
+        if check_file is not None and f.suffix == ".pt":
+            refused = check_file(f)
+            if refused is not None:
+                raise CheckpointError(
+                    f"checkpoint file {f} cannot be loaded safely ({refused}); refusing it. "
+                    "If you trust its source, set checkpoint.trusted=true"
+                )
     return meta
 
 

@@ -179,6 +179,8 @@ class CheckpointConfig:
     """On resume, check every file's sha256 (about 1 s per GB on one core); sizes are always checked."""
     resume: bool = True
     """Resume from the newest complete checkpoint in the run directory if there is one."""
+    trusted: bool = False
+    """Skip the weights-only unpickling check of checkpoint files (only for checkpoints from a trusted source)."""
 
     def __post_init__(self) -> None:
         if self.every_steps < 0:

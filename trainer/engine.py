@@ -130,3 +130,31 @@ def consolidated_state_dict(ckpt_root: str | Path, tag: str, zero_stage: int) ->
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_root), tag=tag)
+
+
+def _safe_globals() -> list[Any]:
+    """The non-tensor objects DeepSpeed pickles into its checkpoints (ZeRO 0-3, fp32/bf16/fp16)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def check_checkpoint_file(path: str | Path) -> str | None:
+    """Unpickle `path` with torch's weights-only loader and an allowlist of DeepSpeed's own classes; return why it
+    was refused (None = only tensors, containers and allowed classes: nothing in it can run code)."""
+    import pickle
+
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        lines = str(e).split("\n")
+        culprit = next(
+            (line.strip() for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0]
+        )
+        return f"it would import {culprit[:300]}"
+    except Exception as e:  # not a torch checkpoint at all: truncated or garbage
+        return f"it is not a readable torch checkpoint: {str(e).splitlines()[0][:200]}"
+    return None

@@ -22,7 +22,7 @@ from . import checkpoint as ckpt
 from . import distributed as D
 from .callbacks import Callback, ConsoleCallback, TensorBoardCallback
 from .config import ConfigError, RunConfig
-from .engine import Engine, init_distributed
+from .engine import Engine, check_checkpoint_file, init_distributed
 from .losses import COMPATIBLE, task_for
 
 EXIT_REQUEUE = 75
@@ -144,7 +144,8 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
             try:
                 found = ckpt.find_resume(ckpt_root)
                 if found is not None:
-                    ckpt.verify(ckpt_root / found, hashes=cfg.checkpoint.verify_hashes)
+                    checker = None if cfg.checkpoint.trusted else check_checkpoint_file
+                    ckpt.verify(ckpt_root / found, hashes=cfg.checkpoint.verify_hashes, check_file=checker)
                 verdict = (found, None)
             except ckpt.CheckpointError as e:
                 verdict = (None, str(e))
