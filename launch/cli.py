@@ -9,6 +9,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 EXIT_USAGE = 2
@@ -177,6 +178,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from trainer import checkpoint as ckpt
+    from trainer.engine import to_universal
+
+    root = Path(args.run_dir) / "checkpoints"
+    tag = args.tag or ckpt.find_resume(root)
+    if not tag:
+        raise ckpt.CheckpointError(f"{root} holds no complete checkpoint to convert")
+    new = ckpt.convert_to_universal(root, tag, to_universal)
+    print(f"convert: {root / new} (universal: resume on any number of ranks; `latest` now names it)")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from launch.demo import run_demo
 
@@ -277,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", help="dotted overrides, e.g. optimizer.lr=3e-4 trainer.max_steps=100"
     )
     tr.set_defaults(fn=_cmd_train)
+
+    cv = sub.add_parser("convert", help="convert a run's checkpoint to DeepSpeed's universal format")
+    cv.add_argument("run_dir")
+    cv.add_argument("--to-universal", action="store_true", required=True)
+    cv.add_argument("--tag", default="", help="checkpoint tag (default: the one `latest` names)")
+    cv.set_defaults(fn=_cmd_convert)
 
     ex = sub.add_parser("export", help="write a run's checkpoint in Hugging Face transformers format")
     ex.add_argument("run_dir")

@@ -31,7 +31,8 @@ LATEST = "latest"
 COMPLETE = "COMPLETE"
 META = "checkpoint.json"
 TMP_PREFIX = ".tmp-"
-TAG_RE = re.compile(r"^step(\d+)$")
+TAG_RE = re.compile(r"^step(\d+)(-universal)?$")
+UNIVERSAL = "-universal"
 CRASH_ENV = "CLOZE_CRASH_IN_SAVE"
 """Set to a rank number to make that rank exit in the middle of a save (tests of crash safety)."""
 CRASH_EXIT = 17
@@ -45,6 +46,10 @@ def step_of(tag: str) -> int:
     """The step of a tag like step00000100; -1 for anything else."""
     m = TAG_RE.match(tag)
     return int(m.group(1)) if m else -1
+
+
+def is_universal(tag: str) -> bool:
+    return tag.endswith(UNIVERSAL)
 
 
 def tag_for(step: int) -> str:
@@ -130,6 +135,41 @@ def save(
         prune(root, keep_last)
     D.barrier()
     return final
+
+
+def convert_to_universal(root: str | Path, tag: str, convert: Callable[[Path, Path], None]) -> str:
+    """Write `<tag>-universal` (loadable on another world size) next to `tag`, committed like a save: temporary
+    directory, checkpoint.json, COMPLETE, rename, then `latest`. Returns the new tag."""
+    root = Path(root)
+    source = verify(root / tag, hashes=True)
+    new = tag + UNIVERSAL
+    tmp = root / (TMP_PREFIX + new)
+    shutil.rmtree(tmp, ignore_errors=True)
+    convert(root / tag, tmp)
+    files = {
+        str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(tmp.rglob("*"))
+        if p.is_file()
+    }
+    meta = {
+        "step": source["step"],
+        "tag": new,
+        "files": files,
+        "expected": [],
+        "client_state": source["client_state"],
+        "converted_from": tag,
+    }
+    (tmp / META).write_text(json.dumps(meta, indent=1, default=str) + "\n")
+    (tmp / COMPLETE).write_text(new + "\n")
+    _fsync_tree(tmp)
+    if (root / new).exists():
+        shutil.rmtree(root / new)
+    os.replace(tmp, root / new)
+    latest_tmp = root / (LATEST + ".tmp")
+    latest_tmp.write_text(new + "\n")
+    os.replace(latest_tmp, root / LATEST)
+    _fsync_dir(root)
+    return new
 
 
 def complete_tags(root: Path) -> list[str]:

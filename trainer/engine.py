@@ -17,7 +17,7 @@ from .distributed import DistInfo
 from .optim import build_optimizer, build_scheduler
 
 
-def deepspeed_config(cfg: RunConfig, grad_accum: int) -> dict[str, Any]:
+def deepspeed_config(cfg: RunConfig, grad_accum: int, load_universal: bool = False) -> dict[str, Any]:
     """The DeepSpeed JSON for `cfg` (saved as <run_dir>/ds_config.json)."""
     t, ds = cfg.trainer, cfg.deepspeed
     conf: dict[str, Any] = {
@@ -28,7 +28,7 @@ def deepspeed_config(cfg: RunConfig, grad_accum: int) -> dict[str, Any]:
         "zero_optimization": {"stage": ds.zero_stage},
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
-        "checkpoint": {"tag_validation": "FAIL"},
+        "checkpoint": {"tag_validation": "FAIL", "load_universal": load_universal},
     }
     if ds.zero_stage == 3:
         conf["zero_optimization"].update({"stage3_gather_16bit_weights_on_model_save": False})
@@ -67,10 +67,12 @@ def init_distributed(info: DistInfo, backend: str, timeout_minutes: int) -> None
 class Engine:
     """A DeepSpeed engine over `model` with AdamW and the configured schedule."""
 
-    def __init__(self, model: nn.Module, cfg: RunConfig, grad_accum: int) -> None:
+    def __init__(
+        self, model: nn.Module, cfg: RunConfig, grad_accum: int, load_universal: bool = False
+    ) -> None:
         self.cfg = cfg
         self.grad_accum = grad_accum
-        self.ds_config = deepspeed_config(cfg, grad_accum)
+        self.ds_config = deepspeed_config(cfg, grad_accum, load_universal)
         optimizer = build_optimizer(model, cfg.optimizer)
         scheduler = build_scheduler(optimizer, cfg.optimizer, cfg.trainer.max_steps)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -158,3 +160,24 @@ def check_checkpoint_file(path: str | Path) -> str | None:
     except Exception as e:  # not a torch checkpoint at all: truncated or garbage
         return f"it is not a readable torch checkpoint: {str(e).splitlines()[0][:200]}"
     return None
+
+
+def to_universal(tag_dir: str | Path, out_dir: str | Path) -> None:
+    """DeepSpeed's universal checkpoint of `tag_dir` (loadable on any world size) into `out_dir`."""
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepspeed.checkpoint.ds_to_universal",
+        "--input_folder",
+        str(tag_dir),
+        "--output_folder",
+        str(out_dir),
+        "--inject_missing_state",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"ds_to_universal failed on {tag_dir}: {tail[0]}")

@@ -131,12 +131,10 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
     t = cfg.trainer
     torch.manual_seed(t.seed)
     model = build_model(cfg.model)
-    engine = Engine(model, cfg, grad_accum)
-    if info.is_main:
-        engine.write_config(run_dir)
 
     ckpt_root = run_dir / "checkpoints"
     step = 0
+    tag: str | None = None
     if cfg.checkpoint.resume:
         # Rank 0 finds and verifies; every rank gets the verdict, so a bad checkpoint stops all of them at once.
         verdict: tuple[str | None, str | None] = (None, None)
@@ -152,11 +150,15 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
         tag, error = cast(tuple[str | None, str | None], D.broadcast_object(verdict))
         if error is not None:
             raise ckpt.CheckpointError(error)
-        if tag is not None:
-            state = engine.load(ckpt_root, str(tag))
-            step = int(state["step"])
-            if info.is_main:
-                print(f"resumed from {ckpt_root / str(tag)} at step {step}", flush=True)
+    # A universal checkpoint (cloze convert --to-universal) loads on any world size; DeepSpeed is told at build time.
+    engine = Engine(model, cfg, grad_accum, load_universal=tag is not None and ckpt.is_universal(tag))
+    if info.is_main:
+        engine.write_config(run_dir)
+    if tag is not None:
+        state = engine.load(ckpt_root, str(tag))
+        step = int(state.get("step", ckpt.step_of(tag)))
+        if info.is_main:
+            print(f"resumed from {ckpt_root / str(tag)} at step {step}", flush=True)
     expected = ckpt.expected_rank_files(info.world_size, cfg.deepspeed.zero_stage, cfg.deepspeed.precision)
 
     callbacks: list[Callback] = list(extra_callbacks or [])
