@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .bart import BartForPretraining
-from .config import PRESETS, ModelConfig, ModelConfigError, model_config_from_dict
+from .config import PRESETS, ModelConfig, ModelConfigError
 from .electra import ElectraForPretraining, ElectraOutput
 from .encoder import BertForPretraining, MLMOutput
 from .t5 import Seq2SeqOutput, T5ForPretraining
@@ -32,7 +32,6 @@ __all__ = [
     "PRESETS",
     "ModelConfig",
     "ModelConfigError",
-    "model_config_from_dict",
     "BertForPretraining",
     "MLMOutput",
     "ElectraForPretraining",

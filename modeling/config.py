@@ -304,23 +304,4 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_names() -> list[str]:
-    return sorted(PRESETS)
-
-
-_FIELD_NAMES = {f.name for f in dataclasses.fields(ModelConfig)}
-
-
-def model_config_from_dict(values: dict[str, Any]) -> ModelConfig:
-    """Build from a mapping that may name a `preset`; explicit keys override the preset's."""
-    unknown = sorted(set(values) - _FIELD_NAMES)
-    if unknown:
-        raise ModelConfigError(f"unknown key model.{unknown[0]}; valid keys: {sorted(_FIELD_NAMES)}")
-    preset = values.get("preset") or ""
-    if preset:
-        rest = {k: v for k, v in values.items() if k != "preset"}
-        return ModelConfig.from_preset(preset, **rest)
-    return ModelConfig(**values)
-
-
-__all__ = ["ModelConfig", "ModelConfigError", "PRESETS", "preset_names", "model_config_from_dict"]
+__all__ = ["ModelConfig", "ModelConfigError", "PRESETS", "FAMILIES"]

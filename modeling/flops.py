@@ -68,11 +68,6 @@ def param_count(cfg: ModelConfig) -> int:
     raise ValueError(f"no parameter count for family {cfg.family!r}")
 
 
-def encoder_params(cfg: ModelConfig) -> int:
-    """Kept for callers of the first version: the same as param_count for the encoder families."""
-    return param_count(cfg)
-
-
 def _encoder_matmul_per_token(cfg: ModelConfig, T: int) -> float:
     """Forward FLOPs per token through the blocks (applied num_layers times even when weights are shared)."""
     H, inner, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
@@ -109,10 +104,6 @@ def train_flops_per_token(
         head = T * 2 * D * V
         return 3.0 * (enc + dec + head) / S
     raise ValueError(f"no FLOP count for family {cfg.family!r}")
-
-
-def encoder_train_flops_per_token(cfg: ModelConfig, seq_len: int, mask_fraction: float = 0.15) -> float:
-    return train_flops_per_token(cfg, seq_len, mask_fraction=mask_fraction)
 
 
 # Dense bf16 peak FLOP/s of known accelerators (tensor cores, no sparsity); override with trainer settings.

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from modeling import ModelConfig, build_model
-from modeling.flops import encoder_params
+from modeling.flops import param_count
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,12 +112,12 @@ def test_activation_checkpointing_gives_identical_loss_and_gradients(pre_ln: boo
 def test_parameter_count_matches_accounting() -> None:
     for kw in ({}, {"pre_layer_norm": True}, {"type_vocab_size": 0}):
         cfg = tiny(**kw)
-        assert sum(p.numel() for p in build_model(cfg).parameters()) == encoder_params(cfg)
+        assert sum(p.numel() for p in build_model(cfg).parameters()) == param_count(cfg)
 
 
 def test_bert_base_preset_size() -> None:
     cfg = ModelConfig.from_preset("bert_base", vocab_size=30522)
-    assert 109e6 < encoder_params(cfg) < 111e6  # BERT-base with its MLM head: 110M
+    assert 109e6 < param_count(cfg) < 111e6  # BERT-base with its MLM head: 110M
 
 
 def test_modeling_imports_neither_deepspeed_nor_torch_distributed() -> None:
