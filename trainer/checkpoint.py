@@ -113,25 +113,7 @@ def save(
             raise CheckpointError(
                 f"checkpoint {tmp} lacks {', '.join(missing)} after save; not marking it complete"
             )
-        files = {
-            str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(tmp.rglob("*"))
-            if p.is_file()
-        }
-        meta = {"step": step, "tag": tag, "files": files, "expected": expected, "client_state": client_state}
-        (tmp / META).write_text(json.dumps(meta, indent=1, default=str) + "\n")
-        (tmp / COMPLETE).write_text(tag + "\n")
-        _fsync_tree(tmp)
-        if final.exists():  # a complete checkpoint of the same step from an earlier attempt
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-        latest_tmp = root / (LATEST + ".tmp")
-        latest_tmp.write_text(tag + "\n")
-        with open(latest_tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(latest_tmp, root / LATEST)
-        _fsync_dir(root)
+        _commit(root, tmp, tag, {"step": step, "expected": expected, "client_state": client_state})
         prune(root, keep_last)
     D.barrier()
     return final
@@ -146,30 +128,39 @@ def convert_to_universal(root: str | Path, tag: str, convert: Callable[[Path, Pa
     tmp = root / (TMP_PREFIX + new)
     shutil.rmtree(tmp, ignore_errors=True)
     convert(root / tag, tmp)
+    meta = {
+        "step": source["step"],
+        "expected": [],
+        "client_state": source["client_state"],
+        "converted_from": tag,
+    }
+    _commit(root, tmp, new, meta)
+    return new
+
+
+def _commit(root: Path, tmp: Path, tag: str, meta: dict[str, Any]) -> None:
+    """Make the files in `tmp` the complete checkpoint `tag`: checkpoint.json (every file's size and sha256, plus
+    `meta`), COMPLETE, fsync, rename to `root/tag`, then replace `latest` atomically. Until the rename nothing is
+    visible, and `latest` only ever names a complete directory."""
     files = {
         str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(tmp.rglob("*"))
         if p.is_file()
     }
-    meta = {
-        "step": source["step"],
-        "tag": new,
-        "files": files,
-        "expected": [],
-        "client_state": source["client_state"],
-        "converted_from": tag,
-    }
-    (tmp / META).write_text(json.dumps(meta, indent=1, default=str) + "\n")
-    (tmp / COMPLETE).write_text(new + "\n")
+    (tmp / META).write_text(json.dumps({**meta, "tag": tag, "files": files}, indent=1, default=str) + "\n")
+    (tmp / COMPLETE).write_text(tag + "\n")
     _fsync_tree(tmp)
-    if (root / new).exists():
-        shutil.rmtree(root / new)
-    os.replace(tmp, root / new)
+    final = root / tag
+    if final.exists():  # a complete checkpoint of the same tag from an earlier attempt
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
     latest_tmp = root / (LATEST + ".tmp")
-    latest_tmp.write_text(new + "\n")
+    latest_tmp.write_text(tag + "\n")
+    with open(latest_tmp, "rb") as f:
+        os.fsync(f.fileno())
     os.replace(latest_tmp, root / LATEST)
     _fsync_dir(root)
-    return new
 
 
 def complete_tags(root: Path) -> list[str]:
