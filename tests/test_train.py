@@ -24,7 +24,9 @@ def train(dataset_dir: Path, run_dir: Path, *overrides: str, nproc: int = 2):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory, dataset_dir: Path) -> Path:
     run = tmp_path_factory.mktemp("full") / "run"
-    train(dataset_dir, run)
+    # A made-up peak of 0.05 TFLOP/s per device so MFU is logged on CPU too; the bar exercises the tqdm callback.
+    proc = train(dataset_dir, run, "deepspeed.peak_tflops=0.05", "logging.progress_bar=true")
+    assert "20/20" in proc.stderr  # tqdm's final state
     return run
 
 
@@ -41,21 +43,43 @@ def test_zero2_two_processes_lowers_the_loss(uninterrupted: Path) -> None:
 
 
 def test_tensorboard_has_the_scalars(uninterrupted: Path) -> None:
+    """Every scalar docs/training.md names, read back with tensorboard's EventAccumulator."""
     tb = uninterrupted / "tensorboard"
-    for tag in (
-        "train/tflops_per_s_per_device",
-        "train/skipped_samples",
-        "checkpoint/save_seconds",
-        "train/loss",
-        "train/mlm_accuracy",
-        "train/lr",
-        "train/grad_norm",
-        "train/tokens_per_s",
-        "eval/loss",
-        "eval/mlm_accuracy",
-        "eval/baseline_accuracy",
-    ):
+    every_step = (
+        "loss",
+        "mlm_accuracy",
+        "lr",
+        "grad_norm",
+        "loss_scale",
+        "skipped_steps",
+        "tokens_per_s",
+        "samples_per_s",
+        "tflops_per_s_per_device",
+        "mfu",
+        "step_time_s",
+        "data_wait_s",
+        "compute_s",
+        "memory_gib",
+        "consumed_samples",
+        "consumed_tokens",
+        "skipped_samples",
+    )
+    for name in every_step:
+        assert sorted(read_scalars(tb, f"train/{name}")) == list(range(1, 21)), name
+    for tag in ("eval/loss", "eval/mlm_accuracy", "eval/baseline_accuracy", "checkpoint/save_seconds"):
         assert read_scalars(tb, tag), tag
+    step_time, wait, compute = (
+        read_scalars(tb, f"train/{n}") for n in ("step_time_s", "data_wait_s", "compute_s")
+    )
+    assert all(
+        0 <= wait[s] < step_time[s] and compute[s] == pytest.approx(step_time[s] - wait[s]) for s in wait
+    )
+    assert 0.1 < read_scalars(tb, "train/memory_gib")[20] < 8  # peak RSS of rank 0, in GiB
+    assert read_scalars(tb, "train/consumed_tokens")[20] == 20 * 16 * 64
+    mfu, tflops = read_scalars(tb, "train/mfu"), read_scalars(tb, "train/tflops_per_s_per_device")
+    assert all(mfu[s] == pytest.approx(tflops[s] / 0.05, rel=1e-4) for s in mfu)
+    assert set(read_scalars(tb, "train/loss_scale").values()) == {1.0}
+    assert set(read_scalars(tb, "train/skipped_steps").values()) == {0.0}
     lr = read_scalars(tb, "train/lr")
     assert lr[10] == pytest.approx(1e-3) and lr[5] == pytest.approx(6e-4) and lr[20] == pytest.approx(0.0)
     assert sorted(read_scalars(tb, "eval/loss")) == [10, 20]
@@ -130,3 +154,18 @@ def test_exact_resume_under_zero_stage(tmp_path: Path, dataset_dir: Path, stage:
     expected = read_scalars(full / "tensorboard", "train/loss")
     assert sorted(expected) == list(range(1, 11))
     assert read_scalars(part / "tensorboard", "train/loss") == expected
+
+
+def test_optimizer_offload_gives_the_same_losses(
+    tmp_path: Path, dataset_dir: Path, uninterrupted: Path
+) -> None:
+    """ZeRO-Offload (optimizer states and step on the CPU side) is the same arithmetic as ZeRO-2 without it."""
+    run = tmp_path / "offload"
+    train(dataset_dir, run, "deepspeed.offload_optimizer=true", "trainer.stop_after_steps=6")
+    ds = json.loads((run / "ds_config.json").read_text())
+    assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    got = read_scalars(run / "tensorboard", "train/loss")
+    expected = read_scalars(uninterrupted / "tensorboard", "train/loss")
+    assert sorted(got) == list(range(1, 7))
+    for s in got:
+        assert got[s] == pytest.approx(expected[s], rel=1e-5), (s, got[s], expected[s])

@@ -43,6 +43,22 @@ class TensorBoardCallback(Callback):
         self.writer.close()
 
 
+class ProgressCallback(Callback):
+    """A tqdm progress bar over the optimizer steps (logging.progress_bar)."""
+
+    def __init__(self, max_steps: int, start: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=max_steps, initial=start, unit="step", dynamic_ncols=True)
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        self.bar.set_postfix(loss=f"{metrics['loss']:.3f}", refresh=False)
+        self.bar.update(step - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 class ConsoleCallback(Callback):
     def __init__(self, every: int, max_steps: int) -> None:
         self.every = every
@@ -58,7 +74,8 @@ class ConsoleCallback(Callback):
             )
             print(
                 f"step {step:>6}/{self.max_steps}  loss {metrics['loss']:.4f}  {accs}  "
-                f"lr {metrics['lr']:.2e}  gnorm {metrics['grad_norm']:.3f}  tok/s {metrics['tokens_per_s']:,.0f}",
+                f"lr {metrics['lr']:.2e}  gnorm {metrics['grad_norm']:.3f}  tok/s {metrics['tokens_per_s']:,.0f}  "
+                f"data {metrics['data_wait_s'] / metrics['step_time_s']:.0%}  mem {metrics['memory_gib']:.2f} GiB",
                 flush=True,
             )
 

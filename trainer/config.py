@@ -56,10 +56,11 @@ class DataConfig:
 
 @dataclass
 class OptimizerConfig:
-    """AdamW with linear warmup then decay."""
+    """AdamW or LAMB with linear warmup then decay."""
 
     name: str = "adamw"
-    """Optimizer: 'adamw' (torch.optim.AdamW; biases and norms get no weight decay)."""
+    """Optimizer: 'adamw' (torch.optim.AdamW) or 'lamb' (DeepSpeed's FusedLamb on GPU, cloze's torch LAMB on CPU);
+    biases and norms get no weight decay."""
     lr: float = 1e-4
     """Peak learning rate, reached after warmup_steps."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
@@ -78,11 +79,12 @@ class OptimizerConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 = no clipping)."""
     fused: bool = True
-    """torch's fused AdamW kernel (CPU and CUDA): one kernel for all parameters instead of a loop of ops."""
+    """torch's fused AdamW kernel (CPU and CUDA): one kernel for all parameters instead of a loop of ops (AdamW
+    only)."""
 
     def __post_init__(self) -> None:
-        if self.name != "adamw":
-            raise ConfigError(f"optimizer.name={self.name!r} is not supported; use 'adamw'")
+        if self.name not in ("adamw", "lamb"):
+            raise ConfigError(f"optimizer.name={self.name!r} is not supported; use 'adamw' or 'lamb'")
         if self.schedule not in ("linear", "cosine", "inverse_sqrt", "constant"):
             raise ConfigError(
                 f"optimizer.schedule={self.schedule!r}: use 'linear', 'cosine', 'inverse_sqrt' or 'constant'"
@@ -107,8 +109,11 @@ class DeepSpeedConfig:
     """torch.distributed backend: '' = nccl on GPU, gloo on CPU."""
     peak_tflops: float = 0.0
     """Peak TFLOP/s of one device for MFU; 0 = look the GPU up in modeling/flops.py (no MFU on CPU)."""
-    timeout_minutes: int = 30
-    """Collective timeout: a rank that hangs makes all ranks fail after this long."""
+    timeout_minutes: float = 30.0
+    """Collective timeout: a rank that hangs makes all ranks exit non-zero after this long (the ranks waiting in a
+    collective time out; the hung rank's own watchdog ends it). Fractions are allowed (0.5 = 30 s)."""
+    offload_optimizer: bool = False
+    """ZeRO-Offload: keep optimizer states and the optimizer step in CPU memory (ZeRO stage 1-3)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Advanced DeepSpeed keys merged into the generated JSON as they are (e.g. {'zero_optimization': {...}})."""
 
@@ -119,6 +124,12 @@ class DeepSpeedConfig:
             raise ConfigError(f"deepspeed.precision={self.precision!r}: use 'fp32', 'bf16' or 'fp16'")
         if self.dist_backend not in ("", "nccl", "gloo"):
             raise ConfigError(f"deepspeed.dist_backend={self.dist_backend!r}: use '', 'nccl' or 'gloo'")
+        if self.timeout_minutes <= 0:
+            raise ConfigError(f"deepspeed.timeout_minutes must be > 0, got {self.timeout_minutes}")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ConfigError(
+                "deepspeed.offload_optimizer=true needs ZeRO: set deepspeed.zero_stage to 1, 2 or 3"
+            )
 
 
 @dataclass
@@ -141,12 +152,15 @@ class TrainerConfig:
     """Seed of initialisation, data order and dropout (dropout RNG is derived from (seed, step, rank))."""
     stop_after_steps: int = 0
     """Checkpoint and stop once this step is reached, as a preemption would (0 = run to max_steps)."""
+    max_nonfinite_steps: int = 5
+    """A step whose loss is NaN/Inf on any rank is skipped on every rank (no update, counted in
+    train/skipped_steps); this many in a row stop the run with an error (0 = never stop)."""
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "global_batch_size", "micro_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("grad_accum", "eval_every", "eval_batches", "stop_after_steps"):
+        for name in ("grad_accum", "eval_every", "eval_batches", "stop_after_steps", "max_nonfinite_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -202,6 +216,18 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def __post_init__(self) -> None:
+        ds = self.deepspeed
+        if self.optimizer.name == "lamb" and (ds.zero_stage != 0 or ds.precision == "bf16"):
+            # LAMB's trust ratio is per tensor; ZeRO and DeepSpeed's bf16 optimizer hand the optimizer flat
+            # partitions that cut across tensors, so the ratio would be computed over the wrong thing.
+            raise ConfigError(
+                f"optimizer.name=lamb needs deepspeed.zero_stage=0 and precision fp32 or fp16 (got zero_stage="
+                f"{ds.zero_stage}, precision={ds.precision}): ZeRO and the bf16 optimizer flatten parameters into "
+                "partitions, which breaks LAMB's per-tensor trust ratio; use fp16 with stage 0 (NVIDIA's BERT recipe)"
+                " or optimizer.name=adamw"
+            )
 
     def resolve_batch(self, world_size: int) -> int:
         """Check micro x accum x world == global; return grad_accum (derived when it is 0)."""

@@ -4,6 +4,7 @@ wrapped (never patched) behind forward / backward / step / save / load."""
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from torch import nn
 
 from .config import RunConfig
 from .distributed import DistInfo
-from .optim import build_optimizer, build_scheduler
+from .optim import Schedule, build_optimizer, build_scheduler, param_groups
 
 
 def deepspeed_config(cfg: RunConfig, grad_accum: int, load_universal: bool = False) -> dict[str, Any]:
@@ -32,6 +33,13 @@ def deepspeed_config(cfg: RunConfig, grad_accum: int, load_universal: bool = Fal
     }
     if ds.zero_stage == 3:
         conf["zero_optimization"].update({"stage3_gather_16bit_weights_on_model_save": False})
+    if ds.offload_optimizer:
+        # Our torch optimizer runs on the CPU copies (DeepSpeed's CPUAdam would JIT-compile a C++ op first).
+        conf["zero_optimization"]["offload_optimizer"] = {
+            "device": "cpu",
+            "pin_memory": torch.cuda.is_available(),
+        }
+        conf["zero_force_ds_cpu_optimizer"] = False
     if ds.precision == "bf16":
         conf["bf16"] = {"enabled": True}
     elif ds.precision == "fp16":
@@ -51,21 +59,54 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def init_distributed(info: DistInfo, backend: str, timeout_minutes: int) -> None:
+def init_distributed(info: DistInfo, backend: str, timeout_minutes: float) -> None:
     info.export()
     if not backend:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(
         dist_backend=backend,
         auto_mpi_discovery=False,
-        timeout=datetime.timedelta(minutes=timeout_minutes),
+        timeout=datetime.timedelta(seconds=timeout_minutes * 60),
         rank=info.rank,
         world_size=info.world_size,
     )
 
 
+def _optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    o = cfg.optimizer
+    if o.name == "lamb" and torch.cuda.is_available() and not cfg.deepspeed.offload_optimizer:
+        from deepspeed.ops.lamb import FusedLamb
+
+        return FusedLamb(
+            param_groups(model, o.weight_decay),
+            lr=o.lr,
+            betas=(o.betas[0], o.betas[1]),
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+        )
+    return build_optimizer(model, o)
+
+
+class _Gate:
+    """Makes the optimizer's step() a no-op and holds the schedule while closed: how a step is skipped on every
+    rank at once (DeepSpeed still runs its own bookkeeping and zeroes the gradients, whatever the ZeRO stage)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scheduler: Schedule) -> None:
+        self.scheduler = scheduler
+        step = optimizer.step
+
+        @functools.wraps(step)  # keeps the marks torch's scheduler put on the method it wrapped
+        def gated(*args: Any, **kwargs: Any) -> Any:
+            return None if scheduler.hold else step(*args, **kwargs)
+
+        optimizer.step = gated  # type: ignore[method-assign]
+
+    def set(self, apply: bool) -> None:
+        self.scheduler.hold = not apply
+
+
 class Engine:
-    """A DeepSpeed engine over `model` with AdamW and the configured schedule."""
+    """A DeepSpeed engine over `model` with the configured optimizer and schedule."""
 
     def __init__(
         self, model: nn.Module, cfg: RunConfig, grad_accum: int, load_universal: bool = False
@@ -73,12 +114,15 @@ class Engine:
         self.cfg = cfg
         self.grad_accum = grad_accum
         self.ds_config = deepspeed_config(cfg, grad_accum, load_universal)
-        optimizer = build_optimizer(model, cfg.optimizer)
+        optimizer = _optimizer(model, cfg)
         scheduler = build_scheduler(optimizer, cfg.optimizer, cfg.trainer.max_steps)
+        self.gate = _Gate(optimizer, scheduler)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config
         )
         self.device = self.engine.device
+        self._own_grad_norm = cfg.deepspeed.zero_stage == 0 and cfg.deepspeed.precision == "fp32"
+        self._grad_norm = float("nan")
 
     @property
     def module(self) -> nn.Module:
@@ -96,14 +140,36 @@ class Engine:
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
 
-    def step(self) -> None:
-        """Called after every micro-batch; DeepSpeed applies the optimizer at the accumulation boundary."""
-        self.engine.step()
+    def step(self, apply: bool = True) -> bool:
+        """Called after every micro-batch; DeepSpeed applies the optimizer at the accumulation boundary, unless
+        `apply` is False there: then the step is skipped (no parameter, optimizer-state or schedule change; the
+        gradients are dropped). Every rank must pass the same `apply`. Returns whether a step was skipped, by us or
+        by DeepSpeed (an fp16 overflow, or a non-finite gradient norm under ZeRO 1/2)."""
+        before = int(self.engine.skipped_steps)
+        if self._own_grad_norm and self.engine.is_gradient_accumulation_boundary():
+            # Plain data parallel in fp32: DeepSpeed clips but does not keep the norm; the grads are reduced by now.
+            grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+            self._grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else float("nan")
+        self.gate.set(apply)
+        try:
+            self.engine.step()
+        finally:
+            self.gate.set(True)
+        return not apply or int(self.engine.skipped_steps) > before
+
+    def loss_scale(self) -> float:
+        """The dynamic fp16 loss scale (1.0 for fp32 and bf16)."""
+        if self.cfg.deepspeed.precision != "fp16":
+            return 1.0
+        scale: Any = getattr(self.optimizer, "loss_scale", None)
+        return float(scale if scale is not None else getattr(self.optimizer, "cur_scale", 1.0))
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def grad_norm(self) -> float:
+        if self._own_grad_norm:
+            return self._grad_norm
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,13 +23,69 @@ from modeling.flops import peak_flops_for, train_flops_per_token
 
 from . import checkpoint as ckpt
 from . import distributed as D
-from .callbacks import Callback, ConsoleCallback, TensorBoardCallback
+from .callbacks import Callback, ConsoleCallback, ProgressCallback, TensorBoardCallback
 from .config import ConfigError, RunConfig
 from .engine import Engine, check_checkpoint_file, init_distributed
 from .losses import COMPATIBLE, task_for
 
 EXIT_REQUEUE = 75
 """Exit code of a run stopped by SIGUSR1/SIGTERM after saving its checkpoint (EX_TEMPFAIL): requeue me."""
+EXIT_HUNG = 70
+"""Exit code of a rank whose watchdog saw no progress for the collective timeout (EX_SOFTWARE)."""
+NAN_ENV = "CLOZE_INJECT_NAN"
+"""Fault injection for tests: 'RANK:FIRST[:LAST]' makes the loss NaN on RANK at steps FIRST..LAST (1-based)."""
+HANG_ENV = "CLOZE_INJECT_HANG"
+"""Fault injection for tests: 'RANK:STEP' makes RANK stop making progress at the start of STEP (1-based)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many steps in a row had a NaN/Inf loss on some rank."""
+
+
+class Watchdog:
+    """Ends this rank with EXIT_HUNG when the loop makes no progress for `seconds`: a rank stuck outside a
+    collective (data, compute, a deadlock) never reaches the collective timeout, so it needs its own clock."""
+
+    def __init__(self, seconds: float, rank: int) -> None:
+        self.seconds, self.rank = seconds, rank
+        self.where = "start"
+        self.last = time.monotonic()
+        threading.Thread(target=self._watch, daemon=True, name="cloze-watchdog").start()
+
+    def beat(self, where: str) -> None:
+        self.where, self.last = where, time.monotonic()
+
+    def _watch(self) -> None:
+        while True:
+            idle = time.monotonic() - self.last
+            if idle > self.seconds:
+                sys.stderr.write(
+                    f"cloze: rank {self.rank} made no progress for {idle:.0f}s ({self.where}): a hung rank or a "
+                    f"stalled collective; exiting with code {EXIT_HUNG} (deepspeed.timeout_minutes sets the limit)\n"
+                )
+                sys.stderr.flush()
+                os._exit(EXIT_HUNG)
+            time.sleep(min(5.0, self.seconds / 10))
+
+
+def _injected(env: str, rank: int) -> tuple[int, int] | None:
+    """(first, last) steps of a fault injected on `rank` through environment variable `env`, if any."""
+    spec = os.environ.get(env, "")
+    if not spec:
+        return None
+    parts = [int(x) for x in spec.split(":")]
+    if parts[0] != rank:
+        return None
+    return parts[1], parts[-1] if len(parts) > 2 else parts[1]
+
+
+def memory_gib() -> float:
+    """CUDA max allocated on GPU; on CPU this process's peak resident set (RSS)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 @dataclass
@@ -154,9 +213,11 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
     engine = Engine(model, cfg, grad_accum, load_universal=tag is not None and ckpt.is_universal(tag))
     if info.is_main:
         engine.write_config(run_dir)
+    skipped_steps = 0
     if tag is not None:
         state = engine.load(ckpt_root, str(tag))
         step = int(state.get("step", ckpt.step_of(tag)))
+        skipped_steps = int(state.get("cloze_skipped_steps", 0))
         if info.is_main:
             print(f"resumed from {ckpt_root / str(tag)} at step {step}", flush=True)
     expected = ckpt.expected_rank_files(info.world_size, cfg.deepspeed.zero_stage, cfg.deepspeed.precision)
@@ -166,6 +227,8 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
         if cfg.logging.tensorboard:
             callbacks.append(TensorBoardCallback(run_dir / "tensorboard"))
         callbacks.append(ConsoleCallback(cfg.logging.log_every, t.max_steps))
+        if cfg.logging.progress_bar:
+            callbacks.append(ProgressCallback(t.max_steps, step))
 
     # Accuracy of always predicting the most frequent label token: what "learned something" is measured against.
     baseline_id = most_frequent_label(cfg.data.path, manifest) if not cfg.model.is_seq2seq else None
@@ -188,8 +251,15 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
 
     def save(at: int) -> None:
         t0 = time.perf_counter()
-        state = {"step": at, "consumed_samples": at * t.global_batch_size, "config": cfg.to_dict()}
+        state = {
+            "step": at,
+            "consumed_samples": at * t.global_batch_size,
+            "cloze_skipped_steps": skipped_steps,  # DeepSpeed's own state has a "skipped_steps"
+            "config": cfg.to_dict(),
+        }
+        watchdog.beat(f"saving the checkpoint of step {at}")
         path = ckpt.save(engine, ckpt_root, at, state, expected, cfg.checkpoint.keep_last, info.is_main)
+        watchdog.beat(f"saved the checkpoint of step {at}")
         for cb in callbacks:
             cb.on_checkpoint(at, time.perf_counter() - t0, str(path))
 
@@ -204,7 +274,8 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
         engine.train(False)
         sums: dict[str, float] = {}
         with torch.no_grad():
-            for batch in eval_stream:
+            for i, batch in enumerate(eval_stream):
+                watchdog.beat(f"evaluation at step {at}, batch {i}")
                 r = task(engine.forward, engine.to_device(batch), baseline_id)
                 for k, v in r.sums.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -232,33 +303,77 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
     )
     skipped_by_worker: dict[int, float] = {}
     stop = StopFlag()
+    watchdog = Watchdog(cfg.deepspeed.timeout_minutes * 60, info.rank)
+    inject_nan, inject_hang = _injected(NAN_ENV, info.rank), _injected(HANG_ENV, info.rank)
+    nonfinite_in_a_row = 0
     while step < stop_at:
+        watchdog.beat(f"step {step + 1}")
+        if inject_hang and step + 1 == inject_hang[0]:
+            time.sleep(1e9)  # a rank that stops making progress, outside any collective
         t0 = time.perf_counter()
+        data_wait = 0.0
         sums: dict[str, float] = {}
+        nonfinite = False
         for micro in range(grad_accum):
             torch.manual_seed(derived_seed(t.seed, step, info.rank, micro))
+            t_data = time.perf_counter()
             b = engine.to_device(next(batches))
+            data_wait += time.perf_counter() - t_data
             worker, count = b.pop("skipped_samples").tolist()
             skipped_by_worker[int(worker)] = float(count)
             r = task(engine.forward, b)
+            if inject_nan and inject_nan[0] <= step + 1 <= inject_nan[1]:
+                r.loss = r.loss * float("nan")
+            nonfinite |= not bool(torch.isfinite(r.loss.detach()))
             engine.backward(r.loss)
-            engine.step()
             for k, v in r.sums.items():
                 sums[k] = sums.get(k, 0.0) + v
-        step += 1
+            if micro < grad_accum - 1:
+                engine.step()
         sums["skipped_samples"] = sum(skipped_by_worker.values())
         sums["stop_requested"] = float(stop.signum != 0)
-        totals = reduce(sums)  # one all-reduce: metrics, and whether any rank was told to stop
+        sums["nonfinite_ranks"] = float(nonfinite)
+        # One all-reduce before the optimizer step: metrics, whether any rank was told to stop, and whether any
+        # rank's loss was NaN/Inf (then every rank skips this step).
+        totals = reduce(sums)
+        bad = totals["nonfinite_ranks"] > 0
+        if engine.step(apply=not bad):
+            skipped_steps += 1
+        step += 1
         dt = time.perf_counter() - t0
+        if bad:
+            nonfinite_in_a_row += 1
+            if info.is_main:
+                print(
+                    f"step {step}: non-finite loss on {int(totals['nonfinite_ranks'])} rank(s); step skipped on "
+                    f"every rank ({nonfinite_in_a_row} in a row)",
+                    flush=True,
+                )
+            if t.max_nonfinite_steps and nonfinite_in_a_row >= t.max_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f"{nonfinite_in_a_row} steps in a row (up to step {step}) had a NaN/Inf loss and were skipped "
+                    f"(trainer.max_nonfinite_steps={t.max_nonfinite_steps}); the weights are those of the last good "
+                    f"step. Lower optimizer.lr, raise optimizer.warmup_steps or check the data, then resume from "
+                    f"{ckpt_root}"
+                )
+        else:
+            nonfinite_in_a_row = 0
         metrics = {
             **task.summarize(totals),
             "lr": engine.lr(),
             "grad_norm": engine.grad_norm(),
+            "loss_scale": engine.loss_scale(),
+            "skipped_steps": skipped_steps,
             "tokens_per_s": tokens_per_step / dt,
             "tflops_per_s_per_device": flops_per_step / dt / info.world_size / 1e12,
             **({"mfu": flops_per_step / dt / info.world_size / peak} if peak else {}),
             "samples_per_s": t.global_batch_size / dt,
+            "step_time_s": dt,
+            "data_wait_s": data_wait,
+            "compute_s": dt - data_wait,
+            "memory_gib": memory_gib(),
             "consumed_samples": step * t.global_batch_size,
+            "consumed_tokens": step * tokens_per_step,
             "skipped_samples": totals["skipped_samples"],
         }
         for cb in callbacks:

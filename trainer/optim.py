@@ -11,7 +11,7 @@ from .config import OptimizerConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on biases and normalisation weights (any 1-D parameter)."""
+    """Parameter groups: no weight decay on biases and normalisation weights (any 1-D parameter)."""
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for _, p in model.named_parameters():
@@ -24,14 +24,62 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+class Lamb(torch.optim.Optimizer):
+    """LAMB (You et al., 2020) as DeepSpeed's FusedLamb computes it, in torch for CPU (engine.py picks FusedLamb on
+    GPU): Adam's bias-corrected update plus decoupled weight decay, scaled per tensor by the trust ratio
+    ||w|| / ||update||, clamped to [min_coeff, max_coeff] (1 when either norm is 0)."""
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        max_coeff: float = 10.0,
+        min_coeff: float = 0.01,
+    ) -> None:
+        defaults = dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_coeff=max_coeff, min_coeff=min_coeff
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = float(state["step"])
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.lerp_(p.grad, 1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                update = (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt_().add_(group["eps"]))
+                if group["weight_decay"]:
+                    update.add_(p, alpha=group["weight_decay"])
+                w_norm, u_norm = float(p.norm()), float(update.norm())
+                trust = 1.0
+                if w_norm > 0 and u_norm > 0:
+                    trust = min(max(w_norm / u_norm, group["min_coeff"]), group["max_coeff"])
+                p.add_(update, alpha=-group["lr"] * trust)
+        return loss
+
+
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay),
-        lr=cfg.lr,
-        betas=(cfg.betas[0], cfg.betas[1]),
-        eps=cfg.eps,
-        fused=cfg.fused,
-    )
+    """The torch optimizer (CPU, or AdamW anywhere); engine.py swaps in DeepSpeed's FusedLamb for LAMB on GPU."""
+    groups = param_groups(model, cfg.weight_decay)
+    betas = (cfg.betas[0], cfg.betas[1])
+    if cfg.name == "lamb":
+        return Lamb(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, fused=cfg.fused)
 
 
 def lr_factor(step: int, cfg: OptimizerConfig, max_steps: int) -> float:
@@ -49,5 +97,20 @@ def lr_factor(step: int, cfg: OptimizerConfig, max_steps: int) -> float:
     return 1.0 - (1.0 - cfg.min_lr_ratio) * progress
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, max_steps: int):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, max_steps))
+class Schedule(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR whose step() does nothing while `hold` is set: a skipped step does not advance the schedule."""
+
+    hold = False
+
+    def step(self, epoch: int | None = None) -> None:
+        if not self.hold:
+            super().step() if epoch is None else super().step(epoch)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state.pop("hold", None)
+        return state
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, max_steps: int) -> Schedule:
+    return Schedule(optimizer, lambda s: lr_factor(s, cfg, max_steps))

@@ -1,0 +1,172 @@
+"""Engine options and faults on 2 CPU processes (DeepSpeed, gloo): bf16 / fp16, LAMB, optimizer offload, NaN steps
+skipped on every rank, a hung rank. Fault injection goes through CLOZE_INJECT_* environment variables."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import read_scalars, torchrun_cloze
+from trainer.config import ConfigError, load_config
+from trainer.optim import Lamb
+
+
+def run(dataset_dir: Path, run_dir: Path, *overrides: str, **env: str):
+    return torchrun_cloze(
+        [
+            "train",
+            "configs/tiny-bert.yaml",
+            f"data.path={dataset_dir}",
+            f"run_dir={run_dir}",
+            "trainer.eval_every=0",
+            "checkpoint.every_steps=0",
+            "logging.log_every=1",
+            *overrides,
+        ],
+        **env,
+    )
+
+
+def ok(proc) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+def test_lamb_matches_the_paper_update() -> None:
+    """One tensor, three steps: our LAMB against the formula written out (Adam moments with bias correction,
+    decoupled decay, trust ratio ||w|| / ||update|| clamped to [0.01, 10])."""
+    torch.manual_seed(0)
+    w = torch.randn(7, 5)
+    p = torch.nn.Parameter(w.clone())
+    opt = Lamb([p], lr=0.1, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.01)
+    ref, m, v = w.clone().double(), torch.zeros(7, 5).double(), torch.zeros(7, 5).double()
+    for t in range(1, 4):
+        g = torch.randn(7, 5)
+        p.grad = g.clone()
+        opt.step()
+        gd = g.double()
+        m = 0.9 * m + 0.1 * gd
+        v = 0.99 * v + 0.01 * gd * gd
+        u = (m / (1 - 0.9**t)) / ((v / (1 - 0.99**t)).sqrt() + 1e-6) + 0.01 * ref
+        ratio = min(max(float(ref.norm() / u.norm()), 0.01), 10.0)
+        ref = ref - 0.1 * ratio * u
+        torch.testing.assert_close(p.detach().double(), ref, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(p.detach(), w)
+
+
+def test_lamb_with_zero_or_bf16_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"optimizer.name=lamb needs deepspeed.zero_stage=0.*trust ratio"):
+        load_config("configs/tiny-bert.yaml", ["optimizer.name=lamb", "deepspeed.zero_stage=2"])
+    with pytest.raises(ConfigError, match=r"precision=bf16"):
+        load_config(
+            "configs/tiny-bert.yaml",
+            ["optimizer.name=lamb", "deepspeed.zero_stage=0", "deepspeed.precision=bf16"],
+        )
+    with pytest.raises(ConfigError, match=r"deepspeed.offload_optimizer=true needs ZeRO"):
+        load_config("configs/tiny-bert.yaml", ["deepspeed.offload_optimizer=true", "deepspeed.zero_stage=0"])
+
+
+@pytest.mark.slow
+def test_lamb_trains_on_two_processes(tmp_path: Path, dataset_dir: Path) -> None:
+    r = tmp_path / "lamb"
+    ok(run(dataset_dir, r, "optimizer.name=lamb", "optimizer.lr=2e-2", "deepspeed.zero_stage=0"))
+    losses = read_scalars(r / "tensorboard", "train/loss")
+    assert sorted(losses) == list(range(1, 21))
+    assert sum(losses[s] for s in (18, 19, 20)) / 3 < sum(losses[s] for s in (1, 2, 3)) / 3 - 0.3, losses
+    gnorm = read_scalars(r / "tensorboard", "train/grad_norm")
+    assert len(gnorm) == 20 and all(0 < g < 100 for g in gnorm.values())  # stage 0 reports its norm too
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_trains_and_reports_the_loss_scale(
+    tmp_path: Path, dataset_dir: Path, precision: str
+) -> None:
+    r = tmp_path / precision
+    ok(run(dataset_dir, r, f"deepspeed.precision={precision}", "trainer.max_steps=10"))
+    ds = json.loads((r / "ds_config.json").read_text())
+    assert ds[precision]["enabled"] is True
+    tb = r / "tensorboard"
+    losses = read_scalars(tb, "train/loss")
+    assert sorted(losses) == list(range(1, 11))
+    assert losses[10] < losses[1] - 0.1, losses
+    scale = read_scalars(tb, "train/loss_scale")
+    # fp16: DeepSpeed's dynamic scaler starts at 2^16 (initial_scale_power); bf16 needs none.
+    assert set(scale.values()) == ({65536.0} if precision == "fp16" else {1.0}), scale
+    assert read_scalars(tb, "train/skipped_steps")[10] == 0
+    meta = json.loads((r / "checkpoints" / "step00000010" / "checkpoint.json").read_text())
+    if precision == "bf16":
+        assert any(f.startswith("bf16_zero_pp_rank_1") for f in meta["files"]), meta["files"]
+
+
+@pytest.mark.slow
+def test_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path: Path, dataset_dir: Path) -> None:
+    """Rank 1's loss is NaN at step 3 (of 6, 2 micro-batches per step): both ranks skip it, nothing is updated,
+    the schedule holds, the count is logged and saved, and training goes on with finite losses."""
+    r = tmp_path / "nan"
+    proc = run(
+        dataset_dir,
+        r,
+        "trainer.max_steps=6",
+        "trainer.global_batch_size=32",
+        CLOZE_INJECT_NAN="1:3",
+    )
+    ok(proc)
+    assert "step 3: non-finite loss on 1 rank(s); step skipped on every rank" in proc.stdout
+    tb = r / "tensorboard"
+    skipped = read_scalars(tb, "train/skipped_steps")
+    assert [skipped[s] for s in range(1, 7)] == [0, 0, 1, 1, 1, 1]
+    lr = read_scalars(tb, "train/lr")
+    assert lr[3] == lr[2] and lr[4] > lr[3]  # the schedule did not advance on the skipped step
+    assert all(torch.isfinite(torch.tensor(v)) for v in read_scalars(tb, "train/loss").values())
+    tag = r / "checkpoints" / "step00000006"
+    for rank in (0, 1):  # each rank's own optimizer shard took 5 steps, not 6
+        states = torch.load(tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt", weights_only=False)
+        steps = {
+            float(s["step"]) for s in states["optimizer_state_dict"]["base_optimizer_state"]["state"].values()
+        }
+        assert steps == {5.0}, (rank, steps)
+    model_states = torch.load(tag / "mp_rank_00_model_states.pt", weights_only=False)
+    assert model_states["cloze_skipped_steps"] == 1
+
+
+@pytest.mark.slow
+def test_nan_steps_in_a_row_stop_the_run_with_a_clear_error(tmp_path: Path, dataset_dir: Path) -> None:
+    r = tmp_path / "nans"
+    proc = run(
+        dataset_dir,
+        r,
+        "trainer.max_steps=20",
+        "trainer.max_nonfinite_steps=3",
+        "checkpoint.every_steps=2",
+        CLOZE_INJECT_NAN="0:5:99",
+    )
+    assert proc.returncode != 0
+    assert re.search(r"NonFiniteLossError: 3 steps in a row \(up to step 7\) had a NaN/Inf loss", proc.stderr)
+    assert "Lower optimizer.lr" in proc.stderr
+    # Checkpoints stay valid to resume from: the one at step 6 holds step 4's weights (5 and 6 were skipped).
+    assert (r / "checkpoints" / "latest").read_text().strip() == "step00000006"
+    assert (r / "checkpoints" / "step00000006" / "COMPLETE").is_file()
+
+
+@pytest.mark.slow
+def test_a_hung_rank_makes_every_rank_exit_within_the_timeout(tmp_path: Path, dataset_dir: Path) -> None:
+    """Rank 1 stops making progress at step 3, outside any collective; rank 0 waits in the step's all-reduce.
+    With a 15 s timeout both must end non-zero, and soon: not wait for the 30-minute default."""
+    r = tmp_path / "hang"
+    t0 = time.monotonic()
+    proc = run(
+        dataset_dir, r, "deepspeed.timeout_minutes=0.25", "trainer.max_steps=10", CLOZE_INJECT_HANG="1:3"
+    )
+    elapsed = time.monotonic() - t0
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "step      2/10" in out and "step      3/10" not in out
+    assert "cloze: rank 1 made no progress for" in out and "(step 3)" in out
+    codes = dict(re.findall(r"rank\s*:\s*(\d) \(local_rank: \d\)\s*\n\s*exitcode\s*:\s*(-?\d+)", out))
+    assert set(codes) == {"0", "1"} and all(int(c) != 0 for c in codes.values()), out[-3000:]
+    assert elapsed < 120, elapsed  # start-up (~20 s) + the 15 s timeout + teardown, far from 30 minutes
