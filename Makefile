@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 export DS_ACCELERATOR ?= cpu
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean system-deps slurm-up slurm-down
 
 setup: $(STAMP)
 
@@ -25,8 +25,20 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/cloze demo --out runs/demo
 
-test: setup
+# Debian packages the SLURM/MPI tests need (slurmctld, slurmd, munge, Open MPI): apt-get as root when missing.
+system-deps: setup
+	$(PY) -m launch.slurm.cluster install || echo "warning: SLURM/MPI not installed; the SLURM tests will be skipped"
+
+test: setup system-deps
 	$(PY) -m pytest -q
+
+# A local 2-node SLURM cluster (munge + slurmctld + 2 slurmd) under $(SLURM_DIR), for trying `cloze submit`.
+SLURM_DIR ?= /tmp/cloze-slurm
+slurm-up: system-deps
+	$(PY) -m launch.slurm.cluster up $(SLURM_DIR)
+
+slurm-down:
+	$(PY) -m launch.slurm.cluster down $(SLURM_DIR)
 
 lint: setup
 	$(VENV)/bin/ruff check modeling data_pipeline trainer launch tests benchmarks

@@ -372,5 +372,18 @@ def train_loader(
     skip_budget: int = 0,
 ) -> DataLoader:
     ds = TrainStream(directory, spec, "train", objective, objective_options, skip_budget)
-    kwargs: dict[str, Any] = {"prefetch_factor": prefetch, "persistent_workers": False} if num_workers else {}
+    kwargs: dict[str, Any] = (
+        {"prefetch_factor": prefetch, "persistent_workers": False, "worker_init_fn": _ignore_stop_signals}
+        if num_workers
+        else {}
+    )
     return DataLoader(ds, batch_size=None, num_workers=num_workers, **kwargs)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers ignore SIGUSR1 / SIGTERM: srun and SLURM deliver them to every process of a task, and the training
+    process, not its readers, decides when to stop (it saves first; the workers end with it)."""
+    import signal
+
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -6,6 +6,7 @@ Errors a user can fix are printed as one line naming the file, key or value and 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -133,8 +134,14 @@ def _summary(out: str, m: Any) -> None:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
+    from data_pipeline.manifest import read_manifest
     from data_pipeline.writer import merge
 
+    if (Path(args.dir) / "manifest.json").exists():
+        # The last slice to finish merges by itself; a merge step after it (the SLURM afterok job) has nothing to do.
+        m = read_manifest(args.dir)
+        print(f"shards merge: {args.dir} is already merged ({len(m.shards)} shards); nothing to do")
+        return 0
     _summary(args.dir, merge(args.dir))
     return 0
 
@@ -167,7 +174,112 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = fit(cfg)
     if result.stopped_early:
         print(f"run directory: {result.run_dir}  (stopped at step {result.step})", flush=True)
-    return EXIT_REQUEUE if result.preempted else 0
+    if result.preempted:
+        # Every rank leaves the save's last barrier together; exit at once rather than after seconds of interpreter
+        # teardown, so that srun --kill-on-bad-exit does not terminate a rank still on its way out.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_REQUEUE)
+    return 0
+
+
+_SLURM_FLAGS = {
+    "nodes": "nodes",
+    "gpus_per_node": "gpus_per_node",
+    "tasks_per_node": "tasks_per_node",
+    "cpus_per_task": "cpus_per_task",
+    "partition": "partition",
+    "account": "account",
+    "time": "time",
+    "job_name": "job_name",
+    "max_restarts": "max_restarts",
+    "signal_seconds": "signal_seconds",
+    "container": "container",
+    "python": "python",
+}
+
+
+def _slurm_overrides(args: argparse.Namespace) -> list[str]:
+    """The SLURM flags given, as slurm.* config overrides (flags win over the config's `slurm:` section)."""
+    import json
+
+    # Values go through YAML: strings are JSON-quoted so that e.g. 24:00:00 stays a string.
+    out = [
+        f"slurm.{key}={json.dumps(getattr(args, flag))}"
+        for flag, key in _SLURM_FLAGS.items()
+        if getattr(args, flag) is not None
+    ]
+    if args.setup:
+        out.append(f"slurm.setup={json.dumps(args.setup)}")
+    if args.sbatch_option:
+        out.append(f"slurm.sbatch_options={json.dumps(args.sbatch_option)}")
+    for item in args.env or []:
+        key, _, value = item.partition("=")
+        out.append(f"slurm.env.{key}={json.dumps(value)}")
+    return out
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from launch.slurm.submit import submit_pretrain
+    from trainer.config import load_config
+
+    cfg = load_config(args.config, args.overrides + _slurm_overrides(args))
+    sub = submit_pretrain(args.config, cfg, args.overrides, args.dry_run)
+    print(f"sbatch script: {sub.script}")
+    if sub.job_id is None:
+        print("dry run: rendered, not submitted")
+    else:
+        print(f"submitted job {sub.job_id}")
+        print(f"job log: {sub.run_dir}/slurm/job-{sub.job_id}.log  (rank logs under {sub.run_dir}/logs/)")
+    print(f"run directory: {sub.run_dir}")
+    print(f"monitor: tensorboard --logdir {sub.run_dir}/tensorboard")
+    return 0
+
+
+def _cmd_submit_shards(args: argparse.Namespace) -> int:
+    from launch.slurm.submit import submit_shards
+    from trainer.config import config_from_dict
+
+    slurm = config_from_dict({}, _slurm_overrides(args)).slurm
+    shards_args = args.shards_args[1:] if args.shards_args[:1] == ["--"] else args.shards_args
+    array, merge, d = submit_shards(shards_args, args.slices, slurm, args.script_dir, args.dry_run)
+    print(f"sbatch scripts: {d}/preprocess.sbatch, {d}/merge.sbatch")
+    if array is None:
+        print("dry run: rendered, not submitted")
+    else:
+        print(f"submitted array job {array} ({args.slices} slices) and merge job {merge} (afterok:{array})")
+        print(f"logs: {d}/shards-{array}_*.log, {d}/merge-{merge}.log")
+    return 0
+
+
+def _add_slurm_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("SLURM (override the config's slurm: section)")
+    g.add_argument("--nodes", type=int)
+    g.add_argument("--gpus-per-node", dest="gpus_per_node", type=int)
+    g.add_argument(
+        "--tasks-per-node", dest="tasks_per_node", type=int, help="ranks per node (default: GPUs, or 1)"
+    )
+    g.add_argument("--cpus-per-task", dest="cpus_per_task", type=int)
+    g.add_argument("--partition")
+    g.add_argument("--account")
+    g.add_argument("--time", help="time limit, e.g. 24:00:00")
+    g.add_argument("--job-name", dest="job_name")
+    g.add_argument("--max-restarts", dest="max_restarts", type=int)
+    g.add_argument(
+        "--signal-seconds", dest="signal_seconds", type=int, help="USR1 this long before the limit"
+    )
+    g.add_argument("--container", help="command wrapping each rank, e.g. 'apptainer exec --nv img.sif'")
+    g.add_argument("--python", help="python on the nodes (default: this one)")
+    g.add_argument(
+        "--setup", action="append", help="a shell line run first (repeatable), e.g. 'module load cuda'"
+    )
+    g.add_argument("--env", action="append", help="KEY=VALUE exported in the job (repeatable)")
+    g.add_argument(
+        "--sbatch-option", dest="sbatch_option", action="append", help="extra sbatch option (repeatable)"
+    )
+    g.add_argument(
+        "--dry-run", dest="dry_run", action="store_true", help="render the scripts, submit nothing"
+    )
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -292,6 +404,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.set_defaults(fn=_cmd_train)
 
+    sb = sub.add_parser(
+        "submit", help="render <run_dir>/slurm/pretrain.sbatch from a config and submit it to SLURM"
+    )
+    sb.add_argument("config")
+    sb.add_argument("overrides", nargs="*", help="dotted overrides, as for `cloze train`")
+    _add_slurm_flags(sb)
+    sb.set_defaults(fn=_cmd_submit)
+
+    ss = sub.add_parser(
+        "submit-shards",
+        help="write shards as a SLURM array job (one slice per task) plus a dependent merge job",
+        usage="cloze submit-shards --slices N [SLURM flags] -- SHARDS ARGS (as for `cloze shards`)",
+    )
+    ss.add_argument("--slices", type=int, required=True, help="array tasks, each writing one slice")
+    ss.add_argument(
+        "--script-dir", default="", help="where to render the scripts and logs (default: OUT-slurm)"
+    )
+    _add_slurm_flags(ss)
+    ss.add_argument("shards_args", nargs=argparse.REMAINDER, help="-- then the arguments of `cloze shards`")
+    ss.set_defaults(fn=_cmd_submit_shards)
+
     cv = sub.add_parser("convert", help="convert a run's checkpoint to DeepSpeed's universal format")
     cv.add_argument("run_dir")
     cv.add_argument("--to-universal", action="store_true", required=True)
@@ -318,9 +451,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["shards", "merge"]:  # `cloze shards merge DIR`
         argv = ["shards-merge", *argv[2:]]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `cloze submit CONFIG --nodes 2 optimizer.lr=1e-4`: overrides may come after the flags too.
+    if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from data_pipeline.objectives import ObjectiveError
     from data_pipeline.sources import InputError
+    from launch.slurm.submit import SubmitError
     from modeling.hf import ExportError
     from trainer.checkpoint import CheckpointError
     from trainer.config import ConfigError
@@ -328,7 +468,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.fn(args))
-    except (InputError, ObjectiveError, ConfigError, CheckpointError, DistributedError, ExportError) as e:
+    except (
+        InputError,
+        ObjectiveError,
+        ConfigError,
+        CheckpointError,
+        DistributedError,
+        ExportError,
+        SubmitError,
+    ) as e:
         print(f"cloze {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
 

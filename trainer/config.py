@@ -204,6 +204,50 @@ class CheckpointConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """How `cloze submit` renders launch/slurm/pretrain.sbatch (every field can also be given as a flag)."""
+
+    nodes: int = 1
+    """Nodes to allocate."""
+    gpus_per_node: int = 0
+    """GPUs per node (0 = a CPU job; no --gpus-per-node line)."""
+    tasks_per_node: int = 0
+    """Ranks per node; 0 = one per GPU (1 on CPU)."""
+    cpus_per_task: int = 0
+    """CPU cores per rank (0 = SLURM's default)."""
+    partition: str = ""
+    """--partition (empty = the cluster's default)."""
+    account: str = ""
+    """--account (empty = none)."""
+    time: str = ""
+    """--time limit, e.g. '24:00:00' (empty = the partition's)."""
+    job_name: str = "cloze"
+    """--job-name."""
+    signal_seconds: int = 300
+    """SIGUSR1 this many seconds before the time limit (--signal=B:USR1@S): time to save a checkpoint."""
+    max_restarts: int = 10
+    """Requeue after a preemption signal at most this many times (SLURM_RESTART_COUNT)."""
+    setup: list[str] = field(default_factory=list)
+    """Shell lines run before training, e.g. ['module load cuda/12.4', 'source ~/venvs/cloze/bin/activate']."""
+    container: str = ""
+    """A command that wraps each rank, e.g. 'apptainer exec --nv cloze.sif' (empty = none)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables exported in the job, e.g. {NCCL_DEBUG: WARN}."""
+    sbatch_options: list[str] = field(default_factory=list)
+    """Further sbatch options, one per item, e.g. ['--exclusive', '--constraint=a100']."""
+    python: str = ""
+    """The Python that runs cloze on the nodes (empty = the one running `cloze submit`)."""
+
+    def __post_init__(self) -> None:
+        for name in ("nodes", "signal_seconds"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"slurm.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("gpus_per_node", "tasks_per_node", "cpus_per_task", "max_restarts"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"slurm.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
 class RunConfig:
     """One pretraining run."""
 
@@ -216,6 +260,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def __post_init__(self) -> None:
         ds = self.deepspeed

@@ -1,8 +1,10 @@
 """Rank / world / master discovery and the few collectives the loop needs.
 
-Discovery order: torchrun (TORCHELASTIC / RANK+WORLD_SIZE+MASTER_ADDR), SLURM (srun tasks: SLURM_PROCID,
-SLURM_NTASKS, first host of the node list), MPI (mpirun / srun --mpi=pmix: ranks from mpi4py, master broadcast
-from rank 0), else a single process on this machine. The result is exported as the env:// variables
+Discovery order: torchrun (RANK + WORLD_SIZE + MASTER_ADDR/PORT); MPI when an MPI launcher started the
+processes (mpirun, or srun --mpi=pmix: OMPI_COMM_WORLD_SIZE / PMIX_RANK / PMI_SIZE; ranks from mpi4py, master
+broadcast from rank 0, and under SLURM checked against SLURM_PROCID / SLURM_NTASKS); SLURM (plain srun tasks:
+SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, master = the first node of the allocation at its NodeAddr, port from
+the job id, or MASTER_ADDR / MASTER_PORT when the batch script exported them); else a single process here. The result is exported as the env:// variables
 torch.distributed reads (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
 """
 
@@ -15,6 +17,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+MPI_MARKERS = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE")
+"""Variables an MPI launcher sets (Open MPI's mpirun, SLURM's pmix plugin, PMI-1/2)."""
 
 
 class DistributedError(RuntimeError):
@@ -30,6 +35,14 @@ class DistInfo:
     master_port: int
     source: str
     """'torchrun', 'slurm', 'mpi' or 'single'."""
+
+    def describe(self) -> str:
+        node = os.environ.get("SLURM_NODEID")
+        where = f" SLURM_NODEID={node}" if node is not None else ""
+        return (
+            f"rank {self.rank}/{self.world_size} local_rank {self.local_rank}{where} via {self.source}; "
+            f"master {self.master_addr}:{self.master_port}"
+        )
 
     @property
     def is_main(self) -> bool:
@@ -60,6 +73,10 @@ def free_port() -> int:
 
 
 def slurm_master(env: dict[str, str]) -> str:
+    """The address of the allocation's first node: MASTER_ADDR if the batch script set it, else that node's
+    NodeAddr as SLURM knows it (a node name need not resolve in DNS), else its name."""
+    if env.get("MASTER_ADDR"):
+        return env["MASTER_ADDR"]
     nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or ""
     if not nodelist:
         raise DistributedError(
@@ -69,7 +86,7 @@ def slurm_master(env: dict[str, str]) -> str:
         out = subprocess.run(
             ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
         )
-        return out.stdout.split()[0]
+        first = out.stdout.split()[0]
     except (OSError, subprocess.CalledProcessError, IndexError):
         # A plain host name (no brackets) needs no expansion.
         if "[" not in nodelist:
@@ -77,10 +94,22 @@ def slurm_master(env: dict[str, str]) -> str:
         raise DistributedError(
             f"cannot expand SLURM_JOB_NODELIST={nodelist!r}: is scontrol on PATH?"
         ) from None
+    try:
+        node = subprocess.run(
+            ["scontrol", "show", "node", first, "-o"], capture_output=True, text=True, check=True
+        ).stdout
+        for field in node.split():
+            if field.startswith("NodeAddr="):
+                return field.split("=", 1)[1]
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return first
 
 
 def slurm_port(env: dict[str, str]) -> int:
-    """A port derived from the job id, the same on every task, in 20000-29999."""
+    """MASTER_PORT if set, else a port derived from the job id, the same on every task, in 20000-29999."""
+    if env.get("MASTER_PORT"):
+        return _int_env("MASTER_PORT", env)
     return 20000 + _int_env("SLURM_JOB_ID", env) % 10000 if env.get("SLURM_JOB_ID") else 29500
 
 
@@ -100,6 +129,8 @@ def discover(env: dict[str, str] | None = None) -> DistInfo:
             master_port=_int_env("MASTER_PORT", env),
             source="torchrun",
         )
+    elif any(k in env for k in MPI_MARKERS):
+        info = _discover_mpi(env)
     elif "SLURM_PROCID" in env and "SLURM_STEP_ID" in env and _int_env("SLURM_NTASKS", env) > 1:
         info = DistInfo(
             rank=_int_env("SLURM_PROCID", env),
@@ -109,8 +140,6 @@ def discover(env: dict[str, str] | None = None) -> DistInfo:
             master_port=slurm_port(env),
             source="slurm",
         )
-    elif any(k in env for k in ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE")):
-        info = _discover_mpi(env)
     else:
         port = _int_env("MASTER_PORT", env) if "MASTER_PORT" in env else free_port()
         info = DistInfo(0, 1, 0, env.get("MASTER_ADDR", "127.0.0.1"), port, "single")
@@ -131,10 +160,27 @@ def _discover_mpi(env: dict[str, str]) -> DistInfo:
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    master = comm.bcast((socket.gethostname(), free_port()) if rank == 0 else None, root=0)
+    if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:  # srun --mpi=pmix: both views must agree
+        slurm = (_int_env("SLURM_PROCID", env), _int_env("SLURM_NTASKS", env))
+        if slurm != (rank, size):
+            raise DistributedError(
+                f"inconsistent launch: MPI says rank {rank} of {size} but SLURM says SLURM_PROCID={slurm[0]} of "
+                f"SLURM_NTASKS={slurm[1]}; launch with `srun --mpi=pmix` (one MPI process per task) or plain srun"
+            )
+    master = comm.bcast((_host_address(), free_port()) if rank == 0 else None, root=0)
     addr = env.get("MASTER_ADDR") or master[0]
     port = int(env.get("MASTER_PORT") or master[1])
     return DistInfo(rank, size, local.Get_rank(), addr, port, "mpi")
+
+
+def _host_address() -> str:
+    """This host's address for the rendezvous: its name if it resolves, else loopback (a one-host MPI run)."""
+    name = socket.gethostname()
+    try:
+        socket.gethostbyname(name)
+        return name
+    except OSError:
+        return "127.0.0.1"
 
 
 # ---- collectives used by the loop (torch.distributed, initialised by the engine) ----------------------------

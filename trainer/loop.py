@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -30,6 +31,8 @@ from .losses import COMPATIBLE, task_for
 
 EXIT_REQUEUE = 75
 """Exit code of a run stopped by SIGUSR1/SIGTERM after saving its checkpoint (EX_TEMPFAIL): requeue me."""
+PREEMPTED_MARKER_ENV = "CLOZE_PREEMPTED_MARKER"
+"""If set, rank 0 writes the step to this file once the checkpoint after a stop signal is committed."""
 EXIT_HUNG = 70
 """Exit code of a rank whose watchdog saw no progress for the collective timeout (EX_SOFTWARE)."""
 NAN_ENV = "CLOZE_INJECT_NAN"
@@ -77,6 +80,24 @@ def _injected(env: str, rank: int) -> tuple[int, int] | None:
     if parts[0] != rank:
         return None
     return parts[1], parts[-1] if len(parts) > 2 else parts[1]
+
+
+def _kill_workers(batches: object) -> None:
+    """End the loader's worker processes now. They ignore SIGUSR1/SIGTERM (the training process decides when to
+    stop), so the terminate() torch and multiprocessing send at exit would leave the exit hanging on a join. torch
+    stops watching their exits first (its SIGCHLD handler would call a killed reader an error), then SIGKILL."""
+    from torch.utils.data._utils import signal_handling
+
+    if getattr(batches, "_worker_pids_set", False):
+        signal_handling._remove_worker_pids(id(batches))
+        batches._worker_pids_set = False  # type: ignore[attr-defined]
+    for w in getattr(batches, "_workers", []):
+        if w.is_alive():
+            w.kill()
+            w.join(timeout=5)
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def memory_gib() -> float:
@@ -179,6 +200,7 @@ def prepare(cfg: RunConfig, world_size: int) -> tuple[int, Manifest]:
 
 def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitResult:
     info = D.discover()
+    print(f"cloze: {info.describe()}", flush=True)
     grad_accum, manifest = prepare(cfg, info.world_size)
     init_distributed(info, cfg.deepspeed.dist_backend, cfg.deepspeed.timeout_minutes)
     run_dir = Path(cfg.run_dir)
@@ -239,6 +261,7 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
             d.path, spec, d.num_workers, d.prefetch_factor, d.objective, d.objective_options, d.skip_budget
         )
     )
+    atexit.register(_kill_workers, batches)
     eval_stream = EvalStream(
         d.path,
         t.micro_batch_size,
@@ -397,6 +420,11 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
         result.stopped_early = True
     if step != start_step:  # the same decision on every rank (saving is collective)
         save(step)
+    marker = os.environ.get(PREEMPTED_MARKER_ENV)
+    if result.preempted and marker and info.is_main:
+        # For the SLURM script: the checkpoint is committed, requeue even if srun reports another rank's exit code.
+        Path(marker).write_text(f"{step}\n")
+    _kill_workers(batches)  # readers are done; nothing must hold the exit up
     for cb in callbacks:
         cb.close()
     if info.is_main:
