@@ -277,57 +277,37 @@ def test_preprocess_array_job_equals_a_local_run(
     assert fingerprint(out) == fingerprint(local)
 
 
-def _trained_via_mpi(out: str, run: Path, nodes: bool) -> None:
-    ranks = re.findall(r"cloze: rank (\d)/2 local_rank \d( SLURM_NODEID=\d)? via mpi; master \S+", out)
-    assert sorted(r for r, _ in ranks) == ["0", "1"], out[-3000:]
+TRAIN = ["-m", "launch.cli", "train", "configs/tiny-bert.yaml", "trainer.max_steps=6", "trainer.eval_every=0"]
+
+
+def _train_via_mpi(launcher: list[str], c: LocalCluster, dataset_dir: Path, run: Path, nodes: bool) -> None:
+    """Run 6 tiny-bert steps under `launcher`; both ranks must say they were discovered through MPI."""
+    cmd = [*launcher, sys.executable, *TRAIN, f"data.path={dataset_dir}", f"run_dir={run}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=slurm_env(c), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = re.findall(
+        r"cloze: rank (\d)/2 local_rank \d( SLURM_NODEID=\d)? via mpi; master \S+", proc.stdout
+    )
+    assert sorted(r for r, _ in ranks) == ["0", "1"], proc.stdout[-3000:]
     if nodes:
         assert sorted(n for _, n in ranks) == [" SLURM_NODEID=0", " SLURM_NODEID=1"]
     assert sorted(read_scalars(run / "tensorboard", "train/loss")) == list(range(1, 7))
 
 
-TRAIN = ["-m", "launch.cli", "train", "configs/tiny-bert.yaml", "trainer.max_steps=6", "trainer.eval_every=0"]
-
-
 def test_mpirun_np_2_trains_with_ranks_from_mpi4py(
     cluster: LocalCluster, dataset_dir: Path, tmp_path: Path
 ) -> None:
-    run = tmp_path / "run"
-    cmd = [
-        "mpirun",
-        "--allow-run-as-root",
-        "--oversubscribe",
-        "-np",
-        "2",
-        *(a for k in ("OMP_NUM_THREADS", "DS_ACCELERATOR", "OMPI_MCA_btl", "PATH") for a in ("-x", k)),
-        sys.executable,
-        *TRAIN,
-        f"data.path={dataset_dir}",
-        f"run_dir={run}",
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=slurm_env(cluster), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    _trained_via_mpi(proc.stdout, run, nodes=False)
+    exported = [a for k in ("OMP_NUM_THREADS", "DS_ACCELERATOR", "OMPI_MCA_btl", "PATH") for a in ("-x", k)]
+    mpirun = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", *exported]
+    _train_via_mpi(mpirun, cluster, dataset_dir, tmp_path / "run", nodes=False)
 
 
 def test_srun_mpi_pmix_on_two_nodes_trains_with_ranks_from_mpi4py(
     cluster: LocalCluster, dataset_dir: Path, tmp_path: Path
 ) -> None:
-    run = tmp_path / "run"
-    cmd = [
-        "srun",
-        "--mpi=pmix",
-        "-N",
-        "2",
-        "-n",
-        "2",
-        sys.executable,
-        *TRAIN,
-        f"data.path={dataset_dir}",
-        f"run_dir={run}",
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=slurm_env(cluster), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    _trained_via_mpi(proc.stdout, run, nodes=True)
+    _train_via_mpi(
+        ["srun", "--mpi=pmix", "-N", "2", "-n", "2"], cluster, dataset_dir, tmp_path / "run", nodes=True
+    )
 
 
 def test_cluster_commands_are_installed() -> None:
