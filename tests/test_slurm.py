@@ -285,8 +285,9 @@ def _train_via_mpi(launcher: list[str], c: LocalCluster, dataset_dir: Path, run:
     cmd = [*launcher, sys.executable, *TRAIN, f"data.path={dataset_dir}", f"run_dir={run}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=slurm_env(c), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # mpirun merges the ranks' output streams byte by byte: two lines can run together, so no \S+ at the end.
     ranks = re.findall(
-        r"cloze: rank (\d)/2 local_rank \d( SLURM_NODEID=\d)? via mpi; master \S+", proc.stdout
+        r"cloze: rank (\d)/2 local_rank \d( SLURM_NODEID=\d)? via mpi; master [^\s:]+:\d+", proc.stdout
     )
     assert sorted(r for r, _ in ranks) == ["0", "1"], proc.stdout[-3000:]
     if nodes:
