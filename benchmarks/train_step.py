@@ -24,12 +24,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DS_ACCELERATOR", "cuda" if "--cpu" not in sys.argv else "cpu")
 
 import torch  # noqa: E402
 
-if not torch.cuda.is_available():
-    os.environ["DS_ACCELERATOR"] = "cpu"
+os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
 
 from modeling import build_model  # noqa: E402
 from modeling.flops import param_count, peak_flops_for, train_flops_per_token  # noqa: E402
@@ -154,7 +152,6 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=0, help="timed steps (default 20 on GPU, 3 on CPU)")
     p.add_argument("--warmup", type=int, default=0, help="untimed steps first (default 5 on GPU, 1 on CPU)")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="peak TFLOP/s of one device, for MFU")
-    p.add_argument("--cpu", action="store_true", help="use the CPU even when a GPU is present")
     args = p.parse_args()
     on_gpu = torch.cuda.is_available()
     args.steps = args.steps or (20 if on_gpu else 3)

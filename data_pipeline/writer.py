@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .manifest import MANIFEST, Manifest, ShardEntry
+from .manifest import MANIFEST, Manifest, ShardEntry, read_manifest
 from .objectives import OBJECTIVES, SPLIT_CODES, T5SpanCorruption, build_objective, sample_rng
 from .packing import PackedBlock, PairBlock, pack_block, packer_for, pair_block
 from .sources import InputError, SourceOptions, SourceStats, check_inputs, iter_documents, resolve_inputs
@@ -373,11 +373,13 @@ def _run(
 
 
 def merge(out: str | Path) -> Manifest:
-    """Write manifest.json from the blocks of every slice; then remove the build records."""
+    """Write manifest.json from the blocks of every slice; then remove the build records. A dataset already merged
+    (the last slice to finish merges by itself, before a separate merge step such as SLURM's afterok job runs) is
+    returned as it is."""
     out = Path(out)
     plan_path = out / BUILD / PLAN
-    if (out / MANIFEST).exists():
-        raise InputError(f"{out} already holds a merged dataset ({MANIFEST} exists)")
+    if (out / MANIFEST).exists():  # written last by a merge: the dataset is complete
+        return read_manifest(out)
     if not plan_path.is_file():
         raise InputError(
             f"{out} has no {BUILD}/{PLAN}: nothing to merge; write shards with `cloze shards` first"

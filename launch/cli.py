@@ -134,14 +134,8 @@ def _summary(out: str, m: Any) -> None:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from data_pipeline.manifest import read_manifest
     from data_pipeline.writer import merge
 
-    if (Path(args.dir) / "manifest.json").exists():
-        # The last slice to finish merges by itself; a merge step after it (the SLURM afterok job) has nothing to do.
-        m = read_manifest(args.dir)
-        print(f"shards merge: {args.dir} is already merged ({len(m.shards)} shards); nothing to do")
-        return 0
     _summary(args.dir, merge(args.dir))
     return 0
 
@@ -183,20 +177,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-_SLURM_FLAGS = {
-    "nodes": "nodes",
-    "gpus_per_node": "gpus_per_node",
-    "tasks_per_node": "tasks_per_node",
-    "cpus_per_task": "cpus_per_task",
-    "partition": "partition",
-    "account": "account",
-    "time": "time",
-    "job_name": "job_name",
-    "max_restarts": "max_restarts",
-    "signal_seconds": "signal_seconds",
-    "container": "container",
-    "python": "python",
-}
+_SLURM_FLAGS = (
+    "nodes",
+    "gpus_per_node",
+    "tasks_per_node",
+    "cpus_per_task",
+    "partition",
+    "account",
+    "time",
+    "job_name",
+    "max_restarts",
+    "signal_seconds",
+    "container",
+    "python",
+)
+"""Flags of `cloze submit` that set the slurm: key of the same name."""
 
 
 def _slurm_overrides(args: argparse.Namespace) -> list[str]:
@@ -205,9 +200,9 @@ def _slurm_overrides(args: argparse.Namespace) -> list[str]:
 
     # Values go through YAML: strings are JSON-quoted so that e.g. 24:00:00 stays a string.
     out = [
-        f"slurm.{key}={json.dumps(getattr(args, flag))}"
-        for flag, key in _SLURM_FLAGS.items()
-        if getattr(args, flag) is not None
+        f"slurm.{key}={json.dumps(getattr(args, key))}"
+        for key in _SLURM_FLAGS
+        if getattr(args, key) is not None
     ]
     if args.setup:
         out.append(f"slurm.setup={json.dumps(args.setup)}")

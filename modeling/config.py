@@ -183,6 +183,12 @@ class ModelConfig:
 
 FAMILIES = ("bert", "roberta", "albert", "electra", "t5", "bart")
 
+T5_V1_1: dict[str, Any] = dict(
+    family="t5", activation="gelu_tanh", layer_norm_eps=1e-6, tie_word_embeddings=False, initializer_range=1.0
+)
+"""What every T5 v1.1 size shares: gated-GELU feed-forward, untied LM head, T5's own initialisation."""
+NO_DROPOUT: dict[str, Any] = dict(hidden_dropout=0.0, attention_dropout=0.0)
+
 PRESETS: dict[str, dict[str, Any]] = {
     # A few-hundred-thousand-parameter BERT that trains on 2 CPU cores in minutes.
     "tiny": dict(
@@ -236,33 +242,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         intermediate_size=3072,
         generator_fraction=1 / 3,
     ),
+    # T5 v1.1 pretrains without dropout.
     "t5_small": dict(
-        family="t5",
-        hidden_size=512,
-        num_layers=8,
-        num_heads=6,
-        d_kv=64,
-        intermediate_size=1024,
-        activation="gelu_tanh",
-        layer_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        initializer_range=1.0,
+        **T5_V1_1, hidden_size=512, num_layers=8, num_heads=6, d_kv=64, intermediate_size=1024, **NO_DROPOUT
     ),
     "t5_base": dict(
-        family="t5",
-        hidden_size=768,
-        num_layers=12,
-        num_heads=12,
-        d_kv=64,
-        intermediate_size=2048,
-        activation="gelu_tanh",
-        layer_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        initializer_range=1.0,
+        **T5_V1_1, hidden_size=768, num_layers=12, num_heads=12, d_kv=64, intermediate_size=2048, **NO_DROPOUT
     ),
     "bart_base": dict(
         family="bart",
@@ -273,18 +258,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_position_embeddings=1024,
         layer_norm_eps=1e-5,
     ),
-    "tiny_t5": dict(
-        family="t5",
-        hidden_size=128,
-        num_layers=2,
-        num_heads=4,
-        d_kv=32,
-        intermediate_size=256,
-        activation="gelu_tanh",
-        layer_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        initializer_range=1.0,
-    ),
+    "tiny_t5": dict(**T5_V1_1, hidden_size=128, num_layers=2, num_heads=4, d_kv=32, intermediate_size=256),
     "tiny_bart": dict(
         family="bart",
         hidden_size=128,

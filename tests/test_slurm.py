@@ -14,7 +14,7 @@ import pytest
 
 from launch.slurm.cluster import ClusterError, LocalCluster, install, missing_commands
 from tests.conftest import ROOT, cloze_env, read_scalars, run_cloze
-from tests.test_writer import fingerprint
+from tests.test_writer import OPTS, fingerprint, shards_cli_args
 
 pytestmark = pytest.mark.slow
 
@@ -241,24 +241,10 @@ def test_a_failing_job_is_not_requeued_and_its_error_is_in_the_job_log(
 def test_preprocess_array_job_equals_a_local_run(
     cluster: LocalCluster, tokenizer_dir: Path, tmp_path: Path
 ) -> None:
-    from data_pipeline.writer import ShardOptions, write_shards
+    from data_pipeline.writer import write_shards
 
-    opts = ["--seq-len", "64", "--seed", "5", "--docs-per-block", "700", "--valid-fraction", "0.05"]
     out = tmp_path / "slurm-shards"
-    proc = cloze(
-        cluster,
-        "submit-shards",
-        "--slices",
-        "2",
-        "--",
-        "--input",
-        "builtin:stdlib-docs",
-        "--tokenizer",
-        str(tokenizer_dir),
-        "--out",
-        str(out),
-        *opts,
-    )
+    proc = cloze(cluster, "submit-shards", "--slices", "2", "--", *shards_cli_args(tokenizer_dir, out))
     assert proc.returncode == 0, proc.stderr
     m = re.search(r"submitted array job (\d+) \(2 slices\) and merge job (\d+) \(afterok:\1\)", proc.stdout)
     assert m, proc.stdout
@@ -267,13 +253,7 @@ def test_preprocess_array_job_equals_a_local_run(
     assert job_field(cluster, merge, "Dependency") in ("(null)", "")  # satisfied, then cleared
     assert {job_field(cluster, f"{array}_{i}", "JobState") for i in (0, 1)} == {"COMPLETED"}
     local = tmp_path / "local"
-    write_shards(
-        ["builtin:stdlib-docs"],
-        tokenizer_dir,
-        local,
-        ShardOptions(objective="mlm", seq_len=64, seed=5, docs_per_block=700, valid_fraction=0.05),
-        workers=2,
-    )
+    write_shards(["builtin:stdlib-docs"], tokenizer_dir, local, OPTS, workers=2)
     assert fingerprint(out) == fingerprint(local)
 
 

@@ -35,6 +35,26 @@ def fingerprint(d: Path) -> dict:
 OPTS = ShardOptions(objective="mlm", seq_len=64, seed=5, docs_per_block=700, valid_fraction=0.05)
 
 
+def shards_cli_args(tokenizer_dir: Path, out: Path) -> list[str]:
+    """`cloze shards` arguments that mean OPTS on the built-in corpus."""
+    return [
+        "--input",
+        "builtin:stdlib-docs",
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--out",
+        str(out),
+        "--seq-len",
+        "64",
+        "--seed",
+        "5",
+        "--docs-per-block",
+        "700",
+        "--valid-fraction",
+        "0.05",
+    ]
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tokenizer_dir) -> Path:
     out = tmp_path_factory.mktemp("ref") / "one-worker"
@@ -60,20 +80,7 @@ def test_two_slices_and_merge_write_the_same_dataset(tmp_path, tokenizer_dir, re
     proc = run_cloze(
         [
             "shards",
-            "--input",
-            "builtin:stdlib-docs",
-            "--tokenizer",
-            str(tokenizer_dir),
-            "--out",
-            str(out),
-            "--seq-len",
-            "64",
-            "--seed",
-            "5",
-            "--docs-per-block",
-            "700",
-            "--valid-fraction",
-            "0.05",
+            *shards_cli_args(tokenizer_dir, out),
             "--num-slices",
             "2",
             "--slice",
@@ -101,20 +108,7 @@ def test_kill_9_mid_write_then_rerun_gives_the_same_dataset(tmp_path, tokenizer_
         "-m",
         "launch.cli",
         "shards",
-        "--input",
-        "builtin:stdlib-docs",
-        "--tokenizer",
-        str(tokenizer_dir),
-        "--out",
-        str(out),
-        "--seq-len",
-        "64",
-        "--seed",
-        "5",
-        "--docs-per-block",
-        "700",
-        "--valid-fraction",
-        "0.05",
+        *shards_cli_args(tokenizer_dir, out),
         "--quiet",
     ]
     proc = subprocess.Popen(

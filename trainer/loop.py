@@ -425,6 +425,7 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
         # For the SLURM script: the checkpoint is committed, requeue even if srun reports another rank's exit code.
         Path(marker).write_text(f"{step}\n")
     _kill_workers(batches)  # readers are done; nothing must hold the exit up
+    atexit.unregister(_kill_workers)
     for cb in callbacks:
         cb.close()
     if info.is_main:

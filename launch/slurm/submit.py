@@ -132,9 +132,9 @@ def submit_shards(
     i = shards_args.index("--out") + 1
     args = list(shards_args)
     args[i] = out = _absolute(args[i])
-    for flag in ("--tokenizer",):  # paths the nodes must find from any working directory
-        if flag in args and args.index(flag) + 1 < len(args):
-            args[args.index(flag) + 1] = _absolute(args[args.index(flag) + 1])
+    if "--tokenizer" in args[:-1]:  # a path the nodes must find from any working directory
+        t = args.index("--tokenizer") + 1
+        args[t] = _absolute(args[t])
     d = Path(script_dir or f"{out}-slurm").resolve()
     d.mkdir(parents=True, exist_ok=True)
     values = _common(s, gpus=False)
