@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,12 +60,22 @@ class Manifest:
 
     def write(self, directory: str | Path) -> None:
         """Atomically: a temporary file renamed over manifest.json."""
-        path = Path(directory) / MANIFEST
-        tmp = path.with_name(MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        with open(tmp, "rb") as f:
+        atomic_write(Path(directory) / MANIFEST, (json.dumps(self.to_dict(), indent=1) + "\n").encode())
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `path` through a temporary file of its own (unique name: several processes, e.g. the slices of an array
+    job, may write the same file at once), fsynced, then renamed over `path`: readers see the old or the new bytes."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_manifest(directory: str | Path) -> Manifest:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .manifest import MANIFEST, Manifest, ShardEntry, read_manifest
+from .manifest import MANIFEST, Manifest, ShardEntry, atomic_write, read_manifest
 from .objectives import OBJECTIVES, SPLIT_CODES, T5SpanCorruption, build_objective, sample_rng
 from .packing import PackedBlock, PairBlock, pack_block, packer_for, pair_block
 from .sources import InputError, SourceOptions, SourceStats, check_inputs, iter_documents, resolve_inputs
@@ -221,9 +221,7 @@ def process_block(out: str, block: int, first_doc: int, joined: list[str]) -> di
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
 def _block_done(out: Path, block: int) -> bool:
@@ -310,7 +308,7 @@ def write_shards(
         done = [i for i in range(num_slices) if (out / BUILD / f"slice-{i}-of-{num_slices}.json").is_file()]
         return merge(out) if len(done) == num_slices else None
     except InputError:
-        if created:
+        if created and num_slices == 1:  # other slices may share the directory: never remove their work
             shutil.rmtree(out, ignore_errors=True)
         raise
 
@@ -375,8 +373,21 @@ def _run(
 def merge(out: str | Path) -> Manifest:
     """Write manifest.json from the blocks of every slice; then remove the build records. A dataset already merged
     (the last slice to finish merges by itself, before a separate merge step such as SLURM's afterok job runs) is
-    returned as it is."""
+    returned as it is.
+
+    Several merges may run at once (two slices finishing together both see every slice done). They compute the same
+    manifest, written atomically; the one that finds the build records already removed returns the finished dataset.
+    """
     out = Path(out)
+    try:
+        return _merge(out)
+    except (InputError, FileNotFoundError):
+        if (out / MANIFEST).exists():  # written before the build records are removed: another merge finished
+            return read_manifest(out)
+        raise
+
+
+def _merge(out: Path) -> Manifest:
     plan_path = out / BUILD / PLAN
     if (out / MANIFEST).exists():  # written last by a merge: the dataset is complete
         return read_manifest(out)
@@ -432,7 +443,7 @@ def merge(out: str | Path) -> Manifest:
             f"from {inputs}; raise --valid-fraction or lower --seq-len"
         )
     tok = Tokenizer(out / BUILD / MODEL_FILE)
-    shutil.copyfile(tok.path, out / MODEL_FILE)
+    atomic_write(out / MODEL_FILE, tok.path.read_bytes())
     meta = tokenizer_meta(tok.info)
     objective_params: dict[str, Any] = {}
     if opts["objective"] != "tokens":
@@ -473,5 +484,4 @@ def stage_tokenizer(tok_path: Path, out: Path) -> None:
     """Keep a copy of the tokenizer with the build, so `merge` (maybe on another node) needs no other path."""
     target = out / BUILD / MODEL_FILE
     if not target.exists():
-        shutil.copyfile(tok_path, out / BUILD / (MODEL_FILE + ".tmp"))
-        os.replace(out / BUILD / (MODEL_FILE + ".tmp"), target)
+        atomic_write(target, tok_path.read_bytes())

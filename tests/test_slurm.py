@@ -249,7 +249,9 @@ def test_preprocess_array_job_equals_a_local_run(
     m = re.search(r"submitted array job (\d+) \(2 slices\) and merge job (\d+) \(afterok:\1\)", proc.stdout)
     assert m, proc.stdout
     array, merge = m.groups()
-    assert wait_job(cluster, merge) == "COMPLETED", list((tmp_path / "slurm-shards-slurm").glob("*.log"))
+    state = wait_job(cluster, merge)
+    logs = {p.name: p.read_text()[-2000:] for p in (tmp_path / "slurm-shards-slurm").glob("*.log")}
+    assert state == "COMPLETED", logs
     assert job_field(cluster, merge, "Dependency") in ("(null)", "")  # satisfied, then cleared
     assert {job_field(cluster, f"{array}_{i}", "JobState") for i in (0, 1)} == {"COMPLETED"}
     local = tmp_path / "local"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import multiprocessing
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,6 +101,47 @@ def test_explicit_merge_command(tmp_path, tokenizer_dir, reference):
     assert not (out / "manifest.json").exists()
     write_shards(["builtin:stdlib-docs"], tokenizer_dir, out, OPTS, num_slices=3, slice_index=2)
     assert fingerprint(out) == fingerprint(reference)
+
+
+def _at_once(barrier, fn, *args) -> str:
+    barrier.wait()
+    try:
+        fn(*args)
+        return "ok"
+    except Exception as e:  # reported back to the test, with its type
+        return f"{type(e).__name__}: {e}"
+
+
+def test_slices_and_merges_running_at_once(tmp_path, tokenizer_dir, reference):
+    """An array job's slices start together, and two can finish together: each then merges. Neither may fail,
+    and neither may lose the other's work (the CI failure that a 2-slice SLURM array job showed)."""
+    ctx = multiprocessing.get_context("spawn")
+    out = tmp_path / "together"
+    with ctx.Manager() as m, ctx.Pool(2) as pool:
+        b = m.Barrier(2)
+        jobs = [
+            pool.apply_async(
+                _at_once,
+                (b, write_shards, ["builtin:stdlib-docs"], str(tokenizer_dir), str(out), OPTS, 1, 2, i),
+            )
+            for i in range(2)
+        ]
+        assert [j.get(300) for j in jobs] == ["ok", "ok"]
+    assert fingerprint(out) == fingerprint(reference)
+    # The moment both merges overlap, forced: every slice's records in place, no manifest yet, four merges at once.
+    staged = tmp_path / "staged"
+    for i in range(2):  # each slice alone in its own directory, so neither merges
+        write_shards(
+            ["builtin:stdlib-docs"], tokenizer_dir, tmp_path / f"s{i}", OPTS, num_slices=2, slice_index=i
+        )
+        shutil.copytree(tmp_path / f"s{i}", staged, dirs_exist_ok=True)
+    assert not (staged / "manifest.json").exists() and len(list((staged / BUILD).glob("slice-*"))) == 2
+    with ctx.Manager() as m, ctx.Pool(4) as pool:
+        b = m.Barrier(4)
+        jobs = [pool.apply_async(_at_once, (b, merge, str(staged))) for _ in range(4)]
+        assert [j.get(300) for j in jobs] == ["ok"] * 4
+    assert fingerprint(staged) == fingerprint(reference)
+    assert not (staged / BUILD).exists() and not list(staged.glob("*.tmp"))
 
 
 def test_kill_9_mid_write_then_rerun_gives_the_same_dataset(tmp_path, tokenizer_dir, reference):
