@@ -4,6 +4,7 @@ skipped on every rank, a hung rank. Fault injection goes through CLOZE_INJECT_* 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -132,6 +133,65 @@ def test_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path: Path, dataset_di
         assert steps == {5.0}, (rank, steps)
     model_states = torch.load(tag / "mp_rank_00_model_states.pt", weights_only=False)
     assert model_states["cloze_skipped_steps"] == 1
+
+
+@pytest.mark.parametrize("stage", [0, 3])
+def test_nan_gradients_with_a_finite_loss_are_skipped_on_every_rank(
+    tmp_path: Path, dataset_dir: Path, stage: int
+) -> None:
+    """Rank 1's loss is finite at step 3 but its gradients are NaN, so after the all-reduce the gradient norm is NaN
+    everywhere. At stage 0 in fp32 DeepSpeed would step on it (and poison every weight): the engine's own norm check
+    skips it. At stage 3 DeepSpeed's check does. Either way: skipped on both ranks, counted, said, weights finite."""
+    r = tmp_path / f"nan-grad-{stage}"
+    proc = run(
+        dataset_dir, r, "trainer.max_steps=6", f"deepspeed.zero_stage={stage}", CLOZE_INJECT_NAN_GRAD="1:3"
+    )
+    ok(proc)
+    assert "step 3: non-finite gradient norm; step skipped on every rank (1 in a row)" in proc.stdout
+    tb = r / "tensorboard"
+    skipped = read_scalars(tb, "train/skipped_steps")
+    assert [skipped[s] for s in range(1, 7)] == [0, 0, 1, 1, 1, 1]
+    norm = read_scalars(tb, "train/grad_norm")
+    assert [s for s in range(1, 7) if math.isfinite(norm.get(s, math.nan))] == [
+        1,
+        2,
+        4,
+        5,
+        6,
+    ]  # NaN: not logged
+    lr = read_scalars(tb, "train/lr")
+    assert lr[3] == lr[2] and lr[4] > lr[3]
+    loss = read_scalars(tb, "train/loss")
+    assert all(math.isfinite(loss[s]) for s in range(1, 7)), loss  # a NaN update would make steps 4-6 NaN
+
+
+def test_stage_0_clips_like_deepspeed(tmp_path: Path, dataset_dir: Path) -> None:
+    """At stage 0 in fp32 the engine clips from its own norm (DeepSpeed's clip there keeps no norm and has no NaN
+    check). With a clip that binds on every step, its losses and norms equal ZeRO-1's, where DeepSpeed clips."""
+    runs = {}
+    for stage in (0, 1):
+        r = tmp_path / f"clip-{stage}"
+        ok(
+            run(
+                dataset_dir,
+                r,
+                "trainer.max_steps=5",
+                "optimizer.grad_clip=0.05",
+                f"deepspeed.zero_stage={stage}",
+            )
+        )
+        runs[stage] = {k: read_scalars(r / "tensorboard", f"train/{k}") for k in ("loss", "grad_norm")}
+        assert json.loads((r / "ds_config.json").read_text())["gradient_clipping"] == (
+            0.0 if stage == 0 else 0.05
+        )
+    assert (
+        min(runs[0]["grad_norm"].values()) > 0.05 * 4
+    )  # the clip binds: without it the updates would differ
+    # ZeRO-1's own norm differs from torch's by ~2e-5 relative (its reduction order); the losses come out equal.
+    for k, rel in (("loss", 1e-5), ("grad_norm", 1e-4)):
+        assert runs[0][k].keys() == runs[1][k].keys() == set(range(1, 6))
+        for s in range(1, 6):
+            assert runs[0][k][s] == pytest.approx(runs[1][k][s], rel=rel), (k, s, runs[0][k], runs[1][k])
 
 
 @pytest.mark.slow

@@ -25,7 +25,9 @@ def deepspeed_config(cfg: RunConfig, grad_accum: int, load_universal: bool = Fal
         "train_batch_size": t.global_batch_size,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": grad_accum,
-        "gradient_clipping": cfg.optimizer.grad_clip,
+        # Plain data parallel in fp32 is the one case where DeepSpeed neither keeps the gradient norm nor skips a
+        # step whose norm is NaN/Inf: Engine.step clips there itself, from the norm it computes once.
+        "gradient_clipping": 0.0 if _own_grad_norm(cfg) else cfg.optimizer.grad_clip,
         "zero_optimization": {"stage": ds.zero_stage},
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
@@ -50,6 +52,10 @@ def deepspeed_config(cfg: RunConfig, grad_accum: int, load_universal: bool = Fal
             "loss_scale_window": 1000,
         }
     return _merge(conf, ds.extra)
+
+
+def _own_grad_norm(cfg: RunConfig) -> bool:
+    return cfg.deepspeed.zero_stage == 0 and cfg.deepspeed.precision == "fp32"
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -121,7 +127,7 @@ class Engine:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config
         )
         self.device = self.engine.device
-        self._own_grad_norm = cfg.deepspeed.zero_stage == 0 and cfg.deepspeed.precision == "fp32"
+        self._own_grad_norm = _own_grad_norm(cfg)
         self._grad_norm = float("nan")
 
     @property
@@ -143,13 +149,20 @@ class Engine:
     def step(self, apply: bool = True) -> bool:
         """Called after every micro-batch; DeepSpeed applies the optimizer at the accumulation boundary, unless
         `apply` is False there: then the step is skipped (no parameter, optimizer-state or schedule change; the
-        gradients are dropped). Every rank must pass the same `apply`. Returns whether a step was skipped, by us or
-        by DeepSpeed (an fp16 overflow, or a non-finite gradient norm under ZeRO 1/2)."""
+        gradients are dropped). Every rank must pass the same `apply`. Returns whether a step was skipped: by us,
+        or because the gradient norm was NaN/Inf (DeepSpeed's check, or ours at stage 0 in fp32), or an fp16 overflow.
+        """
         before = int(self.engine.skipped_steps)
+        own_skip = False
         if self._own_grad_norm and self.engine.is_gradient_accumulation_boundary():
-            # Plain data parallel in fp32: DeepSpeed clips but does not keep the norm; the grads are reduced by now.
-            grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
-            self._grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else float("nan")
+            # The gradients are all-reduced by now, so every rank computes the same norm and makes the same choice.
+            params = [p for p in self.engine.module.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.tensor(0.0)
+            self._grad_norm = float(norm)
+            own_skip = not torch.isfinite(norm)
+            if apply and not own_skip and self.cfg.optimizer.grad_clip > 0:
+                torch.nn.utils.clip_grads_with_norm_(params, self.cfg.optimizer.grad_clip, norm)
+            apply = apply and not own_skip
         self.gate.set(apply)
         try:
             self.engine.step()

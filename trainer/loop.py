@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -37,12 +37,26 @@ EXIT_HUNG = 70
 """Exit code of a rank whose watchdog saw no progress for the collective timeout (EX_SOFTWARE)."""
 NAN_ENV = "CLOZE_INJECT_NAN"
 """Fault injection for tests: 'RANK:FIRST[:LAST]' makes the loss NaN on RANK at steps FIRST..LAST (1-based)."""
+NAN_GRAD_ENV = "CLOZE_INJECT_NAN_GRAD"
+"""Fault injection for tests: like NAN_ENV, but the loss stays finite and its gradients are NaN."""
 HANG_ENV = "CLOZE_INJECT_HANG"
 """Fault injection for tests: 'RANK:STEP' makes RANK stop making progress at the start of STEP (1-based)."""
 
 
 class NonFiniteLossError(RuntimeError):
-    """Too many steps in a row had a NaN/Inf loss on some rank."""
+    """Too many steps in a row had a NaN/Inf loss on some rank, or a NaN/Inf gradient norm."""
+
+
+class _NaNGrad(torch.autograd.Function):
+    """Identity forward, NaN backward: a finite loss whose gradients are not (fault injection)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad * float("nan")
 
 
 class Watchdog:
@@ -328,6 +342,7 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
     stop = StopFlag()
     watchdog = Watchdog(cfg.deepspeed.timeout_minutes * 60, info.rank)
     inject_nan, inject_hang = _injected(NAN_ENV, info.rank), _injected(HANG_ENV, info.rank)
+    inject_nan_grad = _injected(NAN_GRAD_ENV, info.rank)
     nonfinite_in_a_row = 0
     while step < stop_at:
         watchdog.beat(f"step {step + 1}")
@@ -347,6 +362,8 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
             r = task(engine.forward, b)
             if inject_nan and inject_nan[0] <= step + 1 <= inject_nan[1]:
                 r.loss = r.loss * float("nan")
+            if inject_nan_grad and inject_nan_grad[0] <= step + 1 <= inject_nan_grad[1]:
+                r.loss = _NaNGrad.apply(r.loss)
             nonfinite |= not bool(torch.isfinite(r.loss.detach()))
             engine.backward(r.loss)
             for k, v in r.sums.items():
@@ -360,21 +377,25 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
         # rank's loss was NaN/Inf (then every rank skips this step).
         totals = reduce(sums)
         bad = totals["nonfinite_ranks"] > 0
-        if engine.step(apply=not bad):
-            skipped_steps += 1
+        skipped = engine.step(apply=not bad)
+        skipped_steps += skipped
         step += 1
         dt = time.perf_counter() - t0
-        if bad:
+        # A NaN/Inf gradient norm with a finite loss (skipped by DeepSpeed, or by the engine at stage 0 in fp32);
+        # under fp16 that is the loss scaler's overflow, which lowers the scale and is not a fault.
+        bad_grad = skipped and not bad and cfg.deepspeed.precision != "fp16"
+        if bad or bad_grad:
             nonfinite_in_a_row += 1
             if info.is_main:
+                what = f"loss on {int(totals['nonfinite_ranks'])} rank(s)" if bad else "gradient norm"
                 print(
-                    f"step {step}: non-finite loss on {int(totals['nonfinite_ranks'])} rank(s); step skipped on "
-                    f"every rank ({nonfinite_in_a_row} in a row)",
+                    f"step {step}: non-finite {what}; step skipped on every rank ({nonfinite_in_a_row} in a row)",
                     flush=True,
                 )
             if t.max_nonfinite_steps and nonfinite_in_a_row >= t.max_nonfinite_steps:
                 raise NonFiniteLossError(
-                    f"{nonfinite_in_a_row} steps in a row (up to step {step}) had a NaN/Inf loss and were skipped "
+                    f"{nonfinite_in_a_row} steps in a row (up to step {step}) had a NaN/Inf loss or gradient norm "
+                    "and were skipped "
                     f"(trainer.max_nonfinite_steps={t.max_nonfinite_steps}); the weights are those of the last good "
                     f"step. Lower optimizer.lr, raise optimizer.warmup_steps or check the data, then resume from "
                     f"{ckpt_root}"
