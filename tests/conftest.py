@@ -49,6 +49,23 @@ def torchrun_cloze(
     )
 
 
+def train_tiny_bert(
+    dataset_dir: Path, run_dir: Path, *overrides: str, **env: str
+) -> subprocess.CompletedProcess:
+    """`cloze train configs/tiny-bert.yaml` on 2 ranks over `dataset_dir`, no evaluation, then `overrides`."""
+    return torchrun_cloze(
+        [
+            "train",
+            "configs/tiny-bert.yaml",
+            f"data.path={dataset_dir}",
+            f"run_dir={run_dir}",
+            "trainer.eval_every=0",
+            *overrides,
+        ],
+        **env,
+    )
+
+
 def read_scalars(logdir: str | Path, tag: str) -> dict[int, float]:
     """step -> value of a TensorBoard scalar over every event file in `logdir` (a later write of a step wins)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_scalars, torchrun_cloze
+from tests.conftest import read_scalars, train_tiny_bert
 from trainer.checkpoint import COMPLETE, CRASH_ENV, CRASH_EXIT, CheckpointError, find_resume
 
 
@@ -41,18 +41,7 @@ def test_find_resume_rules(tmp_path: Path) -> None:
     assert find_resume(root) == "step00000007"
 
 
-def train(dataset_dir: Path, run: Path, *overrides: str, **env: str):
-    return torchrun_cloze(
-        [
-            "train",
-            "configs/tiny-bert.yaml",
-            f"data.path={dataset_dir}",
-            f"run_dir={run}",
-            "trainer.eval_every=0",
-            *overrides,
-        ],
-        **env,
-    )
+train = train_tiny_bert
 
 
 @pytest.fixture(scope="module")

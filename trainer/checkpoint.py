@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.manifest import atomic_write
 from data_pipeline.tokenizer import sha256_file
 
 from . import distributed as D
@@ -155,11 +156,7 @@ def _commit(root: Path, tmp: Path, tag: str, meta: dict[str, Any]) -> None:
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(root)
-    latest_tmp = root / (LATEST + ".tmp")
-    latest_tmp.write_text(tag + "\n")
-    with open(latest_tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(latest_tmp, root / LATEST)
+    atomic_write(root / LATEST, (tag + "\n").encode())
     _fsync_dir(root)
 
 

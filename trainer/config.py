@@ -153,8 +153,9 @@ class TrainerConfig:
     stop_after_steps: int = 0
     """Checkpoint and stop once this step is reached, as a preemption would (0 = run to max_steps)."""
     max_nonfinite_steps: int = 5
-    """A step whose loss is NaN/Inf on any rank is skipped on every rank (no update, counted in
-    train/skipped_steps); this many in a row stop the run with an error (0 = never stop)."""
+    """A step whose loss is NaN/Inf on any rank, or whose gradient norm is (fp16 overflows aside), is skipped on
+    every rank (no update, counted in train/skipped_steps); this many in a row stop the run with an error
+    (0 = never stop)."""
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "global_batch_size", "micro_batch_size"):
