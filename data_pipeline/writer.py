@@ -306,7 +306,8 @@ def write_shards(
         if num_slices == 1:
             return merge(out)
         done = [i for i in range(num_slices) if (out / BUILD / f"slice-{i}-of-{num_slices}.json").is_file()]
-        return merge(out) if len(done) == num_slices else None
+        # every slice done, or another slice finished at the same moment and already merged (removing the records)
+        return merge(out) if len(done) == num_slices or (out / MANIFEST).exists() else None
     except InputError:
         if created and num_slices == 1:  # other slices may share the directory: never remove their work
             shutil.rmtree(out, ignore_errors=True)
@@ -376,13 +377,16 @@ def merge(out: str | Path) -> Manifest:
     returned as it is.
 
     Several merges may run at once (two slices finishing together both see every slice done). They compute the same
-    manifest, written atomically; the one that finds the build records already removed returns the finished dataset.
+    manifest, written atomically; a merge whose build records vanish under it, whatever it was reading then (a JSON
+    record, the staged tokenizer), returns the finished dataset.
     """
     out = Path(out)
     try:
         return _merge(out)
-    except (InputError, FileNotFoundError):
-        if (out / MANIFEST).exists():  # written before the build records are removed: another merge finished
+    except Exception:
+        # Build records are removed only after manifest.json is in place, so a failure with the manifest present
+        # means another merge finished (or the dataset was complete): the same manifest this one would write.
+        if (out / MANIFEST).exists():
             return read_manifest(out)
         raise
 
