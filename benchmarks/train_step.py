@@ -39,6 +39,13 @@ from trainer.losses import task_for  # noqa: E402
 VOCAB = 32000
 
 
+def target_len(cfg: RunConfig, T: int) -> int:
+    """Decoder length for an input of T: 20% of it for T5 (as 114/568), all of it for BART, none for encoders."""
+    if not cfg.model.is_seq2seq:
+        return 0
+    return max(2, T // 5) if cfg.model.family == "t5" else T
+
+
 def synthetic_batch(cfg: RunConfig, B: int, T: int, device: torch.device) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     V = cfg.model.vocab_size
@@ -47,8 +54,7 @@ def synthetic_batch(cfg: RunConfig, B: int, T: int, device: torch.device) -> dic
         labels = torch.where(torch.rand(B, T, generator=g) < 0.15, ids, torch.full_like(ids, -100))
         batch = {"input_ids": ids, "labels": labels}
     else:
-        target = max(2, T // 5) if cfg.model.family == "t5" else T
-        labels = torch.randint(107, V, (B, target), generator=g)
+        labels = torch.randint(107, V, (B, target_len(cfg, T)), generator=g)
         dec = torch.zeros_like(labels)
         dec[:, 1:] = labels[:, :-1]
         batch = {"input_ids": ids, "labels": labels, "decoder_input_ids": dec}
@@ -121,8 +127,7 @@ def bench(path: str, zero: int, args: argparse.Namespace) -> dict[str, object]:
     cfg.model.vocab_size = cfg.model.vocab_size or VOCAB
     cfg.model.max_position_embeddings = max(cfg.model.max_position_embeddings, T)
     tokens = B * T
-    target = max(2, T // 5) if cfg.model.family == "t5" else (T if cfg.model.is_seq2seq else 0)
-    flops = tokens * train_flops_per_token(cfg.model, T, target, 0.15)
+    flops = tokens * train_flops_per_token(cfg.model, T, target_len(cfg, T), 0.15)
 
     t_ours, device = time_cloze(cfg, B, T, args)
     t_peer = time_torch(cfg, B, T, device, args)

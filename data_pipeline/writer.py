@@ -303,11 +303,9 @@ def write_shards(
     stage_tokenizer(tok.path, out)
     try:
         _run(files, str(tok.path), out, opts, workers, num_slices, slice_index, progress)
-        if num_slices == 1:
-            return merge(out)
-        done = [i for i in range(num_slices) if (out / BUILD / f"slice-{i}-of-{num_slices}.json").is_file()]
+        done = all((out / BUILD / f"slice-{i}-of-{num_slices}.json").is_file() for i in range(num_slices))
         # every slice done, or another slice finished at the same moment and already merged (removing the records)
-        return merge(out) if len(done) == num_slices or (out / MANIFEST).exists() else None
+        return merge(out) if done or (out / MANIFEST).exists() else None
     except InputError:
         if created and num_slices == 1:  # other slices may share the directory: never remove their work
             shutil.rmtree(out, ignore_errors=True)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_scalars, train_tiny_bert
+from tests.conftest import read_scalars
+from tests.conftest import train_tiny_bert as train
 from trainer.checkpoint import COMPLETE, CRASH_ENV, CRASH_EXIT, CheckpointError, find_resume
 
 
@@ -39,9 +40,6 @@ def test_find_resume_rules(tmp_path: Path) -> None:
     (root / "latest").write_text("step00000005\n")
     make_tag(root, "step00000007")  # renamed, but the crash came before `latest` was replaced
     assert find_resume(root) == "step00000007"
-
-
-train = train_tiny_bert
 
 
 @pytest.fixture(scope="module")
