@@ -1,14 +1,17 @@
-"""Human-readable views of a dataset: `cloze inspect` decodes samples; `cloze verify` checks every shard."""
+"""Human-readable views of a dataset: `cloze inspect` decodes samples (`--stats`: measures the corruption);
+`cloze verify` checks every shard."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .loader import ShardReader
 from .manifest import read_manifest
-from .objectives import IGNORE
+from .objectives import IGNORE, SpanParams, span_length_distribution
+from .sources import InputError
 from .tokenizer import Tokenizer, sha256_file
 
 
@@ -37,6 +40,13 @@ def render(tok: Tokenizer, objective: str, sample: dict[str, np.ndarray]) -> str
 
 def inspect_dataset(directory: str | Path, n: int = 3, split: str = "train") -> str:
     m = read_manifest(directory)
+    if not m.shards_of(split):
+        have = [k for k, v in m.splits.items() if v.get("samples")]
+        raise InputError(
+            f"--split {split!r}: {directory} has no such split with samples; its splits: "
+            + ", ".join(f"{k} ({v.get('samples', 0)} samples)" for k, v in m.splits.items())
+            + (f"; use --split {have[0]}" if have else "")
+        )
     tok = Tokenizer(Path(directory) / m.tokenizer["file"])
     reader = ShardReader(directory, m, split)
     lines = [
@@ -60,6 +70,144 @@ def inspect_dataset(directory: str | Path, n: int = 3, split: str = "train") -> 
                 shown += 1
     finally:
         reader.close()
+    return "\n".join(lines)
+
+
+# ---- measured corruption statistics (`cloze inspect --stats`) ----------------------------------------------------
+
+ENCODER = ("mlm", "wwm", "span", "electra")
+
+
+def reference_values(objective: str, params: dict[str, Any]) -> dict[str, float]:
+    """What the reference recipe asks for, from the manifest's objective_params (keys as in `dataset_stats`)."""
+    if objective in ENCODER:
+        mask_prob = float(params.get("mask_prob", 0.85 if objective == "electra" else 0.8))
+        random_prob = float(params.get("random_prob", 0.0 if objective == "electra" else 0.1))
+        ref = {
+            "rate": float(params.get("rate", 0.15)),
+            "mask_share": mask_prob,
+            "random_share": random_prob,
+            "kept_share": 1.0 - mask_prob - random_prob,
+        }
+        if objective == "span":
+            known = {k: params[k] for k in ("geometric_p", "max_span", "min_span") if k in params}
+            lens, probs = span_length_distribution(SpanParams(**known))
+            ref["drawn_span_words"] = float((lens * probs).sum())
+        return ref
+    if objective == "t5":
+        return {
+            "noise_density": float(params.get("noise_density", 0.15)),
+            "mean_span_length": float(params.get("mean_noise_span_length", 3.0)),
+        }
+    if objective == "bart":
+        return {"mask_ratio": float(params.get("mask_ratio", 0.3))}
+    return {}
+
+
+def dataset_stats(directory: str | Path, split: str = "train", max_samples: int = 0) -> dict[str, float]:
+    """Corruption measured on the shards (the first `max_samples` samples, 0 = all).
+
+    Encoder objectives: `rate` = predicted / maskable tokens; `mask_share`, `random_share`, `kept_share` of the
+    predicted tokens ([MASK], another token, unchanged); `mean_span_tokens` / `mean_span_words`: mean length of
+    the runs of predicted tokens (adjacent spans merge). t5: `noise_density` = noise / raw tokens,
+    `mean_span_length` = noise tokens / spans. bart: `mask_ratio` = share of the body's tokens absent from the
+    input, `mean_span_tokens` = those per [MASK] in the input, `input_growth` = mean input length / seq_len.
+    (`masked_token_share` is named apart from the recipe's `mask_ratio`: fairseq's budget counts words, and its
+    spans may overlap.)"""
+    d = Path(directory)
+    m = read_manifest(d)
+    tok = Tokenizer(d / m.tokenizer["file"])
+    word_start = np.asarray(
+        [tok.sp.id_to_piece(i).startswith("\u2581") for i in range(tok.vocab_size)], dtype=bool
+    )
+    special = np.zeros(max(tok.vocab_size, 1), dtype=bool)
+    special[list(m.special_tokens.values()) + list(m.sentinel_ids)] = True
+    st = m.special_tokens
+    reader = ShardReader(d, m, split)
+    acc: dict[str, float] = {}
+
+    def add(key: str, v: float) -> None:
+        acc[key] = acc.get(key, 0.0) + v
+
+    seen = 0
+    try:
+        for shard, entry in enumerate(reader.shards):
+            for i in range(entry.samples):
+                if max_samples and seen >= max_samples:
+                    break
+                seen += 1
+                s = reader.read(shard, i)
+                x, y = s["input_ids"].astype(np.int64), s["labels"].astype(np.int64)
+                if m.objective in ENCODER:
+                    orig = np.where(y != IGNORE, y, x)
+                    chosen = y != IGNORE
+                    add("maskable", float((~special[orig]).sum()))
+                    add("chosen", float(chosen.sum()))
+                    add("as_mask", float((x[chosen] == st["mask"]).sum()))
+                    add("kept", float((x[chosen] == y[chosen]).sum()))
+                    edges = np.flatnonzero(np.diff(np.concatenate([[0], chosen.astype(np.int8), [0]])))
+                    for a, b in zip(edges[::2], edges[1::2]):
+                        add("runs", 1)
+                        add("run_tokens", float(b - a))
+                        add("run_words", float(max(1, int(word_start[orig[a:b]].sum()))))
+                elif m.objective == "t5":
+                    sentinels = np.isin(y[:-1], m.sentinel_ids)
+                    add("noise", float((~sentinels).sum()))
+                    add("spans", float(sentinels.sum()))
+                    add("raw", float(len(x) - 1 - sentinels.sum() + (~sentinels).sum()))
+                elif m.objective == "bart":
+                    n_in = int((x != st["pad"]).sum())
+                    body_in = x[1 : n_in - 1]
+                    gone = (len(y) - 2) - int((body_in != st["mask"]).sum())
+                    add("body", float(len(y) - 2))
+                    add("gone", float(gone))
+                    add("masks", float((body_in == st["mask"]).sum()))
+                    add("in_len", float(n_in))
+                    add("seq", float(len(y)))
+    finally:
+        reader.close()
+    out: dict[str, float] = {"samples": float(seen)}
+    if m.objective in ENCODER and acc.get("chosen"):
+        c = acc["chosen"]
+        out.update(
+            rate=c / acc["maskable"],
+            mask_share=acc["as_mask"] / c,
+            random_share=(c - acc["as_mask"] - acc["kept"]) / c,
+            kept_share=acc["kept"] / c,
+            mean_span_tokens=acc["run_tokens"] / acc["runs"],
+            mean_span_words=acc["run_words"] / acc["runs"],
+        )
+    elif m.objective == "t5" and acc.get("raw"):
+        out.update(noise_density=acc["noise"] / acc["raw"], mean_span_length=acc["noise"] / acc["spans"])
+    elif m.objective == "bart" and acc.get("body"):
+        out.update(
+            masked_token_share=acc["gone"] / acc["body"],
+            mean_span_tokens=acc["gone"] / max(acc["masks"], 1.0),
+            input_growth=acc["in_len"] / acc["seq"],
+        )
+    return out
+
+
+def format_stats(directory: str | Path, split: str = "train", max_samples: int = 0) -> str:
+    m = read_manifest(directory)
+    got = dataset_stats(directory, split, max_samples)
+    ref = reference_values(m.objective, m.objective_params)
+    lines = [f"{directory}: objective {m.objective}, {int(got['samples'])} {split} samples measured"]
+    if len(got) == 1:
+        lines.append("nothing to measure: the samples are not corrupted on disk (dynamic masking)")
+    for k, v in got.items():
+        if k == "samples":
+            continue
+        lines.append(f"  {k:<18} {v:.4f}" + (f"   (reference {ref[k]:.4f})" if k in ref else ""))
+    notes = {
+        "drawn_span_words": "mean drawn span length (SpanBERT len_distrib); measured runs merge adjacent spans, "
+        "stop at [SEP] and are cut at the budget",
+        "mask_ratio": "words covered by the drawn spans (fairseq's budget); spans may overlap, so fewer tokens "
+        "are masked",
+    }
+    for k, why in notes.items():
+        if k in ref and k not in got:
+            lines.append(f"  reference {k} {ref[k]:.4f}: {why}")
     return "\n".join(lines)
 
 

@@ -8,10 +8,16 @@ sample's corruption is the same whatever process, worker or slice writes it; dyn
 |-----------|------------------------------|------------------------------------------------------------|
 | mlm       | [CLS] + seq_len-1            | input_ids, labels (-100 where nothing is asked)            |
 | wwm       | [CLS] + seq_len-1            | same; whole sentencepiece words are masked                 |
-| span      | [CLS] + seq_len-1            | same; SpanBERT geometric spans                             |
-| electra   | [CLS] + seq_len-1            | same as mlm: the generator's input                         |
+| span      | [CLS] + seq_len-1            | same; SpanBERT spans of whole words                        |
+| electra   | [CLS] + seq_len-1            | same as mlm (85% [MASK] / 15% kept): the generator's input |
 | t5        | raw_len (T5 arithmetic)      | input_ids (seq_len), labels (target_len); sentinel spans   |
-| bart      | [BOS] + seq_len-2 + [EOS]    | input_ids (padded to seq_len), labels = the original       |
+| bart      | [BOS] + seq_len-2 + [EOS]    | input_ids (>= seq_len, padded), labels = the original      |
+
+Each objective follows a reference implementation by default (named in its docstring; the table with every
+parameter is in docs/data.md): BERT google-research/bert create_pretraining_data.py, SpanBERT
+facebookresearch/SpanBERT pretraining/fairseq/data/masking.py, ELECTRA google-research/electra
+pretrain/pretrain_helpers.py, T5 google-research/text-to-text-transfer-transformer t5/data/preprocessors.py,
+BART facebookresearch/fairseq fairseq/data/denoising_dataset.py.
 | tokens    | [CLS] + seq_len-1            | input_ids only: corrupted on the fly by the loader         |
 """
 
@@ -88,11 +94,19 @@ class MLMParams:
 
 
 def _replace(
-    inputs: np.ndarray, groups: list[np.ndarray], p: MLMParams, vocab: Vocab, rng: np.random.Generator
+    inputs: np.ndarray,
+    groups: list[np.ndarray],
+    p: MLMParams,
+    vocab: Vocab,
+    rng: np.random.Generator,
+    per_token: bool = False,
 ) -> None:
-    """80/10/10 per group of positions (a token, a word or a span): the whole group gets the same treatment."""
+    """80/10/10 per group of positions (a token, a word or a span): the whole group gets the same treatment;
+    `per_token` decides it for each position of every group instead."""
     if not groups:
         return
+    if per_token:
+        groups = [g[i : i + 1] for g in groups for i in range(len(g))]
     u = rng.random(len(groups))
     for g, x in zip(groups, u):
         if x < p.mask_prob:
@@ -102,7 +116,12 @@ def _replace(
 
 
 class MLM:
+    """BERT masking. Reference: google-research/bert create_pretraining_data.py `create_masked_lm_predictions`
+    (budget round(rate x tokens), at least 1; 80% [MASK] / 10% random / 10% unchanged per token)."""
+
     name = "mlm"
+    per_token = True
+    """Whether the 80/10/10 decision is made per token (True) or per group (word / span)."""
     packing = "encoder"
 
     def __init__(self, vocab: Vocab, params: MLMParams | None = None) -> None:
@@ -137,7 +156,7 @@ class MLM:
         if groups:
             where = np.concatenate(groups)
             labels[where] = tokens[where]
-        _replace(inputs, groups, self.p, self.vocab, rng)
+        _replace(inputs, groups, self.p, self.vocab, rng, per_token=self.per_token)
         return {"input_ids": inputs, "labels": labels}
 
     def batch(self, tokens: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -163,24 +182,48 @@ class MLM:
         return {"input_ids": inputs, "labels": labels}
 
 
+@dataclass
+class ElectraParams(MLMParams):
+    """ELECTRA's generator input: of the chosen tokens 85% become [MASK], 15% stay unchanged, none random
+    (google-research/electra pretrain/pretrain_helpers.py `mask`: `tf.less(tf.random.uniform([B, N]), 0.85)`)."""
+
+    mask_prob: float = 0.85
+    random_prob: float = 0.0
+
+
 class Electra(MLM):
-    """ELECTRA's generator input is BERT masking; the discriminator's labels come from the generator's samples
-    at training time. Shards are MLM shards whose manifest says `objective: electra`."""
+    """ELECTRA's generator input: token masking with 85% [MASK] / 15% unchanged / 0% random; the
+    discriminator's labels come from the generator's samples at training time. Shards are MLM shards whose
+    manifest says `objective: electra`. Reference: google-research/electra pretrain/pretrain_helpers.py `mask`
+    (budget round(mask_prob x tokens), positions uniform over the candidates)."""
 
     name = "electra"
+
+    def __init__(self, vocab: Vocab, params: MLMParams | None = None) -> None:
+        super().__init__(vocab, params or ElectraParams())
 
     def params(self) -> dict[str, Any]:
         return {**asdict(self.p), "generator_input": "mlm"}
 
 
+@dataclass
+class WWMParams(MLMParams):
+    per_word: bool = False
+    """Decide 80/10/10 once per word (cloze before issue 10). Default False: per token, as Google BERT and
+    transformers' DataCollatorForWholeWordMask do."""
+
+
 class WholeWordMLM(MLM):
-    """Whole-word masking: words (a piece starting with '▁' and its continuation pieces) are chosen whole until
-    the token budget is met; every piece of a chosen word is predicted."""
+    """Whole-word masking: words (a piece starting with '▁' and its continuation pieces) are chosen whole, in
+    random order, skipping a word that would overflow, until the token budget round(rate x tokens) is met; every
+    piece of a chosen word is predicted; 80/10/10 is decided per token. Reference: google-research/bert
+    create_pretraining_data.py `create_masked_lm_predictions` (do_whole_word_mask)."""
 
     name = "wwm"
 
     def __init__(self, vocab: Vocab, params: MLMParams | None = None) -> None:
-        super().__init__(vocab, params)
+        super().__init__(vocab, params or WWMParams())
+        self.per_token = not getattr(self.p, "per_word", False)
         if vocab.word_start is None:
             raise ObjectiveError("wwm needs the tokenizer's word starts (Vocab.word_start)")
         self.word_start = vocab.word_start
@@ -208,39 +251,102 @@ class WholeWordMLM(MLM):
 @dataclass
 class SpanParams(MLMParams):
     geometric_p: float = 0.2
-    """Span lengths ~ Geometric(p), clipped to max_span (SpanBERT: p=0.2, max 10, mean 3.8)."""
+    """Span lengths follow Geometric(p) renormalised over min_span..max_span (SpanBERT: p=0.2, 1..10, mean 3.8)."""
     max_span: int = 10
+    """The longest span (SpanBERT's --span-upper)."""
+    min_span: int = 1
+    """The shortest span (SpanBERT's --span-lower)."""
+    whole_words: bool = True
+    """Span lengths count whole words (a '▁' piece and its continuations), as SpanBERT does; False counts tokens."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.geometric_p <= 1.0:
+            raise ObjectiveError(f"span geometric_p must be in (0, 1], got {self.geometric_p}")
+        if not 1 <= self.min_span <= self.max_span:
+            raise ObjectiveError(
+                f"span needs 1 <= min_span <= max_span, got {self.min_span}, {self.max_span}"
+            )
+
+
+def span_length_distribution(p: SpanParams) -> tuple[np.ndarray, np.ndarray]:
+    """(lengths, probabilities): SpanBERT's `len_distrib`, p (1-p)^(k - lower) for k in lower..upper, renormalised."""
+    lens = np.arange(p.min_span, p.max_span + 1)
+    w = p.geometric_p * (1 - p.geometric_p) ** (lens - p.min_span)
+    return lens, w / w.sum()
 
 
 class SpanMLM(MLM):
-    """SpanBERT masking: contiguous spans of geometric length until the budget is met (the last one trimmed);
-    each span is masked, replaced or kept as a whole."""
+    """SpanBERT masking, a port of facebookresearch/SpanBERT pretraining/fairseq/data/masking.py
+    `PairWithSpanMaskingScheme.mask`: until ceil(rate x tokens) tokens are masked, draw a span length (in words)
+    from `len_distrib`, an anchor uniformly (redrawn if already masked), extend it to its word's start and add
+    whole words up to the span length, stopping at the budget. Overlapping and adjacent spans merge
+    (`merge_intervals`), and each merged span is masked, replaced or kept as a whole (`--replacement-method
+    span`). Special tokens ([CLS], [SEP]) are never masked and end a span."""
 
     name = "span"
+    per_token = False
 
     def __init__(self, vocab: Vocab, params: SpanParams | None = None) -> None:
         super().__init__(vocab, params or SpanParams())
         self.sp: SpanParams = self.p  # type: ignore[assignment]
+        if self.sp.whole_words and vocab.word_start is None:
+            raise ObjectiveError("span with whole_words needs the tokenizer's word starts (Vocab.word_start)")
+        self.lens, self.len_distrib = span_length_distribution(self.sp)
+
+    def budget(self, n: int) -> int:
+        return int(math.ceil(n * self.p.rate))  # SpanBERT: mask_num = math.ceil(sent_length * mask_ratio)
+
+    def word_starts(self, tokens: np.ndarray) -> np.ndarray:
+        """Positions that begin a word; special tokens and the piece after one begin their own."""
+        special = self.vocab.is_special[tokens]
+        if not self.sp.whole_words:
+            return np.ones(len(tokens), dtype=bool)
+        assert self.vocab.word_start is not None
+        return self.vocab.word_start[tokens] | special | np.concatenate([[True], special[:-1]])
 
     def choose(self, tokens: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
-        maskable = ~self.vocab.is_special[tokens]
-        budget = self.budget(int(maskable.sum()))
-        taken = ~maskable.copy()
-        spans: list[np.ndarray] = []
-        total, attempts = 0, 0
         n = len(tokens)
-        while total < budget and attempts < 50 * n:
+        maskable = ~self.vocab.is_special[tokens]
+        candidates = np.flatnonzero(maskable)
+        budget = self.budget(len(candidates))
+        ws = self.word_starts(tokens)
+        mask = np.zeros(n, dtype=bool)
+        total, attempts = 0, 0
+
+        def word_end(i: int) -> int:  # SpanBERT's get_word_end: the next word start
+            i += 1
+            while i < n and not ws[i]:
+                i += 1
+            return i
+
+        while total < budget and attempts < 100 * n:
             attempts += 1
-            length = min(int(rng.geometric(self.sp.geometric_p)), self.sp.max_span, budget - total)
-            start = int(rng.integers(0, n))
-            span = np.arange(start, min(n, start + length))
-            span = span[~taken[span]]
-            if len(span) == 0 or len(span) < (min(n, start + length) - start):
-                continue  # overlaps a chosen span or a special token: draw again
-            taken[span] = True
-            spans.append(span)
-            total += len(span)
-        return sorted(spans, key=lambda s: int(s[0]))
+            span_len = int(rng.choice(self.lens, p=self.len_distrib))
+            anchor = int(candidates[rng.integers(len(candidates))])
+            if mask[anchor]:
+                continue
+            left = anchor
+            while left > 0 and not ws[left]:
+                left -= 1
+            right = word_end(left)
+            for i in range(left, right):
+                if total >= budget:
+                    break
+                total += not mask[i]
+                mask[i] = True
+            num_words = 1
+            while num_words < span_len and right < n and maskable[right] and total < budget:
+                left2, right = right, word_end(right)
+                num_words += 1
+                for i in range(left2, right):
+                    if total >= budget:
+                        break
+                    total += not mask[i]
+                    mask[i] = True
+        # merged spans: maximal runs of masked positions
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+        return [np.arange(a, b) for a, b in zip(edges[::2], edges[1::2])]
 
 
 # ---- T5 span corruption ---------------------------------------------------------------------------------------
@@ -259,20 +365,42 @@ class T5Params:
 
 
 def t5_lengths(raw_len: int, p: T5Params) -> tuple[int, int, int, int]:
-    """(inputs_len, targets_len, noise_tokens, noise_spans) for `raw_len` tokens, as T5 computes them."""
+    """(inputs_len, targets_len, noise_tokens, noise_spans) of the corrupted `raw_len` tokens, with the
+    degeneracy guards of T5's `random_spans_noise_mask` (at least one noise token and span, one kept token)."""
     noise = int(round(raw_len * p.noise_density))
     noise = min(max(noise, 1), raw_len - 1)
     spans = max(1, int(round(noise / p.mean_noise_span_length)))
     return raw_len - noise + spans + 1, noise + spans + 1, noise, spans
 
 
+def _t5_helper_lengths(raw_len: int, p: T5Params) -> tuple[int, int]:
+    """T5's `random_spans_helper._tokens_length_to_inputs_length_targets_length` (one sentinel per span, + EOS)."""
+    noise = int(round(raw_len * p.noise_density))
+    spans = int(round(noise / p.mean_noise_span_length))
+    return raw_len - noise + spans + 1, noise + spans + 1
+
+
 def t5_raw_length(inputs_len: int, p: T5Params) -> tuple[int, int]:
-    """The longest raw length whose corrupted inputs fit in `inputs_len` (T5's compute_input_and_target_lengths);
-    returns (raw_len, targets_len)."""
-    raw = inputs_len
-    while t5_lengths(raw + 1, p)[0] <= inputs_len:
+    """The longest raw length whose corrupted inputs fit in `inputs_len`; returns (raw_len, targets_len). A port
+    of google-research/text-to-text-transfer-transformer t5/data/preprocessors.py `random_spans_helper`: the
+    search starts at inputs_len - 1. (T5's extra step for noise_density 0.5, which trims one raw token so that
+    targets are not longer than inputs, is not applied: cloze writes inputs of exactly seq_len.)"""
+    raw = inputs_len - 1
+    while _t5_helper_lengths(raw + 1, p)[0] <= inputs_len:
         raw += 1
     return raw, t5_lengths(raw, p)[1]
+
+
+def t5_fitting_lengths(seq_len: int, p: T5Params, n: int = 2) -> list[int]:
+    """The `n` input lengths nearest `seq_len` (below first) that T5SpanCorruption accepts: those whose raw length
+    (t5_raw_length) corrupts to exactly that many input tokens (t5_lengths), the check the objective makes."""
+
+    def fits(length: int) -> bool:
+        return length > 1 and t5_lengths(t5_raw_length(length, p)[0], p)[0] == length
+
+    below = [m for m in range(seq_len - 1, max(seq_len - 64, 1), -1) if fits(m)][:1]
+    above = [m for m in range(seq_len + 1, seq_len + 64) if fits(m)][: n - len(below)]
+    return below + above
 
 
 def random_segmentation(num_items: int, num_segments: int, rng: np.random.Generator) -> np.ndarray:
@@ -285,7 +413,9 @@ def random_segmentation(num_items: int, num_segments: int, rng: np.random.Genera
 class T5SpanCorruption:
     """T5's span corruption: noise spans replaced by consecutive sentinels in the input; the target lists each
     sentinel followed by the span it replaced; both end with EOS. Inputs are exactly seq_len and targets exactly
-    target_len for every sample (no truncation, no padding)."""
+    target_len for every sample (no truncation, no padding). Reference: google-research/text-to-text-transfer-
+    transformer t5/data/preprocessors.py `span_corruption` (`random_spans_helper`, `random_spans_noise_mask`
+    without random_roll, `reduce_concat_tokens` + `split_tokens`: documents joined with no separator)."""
 
     name = "t5"
     packing = "raw"
@@ -297,7 +427,8 @@ class T5SpanCorruption:
         if inputs_len != seq_len:
             raise ObjectiveError(
                 f"--seq-len {seq_len} cannot be filled exactly with noise density {self.p.noise_density} and mean "
-                f"span {self.p.mean_noise_span_length}; use --seq-len {inputs_len} or {t5_lengths(self.raw_len + 1, self.p)[0]}"
+                f"span {self.p.mean_noise_span_length}; use --seq-len "
+                + " or ".join(str(n) for n in t5_fitting_lengths(seq_len, self.p))
             )
         if spans > len(vocab.sentinel_ids):
             raise ObjectiveError(
@@ -343,8 +474,7 @@ class T5SpanCorruption:
 
 
 def t5_reconstruct(inputs: np.ndarray, targets: np.ndarray, sentinel_ids: list[int], eos: int) -> np.ndarray:
-    """Interleave inputs and targets at the sentinels: the original raw sequence. Both end with one EOS; other
-    EOS tokens inside are document separators of the raw stream."""
+    """Interleave inputs and targets at the sentinels: the original raw sequence. Both end with one EOS."""
     sentinels = set(sentinel_ids)
     spans: dict[int, list[int]] = {}
     current = None
@@ -366,21 +496,29 @@ def t5_reconstruct(inputs: np.ndarray, targets: np.ndarray, sentinel_ids: list[i
 
 @dataclass
 class BartParams:
-    """BART's noise functions, each with its own rate; composable. Defaults: BART-large (permute + infill)."""
+    """BART's noise functions, each with its own rate; composable. Defaults: BART-large (permute + infill), with
+    fairseq's denoising_dataset arithmetic (mask_length=span-poisson, replace_length=1)."""
 
     mask_ratio: float = 0.3
-    """Text infilling: fraction of tokens covered by masked spans (Poisson span lengths, each span -> one mask)."""
+    """Text infilling: ceil(mask_ratio x words) words are covered by spans of Poisson(poisson_lambda) words, each
+    span -> one [MASK]; zero-length spans insert a [MASK] (fairseq --mask)."""
     poisson_lambda: float = 3.0
+    mask_random: float = 0.0
+    """Fraction of the [MASK]s (span masks and inserted ones) that are a random token instead (fairseq
+    --mask-random)."""
+    word_spans: bool = True
+    """Spans start at word starts and count whole words (fairseq mask_length=span-poisson with whole-word
+    masking). False counts sentencepiece tokens (every token a word start)."""
     insert_ratio: float = 0.0
-    """Zero-length spans: masks inserted, as a fraction of the body length."""
+    """Masks inserted, as a fraction of the noised sequence's length (fairseq --insert): the input grows."""
     permute_sentences: float = 1.0
     """Probability of shuffling the sentences (lines) of a sequence."""
     delete_ratio: float = 0.0
-    """Token deletion: fraction of tokens removed."""
+    """Token deletion: fraction of tokens removed (cloze extra; not in fairseq's denoising_dataset)."""
     rotate_prob: float = 0.0
     """Document rotation: probability of rotating the body to start at a random token."""
     token_mask_ratio: float = 0.0
-    """Token masking: fraction of tokens replaced by [MASK] one by one."""
+    """Token masking: fraction of tokens replaced by [MASK] one by one (cloze extra)."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -390,22 +528,30 @@ class BartParams:
             "delete_ratio",
             "rotate_prob",
             "token_mask_ratio",
+            "mask_random",
         ):
             v = getattr(self, name)
-            if not 0.0 <= v < 1.0 and not (name in ("permute_sentences",) and v == 1.0):
+            if not 0.0 <= v < 1.0 and not (name in ("permute_sentences", "mask_random") and v == 1.0):
                 raise ObjectiveError(f"bart {name} must be in [0, 1), got {v}")
         if self.mask_ratio + self.delete_ratio + self.token_mask_ratio >= 0.9:
             raise ObjectiveError("bart mask_ratio + delete_ratio + token_mask_ratio must stay below 0.9")
+        if self.poisson_lambda <= 0:
+            raise ObjectiveError(f"bart poisson_lambda must be > 0, got {self.poisson_lambda}")
 
 
 class BartDenoising:
-    """[BOS] body [EOS] -> noised input (padded to seq_len with pad); labels = the original sequence."""
+    """[BOS] body [EOS] -> noised input; labels = the original sequence. Reference: facebookresearch/fairseq
+    fairseq/data/denoising_dataset.py (`add_whole_word_mask` with mask_length=span-poisson and replace_length=1,
+    `add_insertion_noise`, `word_starts`). The input is never cut: insertions make it longer than seq_len
+    (seq_len + inserted), and it is padded with <pad> to seq_len when noise made it shorter."""
 
     name = "bart"
     packing = "bart"
 
     def __init__(self, vocab: Vocab, params: BartParams | None = None) -> None:
         self.vocab, self.p = vocab, params or BartParams()
+        if self.p.word_spans and vocab.word_start is None:
+            raise ObjectiveError("bart with word_spans needs the tokenizer's word starts (Vocab.word_start)")
 
     def params(self) -> dict[str, Any]:
         return asdict(self.p)
@@ -417,31 +563,76 @@ class BartDenoising:
             return body
         return np.concatenate([pieces[i] for i in rng.permutation(len(pieces))])
 
-    def _infill(self, body: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        n = len(body)
-        to_mask = int(math.ceil(n * self.p.mask_ratio))
-        lengths: list[int] = []
-        while sum(lengths) < to_mask:
-            lengths.append(int(rng.poisson(self.p.poisson_lambda)))
-        lengths[-1] -= sum(lengths) - to_mask
-        spans = [x for x in lengths if x > 0]
-        inserts = sum(1 for x in lengths if x == 0) + int(round(n * self.p.insert_ratio))
-        # Non-overlapping placement: the unmasked tokens split into len(spans)+1 gaps (stars and bars).
-        free = n - to_mask
-        k = len(spans)
-        gaps = np.diff(np.concatenate([[0], np.sort(rng.integers(0, free + 1, size=k)), [free]]))
-        out: list[np.ndarray] = []
-        pos = 0
-        mask = np.asarray([self.vocab.mask], dtype=body.dtype)
-        for g, span in zip(gaps[:-1], spans):
-            out += [body[pos : pos + g], mask]
-            pos += g + span
-        out.append(body[pos:])
-        result = np.concatenate(out) if out else body
-        if inserts:
-            where = np.sort(rng.integers(0, len(result) + 1, size=inserts))
-            result = np.insert(result, where, self.vocab.mask)
+    def word_starts(self, source: np.ndarray) -> np.ndarray:
+        """fairseq's `word_starts`: 1 where a word begins (special tokens count as words), 0 at both ends."""
+        if self.p.word_spans:
+            assert self.vocab.word_start is not None
+            ws = (self.vocab.word_start[source] | self.vocab.is_special[source]).astype(np.int64)
+        else:
+            ws = np.ones(len(source), dtype=np.int64)
+        ws[0] = ws[-1] = 0
+        return ws
+
+    def _random_tokens(self, k: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.choice(self.vocab.ordinary_ids, size=k)
+
+    def insertion(self, tokens: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
+        """fairseq `add_insertion_noise`: ceil(len x p) masks (a mask_random share of them random tokens) at
+        random positions strictly between the first and the last token; the sequence grows."""
+        if p == 0.0:
+            return tokens
+        num_tokens = len(tokens)
+        n = int(math.ceil(num_tokens * p))
+        noise_indices = rng.permutation(num_tokens + n - 2)[:n] + 1
+        noise_mask = np.zeros(num_tokens + n, dtype=bool)
+        noise_mask[noise_indices] = True
+        result = np.full(n + num_tokens, -1, dtype=np.int64)
+        num_random = int(math.ceil(n * self.p.mask_random))
+        result[noise_indices[num_random:]] = self.vocab.mask
+        result[noise_indices[:num_random]] = self._random_tokens(num_random, rng)
+        result[~noise_mask] = tokens
         return result
+
+    def span_mask(self, source: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """fairseq `add_whole_word_mask` (span-poisson, replace_length=1) on the whole sequence <s> ... </s>."""
+        source = source.astype(np.int64, copy=True)
+        is_word_start = self.word_starts(source)
+        num_to_mask = int(math.ceil(is_word_start.sum() * self.p.mask_ratio))
+        if num_to_mask == 0:
+            return source
+        lengths = rng.poisson(self.p.poisson_lambda, size=num_to_mask)
+        cum_length = np.cumsum(lengths)
+        while cum_length[-1] < num_to_mask:
+            lengths = np.concatenate([lengths, rng.poisson(self.p.poisson_lambda, size=num_to_mask)])
+            cum_length = np.cumsum(lengths)
+        i = int(np.searchsorted(cum_length, num_to_mask))  # the first i with cum_length[i] >= num_to_mask
+        lengths[i] = num_to_mask - (0 if i == 0 else cum_length[i - 1])
+        num_to_mask = i + 1
+        lengths = lengths[:num_to_mask]
+        lengths = lengths[lengths > 0]
+        num_inserts = num_to_mask - len(lengths)
+        num_to_mask -= num_inserts
+        if num_to_mask == 0:
+            return self.insertion(source, num_inserts / len(source), rng)
+        word_starts = np.flatnonzero(is_word_start)
+        indices = word_starts[rng.permutation(len(word_starts))[:num_to_mask]]
+        lengths = lengths[: len(indices)]
+        mask_random = rng.random(len(indices)) < self.p.mask_random
+        to_keep = np.ones(len(source), dtype=bool)
+        is_word_start[-1] = 255  # acts as a long length, so spans don't go over the end of doc
+        source[indices] = self.vocab.mask
+        source[indices[mask_random]] = self._random_tokens(int(mask_random.sum()), rng)
+        lengths = lengths - 1
+        while len(indices):
+            lengths = lengths - is_word_start[indices + 1]
+            uncompleted = lengths >= 0
+            indices = indices[uncompleted] + 1
+            lengths = lengths[uncompleted]
+            to_keep[indices] = False  # replace_length=1: the rest of the span is deleted
+        source = source[to_keep]
+        if num_inserts > 0:
+            source = self.insertion(source, num_inserts / len(source), rng)
+        return source
 
     def __call__(self, seq: Packed, rng: np.random.Generator) -> dict[str, np.ndarray]:
         tokens = seq.tokens
@@ -453,14 +644,18 @@ class BartDenoising:
         if p.token_mask_ratio:
             pick = rng.random(len(body)) < p.token_mask_ratio
             body[pick] = self.vocab.mask
-        if p.mask_ratio or p.insert_ratio:
-            body = self._infill(body, rng)
+        full = np.concatenate([[tokens[0]], body, [tokens[-1]]]).astype(np.int64)
+        if p.mask_ratio:
+            full = self.span_mask(full, rng)
+        if p.insert_ratio:
+            full = self.insertion(full, p.insert_ratio, rng)
+        body = full[1:-1]
         if p.delete_ratio:
             body = body[rng.random(len(body)) >= p.delete_ratio]
         if p.rotate_prob and rng.random() < p.rotate_prob and len(body) > 1:
             body = np.roll(body, -int(rng.integers(1, len(body))))
-        noised = np.concatenate([[tokens[0]], body, [tokens[-1]]])[: len(tokens)]
-        inputs = np.full(len(tokens), self.vocab.pad, dtype=np.int32)
+        noised = np.concatenate([[tokens[0]], body, [tokens[-1]]])
+        inputs = np.full(max(len(tokens), len(noised)), self.vocab.pad, dtype=np.int32)
         inputs[: len(noised)] = noised
         return {"input_ids": inputs, "labels": tokens.astype(np.int32)}
 
@@ -479,9 +674,9 @@ def build_objective(name: str, vocab: Vocab, seq_len: int, options: dict[str, An
         if name == "mlm":
             return MLM(vocab, MLMParams(**o))
         if name == "electra":
-            return Electra(vocab, MLMParams(**o))
+            return Electra(vocab, ElectraParams(**o))
         if name == "wwm":
-            return WholeWordMLM(vocab, MLMParams(**o))
+            return WholeWordMLM(vocab, WWMParams(**o))
         if name == "span":
             return SpanMLM(vocab, SpanParams(**o))
         if name == "t5":

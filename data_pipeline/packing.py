@@ -1,12 +1,13 @@
 """Pack tokenized documents into sequences of exactly `length` tokens.
 
-The token stream is every document's tokens followed by a separator (documents stay delimited); each sequence
+The token stream is every document's tokens followed by a separator (documents stay delimited; T5 has none, as
+T5's `reduce_concat_tokens` joins documents directly, t5/data/preprocessors.py); each sequence
 is prefix + the next `length - len(prefix) - len(suffix)` stream tokens + suffix. No padding is ever written; the
 stream's last partial sequence is dropped and counted (`dropped_tokens`). The positions where a line ends are
 kept with each sequence (BART's sentence permutation uses them).
 
     encoder (mlm, wwm, span, electra, tokens):  [CLS] body            separator [SEP]
-    raw (t5):                                   body                  separator </s>
+    raw (t5):                                   body                  no separator
     bart:                                       <s> body </s>         separator </s>
 """
 
@@ -22,9 +23,10 @@ from .objectives import Packed, Vocab
 
 
 class Packer:
-    """The packing layout: prefix + body + suffix = length, documents in the stream ended by `separator`."""
+    """The packing layout: prefix + body + suffix = length, documents in the stream ended by `separator` (None:
+    documents follow each other directly)."""
 
-    def __init__(self, length: int, prefix: list[int], suffix: list[int], separator: int) -> None:
+    def __init__(self, length: int, prefix: list[int], suffix: list[int], separator: int | None) -> None:
         self.length = length
         self.prefix = np.asarray(prefix, dtype=np.int32)
         self.suffix = np.asarray(suffix, dtype=np.int32)
@@ -38,7 +40,7 @@ def packer_for(kind: str, length: int, vocab: Vocab) -> Packer:
     if kind == "encoder":
         return Packer(length, [vocab.cls], [], vocab.sep)
     if kind == "raw":
-        return Packer(length, [], [], vocab.eos)
+        return Packer(length, [], [], None)  # T5 reduce_concat_tokens: no separator
     if kind == "bart":
         return Packer(length, [vocab.bos], [vocab.eos], vocab.eos)
     raise ValueError(f"unknown packing {kind!r}")
@@ -71,14 +73,15 @@ def pack_block(docs: Iterable[list[list[int]]], packer: Packer) -> PackedBlock:
     """Pack a block's documents (each a list of lines' token ids) with numpy; the remainder is dropped."""
     pieces: list[list[int]] = []
     lengths: list[int] = []
-    sep = [packer.separator]
+    sep = None if packer.separator is None else [packer.separator]
     for doc in docs:
         for line in doc:
             if line:
                 pieces.append(line)
                 lengths.append(len(line))
-        pieces.append(sep)
-        lengths.append(-1)  # a separator: one token, not a line end
+        if sep is not None:
+            pieces.append(sep)
+            lengths.append(-1)  # a separator: one token, not a line end
     total = sum(abs(n) for n in lengths)
     stream = np.fromiter(itertools.chain.from_iterable(pieces), dtype=np.int32, count=total)
     sizes = np.abs(np.asarray(lengths, dtype=np.int64))

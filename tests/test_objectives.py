@@ -82,7 +82,8 @@ def test_encoder_objectives_rate_and_reconstruction(
     rate = chosen.sum() / maskable.sum()
     assert abs(rate - 0.15) < 0.01, rate
     as_mask = (inputs[chosen] == m.special_tokens["mask"]).mean()
-    assert abs(as_mask - 0.8) < 0.03, as_mask
+    expected = 0.85 if objective == "electra" else 0.8  # ELECTRA's generator input: 85% [MASK] / 15% kept
+    assert abs(as_mask - expected) < 0.03, as_mask
 
 
 def test_wwm_masks_whole_words(tmp_path, corpus_file, tokenizer_dir):
@@ -103,13 +104,18 @@ def test_wwm_masks_whole_words(tmp_path, corpus_file, tokenizer_dir):
 
 def test_span_masks_contiguous_spans(tmp_path, corpus_file, tokenizer_dir):
     d = build(tmp_path, corpus_file, tokenizer_dir, "span")
+    tok = Tokenizer(d)
+    starts = np.asarray([tok.sp.id_to_piece(i).startswith("\u2581") for i in range(tok.vocab_size)])
     lengths = []
     for s in samples(d):
+        orig = np.where(s["labels"] != IGNORE, s["labels"], s["input_ids"])
         chosen = np.concatenate([[False], s["labels"] != IGNORE, [False]]).astype(int)
         edges = np.flatnonzero(np.diff(chosen))
-        lengths += list(edges[1::2] - edges[::2])
+        for a, b in zip(edges[::2], edges[1::2]):
+            assert a == 0 or starts[orig[a]] or orig[a - 1] in special_set(d)  # spans start at a word start
+            lengths.append(int(starts[orig[a:b]].sum()) or 1)  # in words
     mean = float(np.mean(lengths))
-    # Geometric(0.2) clipped at 10 has mean ~3.8; adjacent spans merge and budgets trim, so accept a band.
+    # SpanBERT's len_distrib has mean 3.8 words; adjacent spans merge and budgets trim, so accept a band.
     assert 2.5 < mean < 5.5, mean
     assert max(lengths) >= 8
 
@@ -139,7 +145,8 @@ def test_t5_reconstruction_is_the_packed_text(tmp_path, corpus_file, tokenizer_d
     d = build(tmp_path, corpus_file, tokenizer_dir, "t5", seq_len=64)
     m = read_manifest(d)
     tok = Tokenizer(d)
-    # Independent packing of the raw stream: documents' tokens + </s>, per block of 500 documents.
+    # Independent packing of the raw stream: documents' tokens joined with no separator (T5's
+    # reduce_concat_tokens), per block of 500 documents.
     docs = list(iter_documents([str(corpus_file)], SourceStats()))
     from data_pipeline.writer import split_of
 
@@ -151,13 +158,13 @@ def test_t5_reconstruction_is_the_packed_text(tmp_path, corpus_file, tokenizer_d
             if split_of(i, 3, 0.02) == "train":
                 for line in tok.encode(docs[i]):
                     stream.extend(line)
-                stream.append(tok.special.eos)
         expected += [stream[k * raw : (k + 1) * raw] for k in range(len(stream) // raw)]
     got = [
         t5_reconstruct(s["input_ids"], s["labels"], m.sentinel_ids, tok.special.eos).tolist()
         for s in samples(d)
     ]
     assert got == expected
+    assert all(tok.special.eos not in g for g in got)  # the only </s> are the final ones
 
 
 def test_bart_infilling_ratio_and_labels(tmp_path, corpus_file, tokenizer_dir):
@@ -171,7 +178,9 @@ def test_bart_infilling_ratio_and_labels(tmp_path, corpus_file, tokenizer_dir):
         body_in = x[1 : int((x != pad).sum()) - 1]
         total += len(y) - 2
         masked += (len(y) - 2) - int((body_in != mask).sum())  # tokens no longer present as themselves
-    assert abs(masked / total - 0.3) < 0.02, masked / total
+    # fairseq's spans start at distinct word starts but may overlap, so fewer than 30% of the tokens end up
+    # masked (~27% measured); tests/test_reference_objectives.py pins the figure against the ported reference.
+    assert 0.25 < masked / total < 0.3, masked / total
 
 
 def test_bart_without_noise_is_the_original_and_permutation_keeps_tokens(
