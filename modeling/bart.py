@@ -1,6 +1,12 @@
 """BART: post-LN encoder-decoder with learned positions (offset 2), GELU, LayerNorm on the embeddings, and an LM
 head tied to the shared embeddings (+ a final logits bias).
 
+References: facebookresearch/fairseq fairseq/models/bart/model.py (on fairseq/models/transformer, the original) and
+huggingface/transformers src/transformers/models/bart/modeling_bart.py (BartForConditionalGeneration: our names and
+the logits the tests compare against). Special ids are carried, not derived: `bos_token_id`, `pad_token_id` and
+`eos_token_id` come from the dataset's manifest (cloze: <pad> 0, <s> 2, </s> 3) or from an imported config
+(fairseq / transformers: <s> 0, <pad> 1, </s> 2); </s> is the decoder's start token, as in fairseq.
+
 Shapes: B batch, S encoder length, T decoder length, D model width, V vocabulary.
 Names equal transformers' BartForConditionalGeneration (model.shared, model.encoder.layers.i.self_attn.q_proj...).
 """

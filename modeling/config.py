@@ -48,9 +48,20 @@ class ModelConfig:
     layer_norm_eps: float = 1e-12
     """LayerNorm epsilon."""
     initializer_range: float = 0.02
-    """Std of the normal init of linear and embedding weights (BERT)."""
+    """Std of the normal init of linear and embedding weights (BERT, RoBERTa, ALBERT, ELECTRA, BART); T5 ignores it
+    and uses `initializer_factor`."""
+    initializer_factor: float = 1.0
+    """T5: the factor of T5's fan-in initialisation (transformers' `T5Config.initializer_factor`, default 1.0):
+    embeddings std factor, q std factor*(D*K)^-0.5, k/v/wi std factor*D^-0.5, o std factor*(N*K)^-0.5, wo std
+    factor*F^-0.5, RMSNorm weights = factor. Keep it 1.0 to pretrain as T5 did."""
     activation: str = "gelu"
-    """FFN activation: 'gelu' (exact erf) or 'gelu_tanh'."""
+    """FFN activation. Encoders and BART: 'gelu' (exact erf), 'gelu_tanh' or 'relu'. T5: any of `T5_ACTIVATIONS`
+    (transformers' ACT2FN names without learnable parameters, plus 'gelu_tanh'); with `gated_ffn` this is the
+    activation of transformers' `feed_forward_proj='gated-<act>'` (T5 v1.1: 'gelu_tanh', v1.0: 'relu' ungated)."""
+    gated_ffn: bool = True
+    """T5 only: the gated feed-forward of T5 v1.1, wo(act(x wi_0) * (x wi_1)) (transformers' 'gated-<act>');
+    false = T5 v1.0's wo(act(x wi)) (transformers' '<act>', e.g. 'relu'). The other families never gate and
+    refuse false."""
     pre_layer_norm: bool = False
     """Pre-LN blocks (LayerNorm before attention/FFN) instead of BERT's post-LN."""
     activation_checkpointing: bool = False
@@ -59,6 +70,9 @@ class ModelConfig:
     """With activation_checkpointing: checkpoint every k-th block (1 = all blocks)."""
     pad_token_id: int = 0
     """Id of the padding token (filled from the dataset's manifest at build time)."""
+    bos_token_id: int = 2
+    """Id of <s> (BART frames every sequence as `<s> ... </s>`; filled from the manifest, exported as transformers'
+    `bos_token_id`)."""
     eos_token_id: int = 3
     """Id of </s> (BART's decoder start; filled from the manifest)."""
     checkpoint_mode: str = "full"
@@ -129,8 +143,26 @@ class ModelConfig:
                 f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}; "
                 "change one of them"
             )
-        if self.activation not in ("gelu", "gelu_tanh", "relu"):
-            raise ModelConfigError(f"model.activation={self.activation!r}: use 'gelu', 'gelu_tanh' or 'relu'")
+        if self.family == "t5":
+            if self.activation not in T5_ACTIVATIONS:
+                raise ModelConfigError(
+                    f"model.activation={self.activation!r} is not supported for model.family='t5'; choose one of "
+                    f"{', '.join(T5_ACTIVATIONS)} (transformers' ACT2FN names; 'prelu' and 'xielu' carry learnable "
+                    "parameters and are not supported)"
+                )
+            if self.initializer_factor <= 0:
+                raise ModelConfigError(f"model.initializer_factor must be > 0, got {self.initializer_factor}")
+        else:
+            if self.activation not in ("gelu", "gelu_tanh", "relu"):
+                raise ModelConfigError(
+                    f"model.activation={self.activation!r}: use 'gelu', 'gelu_tanh' or 'relu' for "
+                    f"model.family={self.family!r}"
+                )
+            if not self.gated_ffn:
+                raise ModelConfigError(
+                    f"model.gated_ffn=false applies to model.family='t5' only; {self.family!r} has no gated "
+                    "feed-forward: remove the key"
+                )
         if self.checkpoint_every < 1:
             raise ModelConfigError(f"model.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         for name in ("hidden_dropout", "attention_dropout"):
@@ -183,10 +215,39 @@ class ModelConfig:
 
 FAMILIES = ("bert", "roberta", "albert", "electra", "t5", "bart")
 
-T5_V1_1: dict[str, Any] = dict(
-    family="t5", activation="gelu_tanh", layer_norm_eps=1e-6, tie_word_embeddings=False, initializer_range=1.0
+T5_ACTIVATIONS = (
+    "gelu_tanh",
+    "gelu",
+    "gelu_new",
+    "gelu_pytorch_tanh",
+    "gelu_python",
+    "gelu_python_tanh",
+    "gelu_fast",
+    "gelu_accurate",
+    "gelu_10",
+    "quick_gelu",
+    "relu",
+    "relu2",
+    "relu6",
+    "leaky_relu",
+    "silu",
+    "swish",
+    "mish",
+    "hardswish",
+    "laplace",
+    "sqrtsoftplus",
+    "sigmoid",
+    "tanh",
+    "linear",
 )
-"""What every T5 v1.1 size shares: gated-GELU feed-forward, untied LM head, T5's own initialisation."""
+"""T5's feed-forward activations: 'gelu_tanh' (ours: the tanh-approximate GELU of T5 v1.1, = transformers'
+'gelu_new') and every parameter-free name of transformers' ACT2FN (transformers/activations.py), computed as there."""
+
+T5_V1_1: dict[str, Any] = dict(
+    family="t5", activation="gelu_tanh", gated_ffn=True, layer_norm_eps=1e-6, tie_word_embeddings=False
+)
+"""What every T5 v1.1 size shares: gated-GELU (tanh form) feed-forward, untied LM head (T5's own initialisation is
+`initializer_factor`, default 1.0)."""
 NO_DROPOUT: dict[str, Any] = dict(hidden_dropout=0.0, attention_dropout=0.0)
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -278,4 +339,4 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-__all__ = ["ModelConfig", "ModelConfigError", "PRESETS", "FAMILIES"]
+__all__ = ["ModelConfig", "ModelConfigError", "PRESETS", "FAMILIES", "T5_ACTIVATIONS"]

@@ -38,7 +38,7 @@ def _mlm_head(cfg: ModelConfig) -> int:
 def _t5_stack(cfg: ModelConfig, decoder: bool) -> int:
     D, inner, F = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.intermediate_size
     attn = 4 * D * inner + D  # q, k, v, o + RMSNorm
-    ffn = 3 * D * F + D  # wi_0, wi_1, wo + RMSNorm
+    ffn = (3 if cfg.gated_ffn else 2) * D * F + D  # wi_0, wi_1 (gated) or wi, wo + RMSNorm
     layers = cfg.decoder_layers if decoder else cfg.num_layers
     per_layer = attn * (2 if decoder else 1) + ffn
     return layers * per_layer + cfg.relative_attention_num_buckets * cfg.num_heads + D
@@ -97,7 +97,7 @@ def train_flops_per_token(
     if cfg.family in ("t5", "bart"):
         D, F = cfg.hidden_size, cfg.intermediate_size
         inner = cfg.num_heads * cfg.head_dim if cfg.family == "t5" else D
-        ffn = (3 if cfg.family == "t5" else 2) * 2 * D * F
+        ffn = (3 if cfg.family == "t5" and cfg.gated_ffn else 2) * 2 * D * F
         S, T = seq_len, max(target_len, 1)
         enc = S * cfg.num_layers * (2 * 4 * D * inner + ffn + 2 * 2 * S * inner)
         dec = T * cfg.decoder_layers * (2 * 8 * D * inner + ffn + 2 * 2 * T * inner + 2 * 2 * S * inner)

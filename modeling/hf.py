@@ -13,6 +13,13 @@ saved with its own `save_pretrained` (config.json + model.safetensors). Import i
 | bart    | BartForConditionalGeneration                                  |
 
 transformers is imported lazily (it is a dev / export dependency, not needed to train).
+
+T5: `feed_forward_proj` is written so that transformers computes our activation (`t5_feed_forward_proj`: its
+'gated-gelu' is the tanh GELU) and read back as transformers' T5Config parses it (`t5_activation_from_hf`).
+transformers 5 forces `T5Config.tie_word_embeddings=True` (the saved flag only selects the decoder-output rescaling),
+so an untied T5 v1.1 export, like google/t5-v1_1-* itself, loads with transformers' notice that `lm_head` and
+`shared` are both present and "will NOT be tied"; the logits are right. Every other export loads without a warning
+(tests/test_hf.py::test_export_loads_without_warnings).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import T5_ACTIVATIONS, ModelConfig
 
 HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 CLASSES = {
@@ -61,7 +68,7 @@ def hf_config(cfg: ModelConfig, generator: bool = False) -> Any:
         num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads,
         intermediate_size=cfg.intermediate_size,
-        hidden_act=HF_ACT[cfg.activation],
+        hidden_act=HF_ACT.get(cfg.activation, cfg.activation),  # T5 maps its own, in t5_feed_forward_proj
         hidden_dropout_prob=cfg.hidden_dropout,
         attention_probs_dropout_prob=cfg.attention_dropout,
         type_vocab_size=max(1, cfg.type_vocab_size),
@@ -114,10 +121,10 @@ def hf_config(cfg: ModelConfig, generator: bool = False) -> Any:
             relative_attention_max_distance=cfg.relative_attention_max_distance,
             dropout_rate=cfg.hidden_dropout,
             layer_norm_epsilon=cfg.layer_norm_eps,
-            feed_forward_proj="gated-gelu" if cfg.activation == "gelu_tanh" else "gated-" + cfg.activation,
+            feed_forward_proj=t5_feed_forward_proj(cfg),
             tie_word_embeddings=cfg.tie_word_embeddings,
             decoder_start_token_id=cfg.pad_token_id,
-            initializer_factor=cfg.initializer_range,
+            initializer_factor=cfg.initializer_factor,
             **common,
         )
     if cfg.family == "bart":
@@ -136,12 +143,40 @@ def hf_config(cfg: ModelConfig, generator: bool = False) -> Any:
             activation_dropout=cfg.hidden_dropout,
             scale_embedding=False,
             init_std=cfg.initializer_range,
-            bos_token_id=cfg.eos_token_id - 1,
+            bos_token_id=cfg.bos_token_id,
             decoder_start_token_id=cfg.eos_token_id,
             forced_eos_token_id=cfg.eos_token_id,
             **common,
         )
     raise ExportError(f"no transformers class for model.family={cfg.family!r}")
+
+
+def t5_feed_forward_proj(cfg: ModelConfig) -> str:
+    """transformers' `T5Config.feed_forward_proj` that computes our T5 feed-forward: '<act>' or 'gated-<act>', <act>
+    an ACT2FN name. transformers reads 'gated-gelu' as the tanh GELU (gelu_new, T5 v1.1), so our exact gated 'gelu'
+    is written 'gated-gelu_python' (the same erf GELU, in Python)."""
+    act = "gelu_new" if cfg.activation == "gelu_tanh" else cfg.activation
+    if not cfg.gated_ffn:
+        return act
+    return {"gelu_new": "gated-gelu", "gelu": "gated-gelu_python"}.get(act, "gated-" + act)
+
+
+def t5_activation_from_hf(feed_forward_proj: str, where: str) -> tuple[str, bool]:
+    """(model.activation, model.gated_ffn) for a transformers `feed_forward_proj`, parsed as T5Config does."""
+    parts = feed_forward_proj.split("-")
+    gated = parts[0] == "gated"
+    if len(parts) > 2 or (len(parts) == 2 and not gated):
+        raise ExportError(
+            f"{where}: feed_forward_proj={feed_forward_proj!r} is neither '<act>' nor 'gated-<act>'"
+        )
+    act = "gelu_new" if feed_forward_proj == "gated-gelu" else parts[-1]
+    act = {"gelu_new": "gelu_tanh", "gelu_python": "gelu" if gated else "gelu_python"}.get(act, act)
+    if act not in T5_ACTIVATIONS:
+        raise ExportError(
+            f"{where}: feed_forward_proj={feed_forward_proj!r}: activation {parts[-1]!r} is not supported by cloze's "
+            f"T5; supported (gated or not): {', '.join(a for a in T5_ACTIVATIONS if a != 'gelu_tanh')}"
+        )
+    return act, gated
 
 
 # ---- key maps: (ours, theirs) pairs; a name ending in "." renames a prefix, otherwise one exact key ---------
@@ -260,10 +295,9 @@ def _load_into_hf(model: nn.Module, cfg: ModelConfig, family: str, generator: bo
     return hf.eval()
 
 
-def export_hf(
-    model: nn.Module, cfg: ModelConfig, out: str | Path, tokenizer_model: str | Path | None = None
-) -> list[Path]:
-    """Write `out` (and `out/generator` for ELECTRA) loadable with transformers' from_pretrained; returns them."""
+def export_hf(model: nn.Module, cfg: ModelConfig, out: str | Path) -> list[Path]:
+    """Write `out` (and `out/generator` for ELECTRA) loadable with transformers' from_pretrained; returns them.
+    The tokenizer files are written next to them by data_pipeline/hf_tokenizer.py (`cloze export` does both)."""
     out = Path(out)
     written = []
     targets = [(out, False)] + ([(out / "generator", True)] if cfg.family == "electra" else [])
@@ -271,8 +305,6 @@ def export_hf(
         family = "electra_generator" if generator else cfg.family
         hf = _load_into_hf(model, cfg, family, generator)
         hf.save_pretrained(str(path))
-        if tokenizer_model is not None:
-            save_tokenizer(tokenizer_model, path, cfg)
         written.append(path)
     return written
 
@@ -288,44 +320,6 @@ def import_hf(hf: Any, cfg: ModelConfig, generator: bool = False) -> dict[str, t
     return from_hf_state_dict(dict(hf.state_dict()), "electra_generator" if generator else cfg.family)
 
 
-def save_tokenizer(model_file: str | Path, out: Path, cfg: ModelConfig) -> None:
-    """The sentencepiece tokenizer as a transformers fast tokenizer (tokenizer.json) with our special tokens."""
-    import json
-    import shutil
-
-    tf = _transformers()
-    from transformers.convert_slow_tokenizer import SpmConverter
-
-    class _Slow:
-        vocab_file = str(model_file)
-        legacy = True
-        add_prefix_space = True
-
-    converter = SpmConverter.__new__(SpmConverter)
-    converter.original_tokenizer = _Slow()
-    import sentencepiece.sentencepiece_model_pb2 as pb
-
-    proto = pb.ModelProto()  # type: ignore[attr-defined]
-    proto.ParseFromString(Path(model_file).read_bytes())
-    converter.proto = proto
-    converter.handle_byte_fallback = False
-    fast = tf.PreTrainedTokenizerFast(
-        tokenizer_object=converter.converted(),
-        pad_token="<pad>",
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
-    fast.save_pretrained(str(out))
-    shutil.copyfile(model_file, out / "spiece.model")
-    meta = json.loads((out / "tokenizer_config.json").read_text())
-    meta["model_max_length"] = cfg.max_position_embeddings
-    (out / "tokenizer_config.json").write_text(json.dumps(meta, indent=2))
-
-
 REVERSE_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
 
@@ -335,7 +329,13 @@ def config_from_hf(path: str | Path) -> ModelConfig:
 
     raw = json.loads((Path(path) / "config.json").read_text())
     kind = raw.get("model_type")
-    act = REVERSE_ACT.get(raw.get("hidden_act") or raw.get("activation_function") or "gelu", "gelu")
+    hf_act = raw.get("hidden_act") or raw.get("activation_function") or "gelu"
+    if kind != "t5" and hf_act not in REVERSE_ACT:
+        raise ExportError(
+            f"{path}/config.json: activation {hf_act!r} is not supported for {kind}; supported: "
+            f"{', '.join(REVERSE_ACT)}"
+        )
+    act = REVERSE_ACT.get(hf_act, "gelu")
     common = dict(vocab_size=raw["vocab_size"], pad_token_id=raw.get("pad_token_id") or 0)
     if kind in ("bert", "roberta", "albert"):
         offset = common["pad_token_id"] + 1 if kind == "roberta" else 0
@@ -357,6 +357,7 @@ def config_from_hf(path: str | Path) -> ModelConfig:
             **common,
         )
     if kind == "t5":
+        t5_act, gated = t5_activation_from_hf(raw.get("feed_forward_proj", "relu"), f"{path}/config.json")
         return ModelConfig(
             family="t5",
             hidden_size=raw["d_model"],
@@ -366,13 +367,16 @@ def config_from_hf(path: str | Path) -> ModelConfig:
             d_kv=raw["d_kv"],
             intermediate_size=raw["d_ff"],
             layer_norm_eps=raw.get("layer_norm_epsilon", 1e-6),
-            activation="gelu_tanh" if "gelu" in raw.get("feed_forward_proj", "") else "relu",
+            activation=t5_act,
+            gated_ffn=gated,
             tie_word_embeddings=raw.get("tie_word_embeddings", True)
             and raw.get("scale_decoder_outputs", True),
             hidden_dropout=raw.get("dropout_rate", 0.1),
             attention_dropout=raw.get("dropout_rate", 0.1),
             relative_attention_num_buckets=raw.get("relative_attention_num_buckets", 32),
             relative_attention_max_distance=raw.get("relative_attention_max_distance", 128),
+            initializer_factor=raw.get("initializer_factor", 1.0),
+            eos_token_id=raw.get("eos_token_id", 1),
             **common,
         )
     if kind == "bart":
@@ -386,6 +390,10 @@ def config_from_hf(path: str | Path) -> ModelConfig:
             max_position_embeddings=raw["max_position_embeddings"],
             activation=act,
             layer_norm_eps=1e-5,
+            hidden_dropout=raw.get("dropout", 0.1),
+            attention_dropout=raw.get("attention_dropout", 0.0),
+            initializer_range=raw.get("init_std", 0.02),
+            bos_token_id=raw.get("bos_token_id", 0),
             eos_token_id=raw.get("eos_token_id", 2),
             **common,
         )
@@ -416,6 +424,10 @@ def load_hf(path: str | Path) -> tuple[nn.Module, ModelConfig, list[str]]:
     ours = from_hf_state_dict(state, cfg.family)
     model = build_model(cfg)
     missing, unexpected = model.load_state_dict(ours, strict=False)
+    loaded = {id(p) for k, p in model.named_parameters(remove_duplicate=False) if k in ours}
+    params = dict(model.named_parameters(remove_duplicate=False))
+    # a tied alias (T5's encoder/decoder embed_tokens = shared) is loaded with the tensor it shares
+    missing = [k for k in missing if k not in params or id(params[k]) not in loaded]
     unexpected = [k for k in unexpected if ".pooler." not in k]
     if unexpected:
         raise ExportError(f"{path}: weights with no place in cloze's {cfg.family} model: {unexpected[:5]}")

@@ -1,13 +1,21 @@
-"""T5 v1.1: RMSNorm (pre-norm), relative position bias (one table per stack, computed once and shared by its layers),
-gated-GELU feed-forward, no biases anywhere, an untied LM head; unscaled attention scores.
+"""T5 (v1.0 and v1.1): RMSNorm (pre-norm), relative position bias (one table per stack, computed once and shared by
+its layers), a gated (v1.1: gated-GELU) or plain (v1.0: ReLU) feed-forward, no biases anywhere, an untied (v1.1) or
+tied and rescaled (v1.0) LM head; unscaled attention scores.
 
-Shapes: B batch, S encoder length, T decoder length, D model width, N heads, K head width, V vocabulary.
+References: google-research/text-to-text-transfer-transformer (the T5 recipe) on tensorflow/mesh
+mesh_tensorflow/transformer/transformer.py + transformer_layers.py (the model), and its port that our names and
+numerics are tested against, huggingface/transformers src/transformers/models/t5/modeling_t5.py
+(T5ForConditionalGeneration, T5DenseActDense / T5DenseGatedActDense, T5PreTrainedModel._init_weights) with the
+activations of src/transformers/activations.py (ACT2FN).
+
+Shapes: B batch, S encoder length, T decoder length, D model width, N heads, K head width, F FFN width, V vocabulary.
 Names equal transformers' T5ForConditionalGeneration (shared, encoder.block.i.layer.j..., lm_head).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -15,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from .config import T5_ACTIVATIONS, ModelConfig
 from .layers import run_blocks
 
 
@@ -117,23 +125,77 @@ class T5CrossAttentionLayer(nn.Module):
         return h + self.dropout(self.EncDecAttention(self.layer_norm(h), enc, enc_mask))
 
 
+def _tanh_gelu(x: torch.Tensor) -> torch.Tensor:
+    """transformers' NewGELUActivation (gelu_new): the tanh approximation, written out."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def _laplace(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf((x - 0.707107).div(0.282095 * math.sqrt(2.0))))
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    # Each as transformers/activations.py computes it (ACT2FN), so logits equal transformers' at fp32.
+    "gelu_tanh": _tanh_gelu,
+    "gelu": F.gelu,
+    "gelu_new": _tanh_gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_python": lambda x: x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0))),
+    "gelu_python_tanh": _tanh_gelu,
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "gelu_accurate": _tanh_gelu,
+    "gelu_10": lambda x: torch.clip(F.gelu(x), -10.0, 10.0),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu,
+    "relu2": lambda x: torch.square(F.relu(x)),
+    "relu6": F.relu6,
+    "leaky_relu": F.leaky_relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "mish": F.mish,
+    "hardswish": F.hardswish,
+    "laplace": _laplace,
+    "sqrtsoftplus": lambda x: F.softplus(x).sqrt(),
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "linear": lambda x: x,
+}
+assert set(ACTIVATIONS) == set(T5_ACTIVATIONS)
+
+
 class T5DenseGatedAct(nn.Module):
+    """T5 v1.1: wo(act(x wi_0) * (x wi_1)) (transformers' T5DenseGatedActDense, feed_forward_proj='gated-<act>')."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.wi_0 = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.wi_1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.wo = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
-        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
+        self.act = ACTIVATIONS[cfg.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.wo(self.dropout(F.gelu(self.wi_0(x), approximate=self.approximate) * self.wi_1(x)))
+        return self.wo(self.dropout(self.act(self.wi_0(x)) * self.wi_1(x)))  # (B, T, F) -> (B, T, D)
+
+
+class T5DenseAct(nn.Module):
+    """T5 v1.0: wo(act(x wi)) (transformers' T5DenseActDense, feed_forward_proj='<act>', 'relu' for T5 v1.0)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.wi = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.wo = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.act = ACTIVATIONS[cfg.activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.wo(self.dropout(self.act(self.wi(x))))  # (B, T, F) -> (B, T, D)
 
 
 class T5FFLayer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.DenseReluDense = T5DenseGatedAct(cfg)
+        self.DenseReluDense: nn.Module = T5DenseGatedAct(cfg) if cfg.gated_ffn else T5DenseAct(cfg)
         self.layer_norm = T5LayerNorm(cfg.hidden_size, cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
@@ -238,9 +300,14 @@ class T5ForPretraining(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """T5's initialisation (Mesh TensorFlow): each matrix scaled by its fan-in."""
+        """T5's initialisation, as transformers' `T5PreTrainedModel._init_weights` (after Mesh TensorFlow): normal
+        weights, each matrix scaled by its fan-in, times `initializer_factor` f; RMSNorm weights = f.
+
+        The untied LM head (v1.1) gets std f * 1.0, as transformers initialises it (transformers 4: its own
+        `lm_head` branch; transformers 5: tied to `shared` at init). T5X / Mesh TF give a separate logits layer a
+        fan-in std of D^-0.5 instead; we follow transformers, which the tests compare against."""
         f, D, K, N, F_ = (
-            self.config.initializer_range,
+            self.config.initializer_factor,
             self.config.hidden_size,
             self.config.head_dim,
             self.config.num_heads,
@@ -248,9 +315,11 @@ class T5ForPretraining(nn.Module):
         )
         nn.init.normal_(self.shared.weight, std=f * 1.0)
         if not self.tied:
-            nn.init.normal_(self.lm_head.weight, std=f * D**-0.5)
+            nn.init.normal_(self.lm_head.weight, std=f * 1.0)
         for m in self.modules():
-            if isinstance(m, T5Attention):
+            if isinstance(m, T5LayerNorm):
+                nn.init.constant_(m.weight, f * 1.0)
+            elif isinstance(m, T5Attention):
                 nn.init.normal_(m.q.weight, std=f * (D * K) ** -0.5)
                 nn.init.normal_(m.k.weight, std=f * D**-0.5)
                 nn.init.normal_(m.v.weight, std=f * D**-0.5)
@@ -260,6 +329,9 @@ class T5ForPretraining(nn.Module):
             elif isinstance(m, T5DenseGatedAct):
                 nn.init.normal_(m.wi_0.weight, std=f * D**-0.5)
                 nn.init.normal_(m.wi_1.weight, std=f * D**-0.5)
+                nn.init.normal_(m.wo.weight, std=f * F_**-0.5)
+            elif isinstance(m, T5DenseAct):
+                nn.init.normal_(m.wi.weight, std=f * D**-0.5)
                 nn.init.normal_(m.wo.weight, std=f * F_**-0.5)
 
     def forward(
