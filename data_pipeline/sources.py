@@ -13,6 +13,7 @@ import gzip
 import json
 import os
 import sysconfig
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +42,10 @@ class SourceStats:
     missing_field: int = 0
     examples: list[str] = field(default_factory=list)
     """file:line of the first few skipped records, for the summary."""
+    field_types: dict[str, int] = field(default_factory=dict)
+    """Records skipped for want of a string text field/column, by what was there instead ('absent', 'int', ...)."""
+    keys_seen: list[str] = field(default_factory=list)
+    """Keys of the first JSON records that lacked the text field (at most MAX_KEYS_SEEN), to suggest --field."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,6 +53,39 @@ class SourceStats:
     def skipped(self, where: str, why: str) -> None:
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append(f"{where}: {why}")
+
+    def not_text(self, value: Any, keys: list[str] | None = None) -> None:
+        """Count a record whose text field/column held `value` (or nothing: `keys` are the record's keys)."""
+        self.missing_field += 1
+        kind = "absent" if keys is not None else type(value).__name__
+        self.field_types[kind] = self.field_types.get(kind, 0) + 1
+        for k in keys or []:
+            if k not in self.keys_seen and len(self.keys_seen) < MAX_KEYS_SEEN:
+                self.keys_seen.append(k)
+
+
+MAX_KEYS_SEEN = 20
+
+
+def no_documents_message(inputs: list[str], stats: SourceStats | dict[str, Any], opts: SourceOptions) -> str:
+    """Why a corpus gave no document, naming the field or column read and what was found there instead."""
+    s = stats.to_dict() if isinstance(stats, SourceStats) else stats
+    where = " ".join(inputs)
+    if s.get("missing_field"):
+        found = ", ".join(f"{n} {kind}" for kind, n in sorted(s.get("field_types", {}).items()))
+        keys = s.get("keys_seen") or []
+        seen = f"; keys seen in those records: {', '.join(keys)}" if keys else ""
+        return (
+            f"the corpus {where} gives no documents: none of its {s['missing_field']} records has text in the "
+            f"field --field {opts.field!r} (JSONL) / column --column {opts.column!r} (Parquet) (found: {found}"
+            f"{seen}); pass --field NAME or --column NAME naming the text"
+        )
+    if s.get("bad_json_lines"):
+        return (
+            f"the corpus {where} gives no documents: all {s['bad_json_lines']} non-empty lines are not JSON "
+            f"(e.g. {s['examples'][0] if s.get('examples') else '?'}); for plain text pass --format text"
+        )
+    return f"the corpus {where} holds no documents; check the input files"
 
 
 FORMATS = ("auto", "text", "jsonl", "parquet")
@@ -103,6 +141,20 @@ def check_inputs(files: list[str], opts: SourceOptions) -> None:
                 raise InputError(
                     f"input {f} has no column {opts.column!r} (columns: {', '.join(schema.names)}); pass --column NAME"
                 )
+            import pyarrow as pa
+
+            tp = schema.field(opts.column).type
+            if not (pa.types.is_string(tp) or pa.types.is_large_string(tp)):
+                text_cols = [
+                    n
+                    for n in schema.names
+                    if pa.types.is_string(schema.field(n).type)
+                    or pa.types.is_large_string(schema.field(n).type)
+                ]
+                raise InputError(
+                    f"input {f}: column {opts.column!r} holds {tp}, not text; pass --column NAME naming a string "
+                    f"column (string columns: {', '.join(text_cols) or 'none'})"
+                )
 
 
 def resolve_inputs(inputs: list[str]) -> list[str]:
@@ -147,6 +199,8 @@ def _split_long(line: str, stats: SourceStats) -> list[str]:
 
 
 CHUNK_BYTES = 8 << 20
+GZ_CHUNK_BYTES = 256 << 10
+"""Compressed input is read in smaller pieces, so damage is located to within 256 KiB of text."""
 
 
 def _lines(path: str, stats: SourceStats) -> Iterator[str]:
@@ -154,9 +208,17 @@ def _lines(path: str, stats: SourceStats) -> Iterator[str]:
     UTF-8 is decoded line by line: bad lines get replacement characters and are counted in `invalid_utf8_lines`."""
     opener = gzip.open if path.endswith(".gz") else open
     rest = b""
+    lines = 0
     with opener(path, "rb") as f:
         while True:
-            chunk = f.read(CHUNK_BYTES)
+            try:
+                chunk = f.read(GZ_CHUNK_BYTES if path.endswith(".gz") else CHUNK_BYTES)
+            except (EOFError, OSError, zlib.error) as e:  # truncated or corrupt compressed stream, I/O error
+                raise InputError(
+                    f"input {path} is damaged: unreadable after line {lines} "
+                    f"({type(e).__name__}: {' '.join(str(e).split())}); stopped, nothing of it was skipped silently: replace the file "
+                    "or leave it out of --input, then rerun"
+                ) from None
             if not chunk:
                 break
             chunk = rest + chunk
@@ -165,6 +227,7 @@ def _lines(path: str, stats: SourceStats) -> Iterator[str]:
                 rest = chunk
                 continue
             rest = chunk[cut:]
+            lines += chunk.count(b"\n", 0, cut)
             yield from _decode(chunk[:cut], stats)
     if rest:
         yield from _decode(rest, stats)
@@ -221,7 +284,10 @@ def iter_jsonl_file(path: str, stats: SourceStats, key: str) -> Iterator[list[st
             continue
         text = record.get(key) if isinstance(record, dict) else None
         if not isinstance(text, str):
-            stats.missing_field += 1
+            if isinstance(record, dict) and key not in record:
+                stats.not_text(None, keys=[str(k) for k in record])
+            else:
+                stats.not_text(text if isinstance(record, dict) else record)
             stats.skipped(f"{path}:{lineno}", f"no string field {key!r}")
             continue
         yield _text_to_doc(text, stats)
@@ -229,17 +295,27 @@ def iter_jsonl_file(path: str, stats: SourceStats, key: str) -> Iterator[list[st
 
 def iter_parquet_file(path: str, stats: SourceStats, column: str) -> Iterator[list[str]]:
     """One document per row of `column`, read one row group at a time (memory stays flat)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     stats.files += 1
-    pf = pq.ParquetFile(path)
-    for rg in range(pf.num_row_groups):
-        for text in pf.read_row_group(rg, columns=[column]).column(0).to_pylist():
-            if not isinstance(text, str):
-                stats.missing_field += 1
-                stats.skipped(f"{path}:row group {rg}", f"null or non-text {column!r}")
-                continue
-            yield _text_to_doc(text, stats)
+    rg = -1
+    try:
+        pf = pq.ParquetFile(path)
+        for rg in range(pf.num_row_groups):
+            texts = pf.read_row_group(rg, columns=[column]).column(0).to_pylist()
+            for text in texts:
+                if not isinstance(text, str):
+                    stats.not_text(text)
+                    stats.skipped(f"{path}:row group {rg}", f"null or non-text {column!r}")
+                    continue
+                yield _text_to_doc(text, stats)
+    except (OSError, pa.ArrowException) as e:  # a corrupt page, footer or compressed block
+        at = f"row group {rg}" if rg >= 0 else "its footer"
+        raise InputError(
+            f"input {path} is damaged: {at} is unreadable ({type(e).__name__}: {' '.join(str(e).split())}); stopped, nothing of it was "
+            "skipped silently: replace the file or leave it out of --input, then rerun"
+        ) from None
 
 
 def stdlib_docstrings() -> Iterator[list[str]]:
@@ -303,8 +379,10 @@ def iter_documents(
             yield doc
 
 
-def iter_lines(inputs: list[str], opts: SourceOptions | None = None) -> Iterator[str]:
+def iter_lines(
+    inputs: list[str], opts: SourceOptions | None = None, stats: SourceStats | None = None
+) -> Iterator[str]:
     """Every non-empty line, for tokenizer training."""
-    stats = SourceStats()
+    stats = SourceStats() if stats is None else stats
     for doc in iter_documents(inputs, stats, opts):
         yield from doc

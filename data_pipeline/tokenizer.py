@@ -11,9 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,11 +24,21 @@ import numpy as np
 import sentencepiece as spm
 
 from .objectives import Vocab
-from .sources import InputError, SourceOptions, check_inputs, iter_lines, resolve_inputs
+from .sources import (
+    InputError,
+    SourceOptions,
+    SourceStats,
+    check_inputs,
+    iter_lines,
+    no_documents_message,
+    resolve_inputs,
+)
 
 MODEL_FILE = "tokenizer.model"
 META_FILE = "tokenizer.json"
 NUM_SENTINELS = 100
+PROGRESS_SECONDS = 5.0
+"""`train_tokenizer` reports progress at most this often while it reads, and this often while it trains."""
 
 
 @dataclass
@@ -72,13 +85,17 @@ def train_tokenizer(
     num_sentinels: int = NUM_SENTINELS,
     byte_fallback: bool = False,
     sources: SourceOptions | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> TokenizerInfo:
     """Train a sentencepiece model on `inputs` and write tokenizer.model + tokenizer.json into `out_dir`.
 
     Written to a temporary directory first and moved into place complete, so a failure leaves nothing behind.
+    `progress` gets a line now and then: sentences and bytes read, then the time spent training.
     """
+    sources = sources or SourceOptions()
     files = resolve_inputs(inputs)
-    check_inputs(files, sources or SourceOptions())
+    check_inputs(files, sources)
+    say = progress or (lambda line: None)
     if model_type not in ("unigram", "bpe"):
         raise InputError(f"--model-type {model_type!r}: use unigram or bpe")
     out = Path(out_dir)
@@ -86,19 +103,52 @@ def train_tokenizer(
         raise InputError(f"{out / MODEL_FILE} already exists; choose another --out or delete it")
     specials = ["[CLS]", "[SEP]", "[MASK]"] + [f"<extra_id_{i}>" for i in range(num_sentinels)]
 
+    stats = SourceStats()
+    read = {"sentences": 0, "chars": 0}
+    t0 = time.perf_counter()
+
     def sentences() -> Iterator[str]:
-        yield from iter_lines(files, sources)
+        last = time.perf_counter()
+        for line in iter_lines(files, sources, stats):
+            read["sentences"] += 1
+            read["chars"] += len(line)
+            if time.perf_counter() - last >= PROGRESS_SECONDS:
+                last = time.perf_counter()
+                say(_read_line(read, stats.files, len(files), t0))
+            yield line
 
     # Peek so an empty corpus is a clear error, not a sentencepiece crash.
     probe = sentences()
     first = next(probe, None)
     if first is None:
+        if stats.documents == 0 and (stats.missing_field or stats.bad_json_lines):
+            raise InputError(no_documents_message(inputs, stats, sources))
         raise InputError(f"the corpus {' '.join(inputs)} holds no text; check the input files")
+
+    failed: list[InputError] = []
 
     def all_sentences() -> Iterator[str]:
         assert first is not None
         yield first
-        yield from probe
+        try:
+            yield from probe
+        except InputError as e:  # e.g. a damaged .gz: sentencepiece would turn it into its own error
+            failed.append(e)
+            raise
+        say(_read_line(read, stats.files, len(files), t0) + f"; training {model_type}, vocab {vocab_size}")
+        training.set()
+
+    training = threading.Event()
+    trained = threading.Event()
+
+    def heartbeat() -> None:
+        training.wait()
+        t1 = time.perf_counter()
+        while not trained.wait(max(PROGRESS_SECONDS, 1.0)):
+            say(f"tokenizer: training ({time.perf_counter() - t1:.0f}s)")
+
+    say(f"tokenizer: reading {' '.join(inputs)}")
+    threading.Thread(target=heartbeat, name="cloze-tokenizer-progress", daemon=True).start()
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tokenizer-tmp-", dir=out.parent))
@@ -121,10 +171,32 @@ def train_tokenizer(
                 num_threads=max(1, min(16, os.cpu_count() or 1)),
                 minloglevel=2,
             )
-        except RuntimeError as e:
+        except Exception as e:
+            if failed:
+                raise failed[0] from None
+            if not isinstance(e, RuntimeError):
+                raise
+            too_high = re.search(r"Vocabulary size too high \((\d+)\).*<= (\d+)", str(e))
+            if too_high:
+                raise InputError(
+                    f"--vocab-size {vocab_size} is more than the corpus {' '.join(inputs)} supports "
+                    f"({read['sentences']} sentences, {read['chars']:,} characters): at most {too_high.group(2)}; "
+                    f"rerun with --vocab-size {too_high.group(2)} or less, or add text"
+                ) from None
+            too_low = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(e))
+            if too_low:
+                raise InputError(
+                    f"--vocab-size {vocab_size} is too small for the corpus {' '.join(inputs)}: its characters and "
+                    f"cloze's {len(specials) + 4} special tokens need at least {too_low.group(2)}; rerun with "
+                    f"--vocab-size {too_low.group(2)} or more (or lower --character-coverage)"
+                ) from None
             raise InputError(
                 f"sentencepiece could not train on {' '.join(inputs)}: {e}".splitlines()[0]
             ) from None
+        finally:
+            trained.set()
+            training.set()
+        say(f"tokenizer: trained in {time.perf_counter() - t0:.1f}s")
         info = describe(tmp / MODEL_FILE)
         info.model_type = model_type
         (tmp / META_FILE).write_text(json.dumps(tokenizer_meta(info), indent=2) + "\n")
@@ -134,6 +206,14 @@ def train_tokenizer(
         return info
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_line(read: dict[str, int], files_done: int, files: int, t0: float) -> str:
+    dt = max(time.perf_counter() - t0, 1e-9)
+    return (
+        f"tokenizer: read {read['sentences']} sentences, {read['chars'] / 1e6:.1f}M characters "
+        f"({read['chars'] / 1e6 / dt:.1f}M/s), file {min(files_done, files)} of {files}"
+    )
 
 
 def tokenizer_meta(info: TokenizerInfo) -> dict:

@@ -10,16 +10,25 @@ depend on how many processes or slices did the work:
 
 Crash safety: a shard is written as <name>.tmp and renamed when complete; a block's record (.build/block-<b>.json)
 is written after its shards; a rerun with the same options skips blocks with a record and redoes the rest;
-manifest.json is written last, after which .build/ is removed.
+manifest.json is written last, after which .build/ is removed. A full disk stops the run with the path named and
+keeps what was written (the rerun resumes); worker processes die with the process that started them (kill -9
+included), so no orphan keeps its memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import io
 import json
+import multiprocessing
 import os
 import shutil
+import signal
+import sys
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -32,7 +41,15 @@ import numpy as np
 from .manifest import MANIFEST, Manifest, ShardEntry, atomic_write, read_manifest
 from .objectives import OBJECTIVES, SPLIT_CODES, T5SpanCorruption, build_objective, sample_rng
 from .packing import PackedBlock, PairBlock, pack_block, packer_for, pair_block
-from .sources import InputError, SourceOptions, SourceStats, check_inputs, iter_documents, resolve_inputs
+from .sources import (
+    InputError,
+    SourceOptions,
+    SourceStats,
+    check_inputs,
+    iter_documents,
+    no_documents_message,
+    resolve_inputs,
+)
 from .tarshard import ShardTarWriter
 from .tokenizer import MODEL_FILE, Tokenizer, sha256_file, tokenizer_meta, vocab_of
 
@@ -113,17 +130,27 @@ def write_tar(
 ) -> ShardEntry:
     """One complete shard + its index, each via a temporary name."""
     tmp = out / (name + ".tmp")
-    with open(tmp, "wb") as f:
-        tw = ShardTarWriter(f)
-        for key, sample in samples:
-            tw.write(key, sample)
-        tw.close()
-        os.fsync(f.fileno())
     idx_name = name + ".idx"
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(tw.ranges, dtype=np.int64).reshape(-1, 2))
-    (out / (idx_name + ".tmp")).write_bytes(buf.getvalue())
-    os.replace(out / (idx_name + ".tmp"), out / idx_name)
+    idx_tmp = out / (idx_name + ".tmp")
+    current = tmp
+    try:
+        with open(tmp, "wb") as f:
+            tw = ShardTarWriter(f)
+            for key, sample in samples:
+                tw.write(key, sample)
+            tw.close()
+            os.fsync(f.fileno())
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(tw.ranges, dtype=np.int64).reshape(-1, 2))
+        current = idx_tmp
+        idx_tmp.write_bytes(buf.getvalue())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # a partial shard only takes space; the rerun writes it again
+        idx_tmp.unlink(missing_ok=True)
+        if e.filename is None:  # a failed write() names no file: name the one being written
+            raise OSError(e.errno, e.strerror, str(current)) from e
+        raise
+    os.replace(idx_tmp, out / idx_name)
     os.replace(tmp, out / name)
     return ShardEntry(
         name=name,
@@ -140,6 +167,33 @@ def write_tar(
 # ---- one block, in a worker process ---------------------------------------------------------------------------
 
 _worker: dict[str, Any] = {}
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal this process gets when the thread that created it exits (Linux)."""
+
+
+def _die_with_parent(parent: int) -> None:
+    """Make this worker process end when its parent does, even on kill -9 of the parent: SIGKILL from the kernel
+    (PR_SET_PDEATHSIG, Linux) and, on any platform, a thread that sees the parent change."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # no libc prctl: the thread below still works
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    ppid = os.getppid()
+    if parent and ppid != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == ppid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="cloze-parent-watch", daemon=True).start()
+
+
+def _init_pool_worker(parent: int, tokenizer_path: str, opts: dict[str, Any]) -> None:
+    """`parent`: the pid that forked this worker (0 when a fork server did, as its parent is then the server)."""
+    _die_with_parent(parent)
+    _init_worker(tokenizer_path, opts)
 
 
 def _init_worker(tokenizer_path: str, opts: dict[str, Any]) -> None:
@@ -289,27 +343,37 @@ def write_shards(
         "num_slices": num_slices,
     }
     created = not out.exists()
-    (out / BUILD).mkdir(parents=True, exist_ok=True)
-    plan_path = out / BUILD / PLAN
-    if plan_path.exists():
-        before = json.loads(plan_path.read_text())
-        if before != plan:
-            raise InputError(
-                f"{out} holds a partial dataset written with other options ({plan_path}); "
-                "rerun with the same options to finish it, or delete the directory"
-            )
-    else:
-        _atomic_json(plan_path, plan)
-    stage_tokenizer(tok.path, out)
     try:
-        _run(files, str(tok.path), out, opts, workers, num_slices, slice_index, progress)
-        done = all((out / BUILD / f"slice-{i}-of-{num_slices}.json").is_file() for i in range(num_slices))
-        # every slice done, or another slice finished at the same moment and already merged (removing the records)
-        return merge(out) if done or (out / MANIFEST).exists() else None
-    except InputError:
-        if created and num_slices == 1:  # other slices may share the directory: never remove their work
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+        (out / BUILD).mkdir(parents=True, exist_ok=True)
+        plan_path = out / BUILD / PLAN
+        if plan_path.exists():
+            before = json.loads(plan_path.read_text())
+            if before != plan:
+                raise InputError(
+                    f"{out} holds a partial dataset written with other options ({plan_path}); "
+                    "rerun with the same options to finish it, or delete the directory"
+                )
+        else:
+            _atomic_json(plan_path, plan)
+        stage_tokenizer(tok.path, out)
+        try:
+            _run(files, str(tok.path), out, opts, workers, num_slices, slice_index, progress)
+            done = all((out / BUILD / f"slice-{i}-of-{num_slices}.json").is_file() for i in range(num_slices))
+            # every slice done, or another slice finished at the same moment and already merged (removing the
+            # records)
+            return merge(out) if done or (out / MANIFEST).exists() else None
+        except InputError:
+            if created and num_slices == 1:  # other slices may share the directory: never remove their work
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        kept = len(list((out / BUILD).glob("block-*.json"))) if (out / BUILD).is_dir() else 0
+        raise InputError(
+            f"disk full while writing {e.filename or out} ({e.strerror}); {kept} finished block(s) are kept in "
+            f"{out}: free space (or move {out} to a larger disk) and rerun the same command, it resumes from them"
+        ) from None
 
 
 def _run(
@@ -324,38 +388,58 @@ def _run(
 ) -> None:
     stats = SourceStats()
     t0 = time.perf_counter()
-    done_tokens = 0
+    done_tokens = done_docs = done_blocks = reused_blocks = reused_docs = 0
     total_blocks = 0
 
     def report() -> None:
-        if progress is not None and stats.documents:
+        if progress is not None:
+            # rates count only the work done by this run: blocks reused from an earlier run cost no tokenizing
             dt = max(time.perf_counter() - t0, 1e-9)
             progress(
                 {
-                    "documents": stats.documents,
-                    "docs_per_s": stats.documents / dt,
+                    "documents": done_docs + reused_docs,
+                    "written_documents": done_docs,
+                    "written_blocks": done_blocks,
+                    "reused_blocks": reused_blocks,
+                    "reused_documents": reused_docs,
+                    "docs_per_s": done_docs / dt,
                     "tokens_per_s": done_tokens / dt,
                 }
             )
 
     def account(rec: dict[str, Any]) -> None:
-        nonlocal done_tokens
+        nonlocal done_tokens, done_docs, done_blocks
         done_tokens += sum(s["tokens"] for s in rec["shards"])
+        done_docs += rec["documents"]
+        done_blocks += 1
         report()
+
+    def reused(b: int, docs: list[str]) -> bool:
+        """True if block b is done already (by an earlier run): counted, not redone."""
+        nonlocal reused_blocks, reused_docs
+        if not _block_done(out, b):
+            return False
+        reused_blocks += 1
+        reused_docs += len(docs)
+        report()
+        return True
 
     opts_dict = opts.to_dict()
     if workers == 1:
         _init_worker(tok_path, opts_dict)
         for b, first, docs in _blocks(files, opts, stats):
             total_blocks = b + 1
-            if b % num_slices == slice_index and not _block_done(out, b):
+            if b % num_slices == slice_index and not reused(b, docs):
                 account(process_block(str(out), b, first, docs))
     else:
         pending: list[Future] = []
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(tok_path, opts_dict)) as pool:
+        parent = 0 if multiprocessing.get_start_method() == "forkserver" else os.getpid()
+        with ProcessPoolExecutor(
+            workers, initializer=_init_pool_worker, initargs=(parent, tok_path, opts_dict)
+        ) as pool:
             for b, first, docs in _blocks(files, opts, stats):
                 total_blocks = b + 1
-                if b % num_slices != slice_index or _block_done(out, b):
+                if b % num_slices != slice_index or reused(b, docs):
                     continue
                 pending.append(pool.submit(process_block, str(out), b, first, docs))
                 while len(pending) >= 2 * workers:  # bound the documents held in memory
@@ -433,16 +517,26 @@ def _merge(out: Path) -> Manifest:
         for sp in SPLIT_CODES
     }
     if stats["documents"] == 0:
-        raise InputError(f"the corpus {inputs} holds no documents; check the input files")
+        raise InputError(no_documents_message(plan["inputs"], stats, SourceOptions(**opts["sources"])))
+    # every token of the corpus, packed or not (tokens that fill no whole sequence are dropped)
+    corpus_tokens = sum(v["tokens"] for v in splits.values()) + sum(r["dropped_tokens"] for r in records)
     if splits["train"]["samples"] == 0:
         raise InputError(
-            f"the corpus {inputs} ({stats['documents']} documents) gives no training sequence of "
-            f"--seq-len {opts['seq_len']}; add text or lower --seq-len"
+            f"the corpus {inputs} ({stats['documents']} documents, about {corpus_tokens} tokens) gives no training "
+            f"sequence of --seq-len {opts['seq_len']}; add text or lower --seq-len"
         )
     if opts["valid_fraction"] > 0 and splits["valid"]["samples"] == 0:
+        # documents are held out whole, so a validation sequence needs about seq_len tokens of held-out documents
+        need = 2 * opts["seq_len"] / max(corpus_tokens, 1)
+        fix = (
+            f"--valid-fraction {min(0.5, float(f'{need:.2g}'))} (about {2 * opts['seq_len']} tokens held out) or "
+            if need < 0.5
+            else ""
+        )
         raise InputError(
             f"--valid-fraction {opts['valid_fraction']} gives no validation sequence of --seq-len {opts['seq_len']} "
-            f"from {inputs}; raise --valid-fraction or lower --seq-len"
+            f"from {inputs}: the corpus has {stats['documents']} documents, about {corpus_tokens} tokens; use "
+            f"{fix}--valid-fraction 0 (no validation split), add text, or lower --seq-len"
         )
     tok = Tokenizer(out / BUILD / MODEL_FILE)
     atomic_write(out / MODEL_FILE, tok.path.read_bytes())
