@@ -73,17 +73,43 @@ class Lamb(torch.optim.Optimizer):
         return loss
 
 
+def adafactor(groups: list[dict], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """T5's Adafactor (Shazeer & Stern 2018) as torch.optim.Adafactor computes it. Against mesh-tensorflow's
+    AdafactorOptimizer (mesh_tensorflow/optimize.py) with T5's settings (beta1=0, decay_rate=None -> 1 - step^-0.8,
+    clipping_threshold=1.0, factored=True, multiply_by_parameter_scale=True, epsilon1=1e-30, epsilon2=1e-3):
+    - the same: no momentum, factored row/column second moments, 1 - step^-decay_rate, update clipping by RMS,
+      the step scaled by max(1e-3, RMS(param)) (torch always does; mesh-tf's multiply_by_parameter_scale=True);
+    - torch caps the learning rate at 1/sqrt(step): a no-op under T5's schedule ('rsqrt': lr 1e-2 for 10^4 steps,
+      then 1/sqrt(step)), except that torch's step count is one ahead (1/sqrt(n+1) vs 1/sqrt(n), <= 5e-5 relative);
+    - epsilon1: torch clamps the second-moment estimate at eps^2 with eps = the dtype's machine epsilon (1.2e-7 in
+      fp32) where mesh-tf adds 1e-30 to grad^2 (1e-30 squared underflows in fp32);
+    - torch factors every tensor with 2+ dimensions; mesh-tf only dimensions >= 128 (min_dim_size_to_factor), so
+      small matrices keep a full second moment there.
+    Weight decay (T5: none) is torch's decoupled lr x weight_decay."""
+    return torch.optim.Adafactor(
+        groups,
+        lr=cfg.lr,
+        beta2_decay=-cfg.decay_rate,
+        d=cfg.clip_threshold,
+        weight_decay=cfg.weight_decay,
+    )
+
+
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """The torch optimizer (CPU, or AdamW anywhere); engine.py swaps in DeepSpeed's FusedLamb for LAMB on GPU."""
     groups = param_groups(model, cfg.weight_decay)
     betas = (cfg.betas[0], cfg.betas[1])
     if cfg.name == "lamb":
         return Lamb(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "adafactor":
+        return adafactor(groups, cfg)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, fused=cfg.fused)
 
 
 def lr_factor(step: int, cfg: OptimizerConfig, max_steps: int) -> float:
     """Multiplier of the peak lr after `step` optimizer steps: linear warmup, then linear decay or constant."""
+    if cfg.schedule == "rsqrt":  # T5 (mesh-tf learning_rate_schedules.rsqrt_no_ramp_down): no ramp
+        return math.sqrt(cfg.warmup_steps / max(step, cfg.warmup_steps))
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
