@@ -43,7 +43,7 @@ def first_batch_latency(d: Path, start_step: int, repeats: int = 5) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        it = iter(DataLoader(TrainStream(d, StreamSpec(256, 32, 8, 3, start_step, 0)), batch_size=None))
+        it = iter(DataLoader(TrainStream(d, StreamSpec(256, 32, 8, 3, start_step * 256, 0)), batch_size=None))
         next(it)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)

@@ -276,3 +276,75 @@ def test_universal_conversion_two_ranks_to_one(tmp_path: Path, dataset_dir: Path
     assert sorted(got) == list(range(1, 11))
     for s in range(6, 11):
         assert got[s] == pytest.approx(expected[s], rel=1e-5), (s, got[s], expected[s])
+
+
+class _Crash(BaseException):
+    """The process dying at this point (raised from a monkeypatched file operation)."""
+
+
+def _commit_files(root: Path, tag: str, payload: str) -> None:
+    """Commit a checkpoint `tag` holding one file with `payload`, as a save does after DeepSpeed wrote it."""
+    from trainer import checkpoint as ckpt
+
+    tmp = root / (ckpt.TMP_PREFIX + tag)
+    tmp.mkdir(parents=True)
+    (tmp / "weights.pt").write_text(payload)
+    ckpt._commit(root, tmp, tag, {"step": ckpt.step_of(tag), "expected": []})
+
+
+def test_crash_while_replacing_a_checkpoint_of_the_same_tag_keeps_latest_valid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-saving the tag `latest` names, the process dies after the old directory is set aside and before the new
+    one is renamed in: `latest` still leads to a complete checkpoint (the old one, put back on resume)."""
+    import os
+
+    from trainer import checkpoint as ckpt
+
+    root = tmp_path / "ck"
+    _commit_files(root, "step00000010", "old")
+    real = os.replace
+
+    def dies_renaming_the_new_one_in(src: str | Path, dst: str | Path) -> None:
+        if Path(src).name == ckpt.TMP_PREFIX + "step00000010":
+            raise _Crash
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", dies_renaming_the_new_one_in)
+    with pytest.raises(_Crash):
+        _commit_files(root, "step00000010", "new")
+    monkeypatch.undo()
+    assert (root / "latest").read_text().strip() == "step00000010"
+    assert find_resume(root) == "step00000010"
+    ckpt.verify(root / "step00000010", hashes=True)
+    assert (root / "step00000010" / "weights.pt").read_text() == "old"
+
+
+def test_crash_while_deleting_the_replaced_checkpoint_then_prune_removes_leftovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process dies deleting the old copy, after `latest` moved: the new checkpoint is the one resumed, and the
+    next prune deletes the leftover and every other stale `.tmp-*` directory (a crashed save), as documented."""
+    from trainer import checkpoint as ckpt
+
+    root = tmp_path / "ck"
+    _commit_files(root, "step00000010", "old")
+    real = shutil.rmtree
+
+    def dies_deleting_the_old_copy(path: str | Path, *args: object, **kwargs: object) -> None:
+        if Path(path).name == ckpt.ASIDE_PREFIX + "step00000010" and Path(path).exists():
+            raise _Crash
+        real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(shutil, "rmtree", dies_deleting_the_old_copy)
+    with pytest.raises(_Crash):
+        _commit_files(root, "step00000010", "new")
+    monkeypatch.undo()
+    assert find_resume(root) == "step00000010"
+    assert (root / "step00000010" / "weights.pt").read_text() == "new"
+    leftover = root / (ckpt.ASIDE_PREFIX + "step00000010")
+    # Its COMPLETE marker went first: never mistaken for a complete checkpoint.
+    assert leftover.is_dir() and not (leftover / COMPLETE).exists()
+    (root / ".tmp-step00000015").mkdir()  # a save that crashed before its commit
+    ckpt.prune(root, keep_last=2)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step00000010"]

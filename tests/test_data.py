@@ -143,7 +143,7 @@ def test_two_ranks_two_workers_read_disjoint_samples_covering_the_split(dataset_
     steps = n // B
     seen: list[bytes] = []
     for rank in range(W):
-        spec = StreamSpec(global_batch=B, micro_batch=mb, world_size=W, rank=rank, start_step=0, seed=3)
+        spec = StreamSpec(global_batch=B, micro_batch=mb, world_size=W, rank=rank, start_sample=0, seed=3)
         loader = torch.utils.data.DataLoader(TrainStream(dataset_dir, spec), batch_size=None, num_workers=2)
         it = iter(loader)
         for _ in range(steps * spec.accum):
@@ -168,7 +168,7 @@ def test_two_ranks_two_workers_read_disjoint_samples_covering_the_split(dataset_
 
 
 def test_order_does_not_depend_on_worker_count(dataset_dir: Path) -> None:
-    spec = StreamSpec(global_batch=16, micro_batch=4, world_size=2, rank=1, start_step=5, seed=1)
+    spec = StreamSpec(global_batch=16, micro_batch=4, world_size=2, rank=1, start_sample=5 * 16, seed=1)
     outs = []
     for workers in (0, 3):
         it = iter(

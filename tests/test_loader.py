@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from data_pipeline.loader import StreamSpec, TrainStream
+from data_pipeline.loader import SkipBudget, SkipBudgetExhausted, StreamSpec, TrainStream
 from data_pipeline.manifest import read_manifest
 from data_pipeline.objectives import IGNORE
 from data_pipeline.sources import InputError
@@ -39,7 +39,7 @@ def consume(
     """For steps [start, stop): the step's samples in global order (by micro-batch a, then rank)."""
     per_rank = []
     for rank in range(world):
-        spec = StreamSpec(global_batch, micro, world, rank, start, seed)
+        spec = StreamSpec(global_batch, micro, world, rank, start * global_batch, seed)
         it = iter(DataLoader(TrainStream(directory, spec, **kw), batch_size=None, num_workers=workers))
         per_rank.append([next(it) for _ in range((stop - start) * spec.accum)])
     accum = global_batch // (micro * world)
@@ -106,7 +106,7 @@ def test_dynamic_masking_differs_per_epoch_and_resumes_identically(
     def stream(start: int, steps: int) -> list[dict]:
         it = iter(
             DataLoader(
-                TrainStream(d, StreamSpec(16, 16, 1, 0, start, 4), objective="mlm"),
+                TrainStream(d, StreamSpec(16, 16, 1, 0, start * 16, 4), objective="mlm"),
                 batch_size=None,
                 num_workers=2,
             )
@@ -154,30 +154,36 @@ def damaged(tmp_path: Path, dataset_dir: Path) -> tuple[Path, str]:
     return d, name
 
 
+def _read_epoch(d: Path, budget: int, workers: int = 0) -> tuple[list[dict], SkipBudget]:
+    """One epoch of 32-sample batches, counting skipped samples against one budget as the trainer does."""
+    n = read_manifest(d).splits["train"]["samples"]
+    it = iter(
+        DataLoader(TrainStream(d, StreamSpec(32, 32, 1, 0, 0, 1)), batch_size=None, num_workers=workers)
+    )
+    skips = SkipBudget(budget)
+    batches = []
+    for _ in range(n // 32):
+        b = next(it)
+        skips.add(int(b["skipped_samples"]), error=b["skip_error"])
+        batches.append(b)
+    return batches, skips
+
+
 def test_truncated_shard_is_an_error_naming_it(damaged) -> None:
     d, name = damaged
-    n = read_manifest(d).splits["train"]["samples"]
-    it = iter(DataLoader(TrainStream(d, StreamSpec(32, 32, 1, 0, 0, 1)), batch_size=None, num_workers=0))
-    with pytest.raises(InputError, match=f"{name}.*truncated"):
-        for _ in range(n // 32):
-            next(it)
+    with pytest.raises(SkipBudgetExhausted, match=f"data.skip_budget=0.*{name}.*truncated"):
+        _read_epoch(d, budget=0)
 
 
 def test_truncated_shard_within_skip_budget_is_skipped_and_counted(damaged) -> None:
     d, name = damaged
     entry = next(s for s in read_manifest(d).shards if s.name == name)
     n = read_manifest(d).splits["train"]["samples"]
-    it = iter(
-        DataLoader(TrainStream(d, StreamSpec(32, 32, 1, 0, 0, 1), skip_budget=entry.samples), batch_size=None)
-    )
-    batches = [next(it) for _ in range(n // 32)]
-    skipped = int(batches[-1]["skipped_samples"][1])
-    assert 0 < skipped <= entry.samples
-    assert sum(len(b["input_ids"]) for b in batches) == (n // 32) * 32 - skipped
-    small = iter(DataLoader(TrainStream(d, StreamSpec(32, 32, 1, 0, 0, 1), skip_budget=3), batch_size=None))
-    with pytest.raises(InputError, match="skip budget of 3 exhausted"):
-        for _ in range(n // 32):
-            next(small)
+    batches, skips = _read_epoch(d, budget=entry.samples, workers=2)
+    assert 0 < skips.skipped <= entry.samples
+    assert sum(len(b["input_ids"]) for b in batches) == (n // 32) * 32 - skips.skipped
+    with pytest.raises(SkipBudgetExhausted, match="more than data.skip_budget=3"):
+        _read_epoch(d, budget=3)
 
 
 def test_verify_names_the_bad_shard(tmp_path: Path, dataset_dir: Path) -> None:

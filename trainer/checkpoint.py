@@ -3,7 +3,9 @@
 Save (all ranks):  DeepSpeed writes into <ckpt>/.tmp-<tag> (never touching `latest`); every rank fsyncs;
 barrier; rank 0 checks that every rank's files are there, writes checkpoint.json (each file's size and sha256,
 step, data position, resolved config), then COMPLETE, renames the directory to <tag>, and replaces `latest`
-atomically. A crash at any point leaves `latest` naming the previous complete checkpoint.
+atomically. A crash at any point leaves `latest` naming the previous complete checkpoint. Saving a tag that
+already exists sets the old directory aside (`.tmp-old-<tag>`), renames the new one in, moves `latest`, and only
+then deletes the old one; a crash between the first two renames is undone on resume (the old one is put back).
 
 Resume: `latest` (or, if a crash hit between the rename and `latest`, the newest COMPLETE tag) is verified
 (sizes always, sha256 on request) before DeepSpeed loads it. Checkpoints present but none valid, or a `latest`
@@ -32,6 +34,8 @@ LATEST = "latest"
 COMPLETE = "COMPLETE"
 META = "checkpoint.json"
 TMP_PREFIX = ".tmp-"
+ASIDE_PREFIX = TMP_PREFIX + "old-"
+"""An existing checkpoint of the tag being committed waits here until `latest` has moved."""
 TAG_RE = re.compile(r"^step(\d+)(-universal)?$")
 UNIVERSAL = "-universal"
 CRASH_ENV = "CLOZE_CRASH_IN_SAVE"
@@ -120,11 +124,18 @@ def save(
     return final
 
 
-def convert_to_universal(root: str | Path, tag: str, convert: Callable[[Path, Path], None]) -> str:
+def convert_to_universal(
+    root: str | Path,
+    tag: str,
+    convert: Callable[[Path, Path], None],
+    verify_source: Callable[[Path], dict[str, Any]],
+) -> str:
     """Write `<tag>-universal` (loadable on another world size) next to `tag`, committed like a save: temporary
-    directory, checkpoint.json, COMPLETE, rename, then `latest`. Returns the new tag."""
+    directory, checkpoint.json, COMPLETE, rename, then `latest`. `verify_source` (engine.verify_checkpoint) checks
+    `tag` before `convert` (DeepSpeed's converter, which unpickles without restriction) reads it. Returns the new
+    tag."""
     root = Path(root)
-    source = verify(root / tag, hashes=True)
+    source = verify_source(root / tag)
     new = tag + UNIVERSAL
     tmp = root / (TMP_PREFIX + new)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -152,12 +163,23 @@ def _commit(root: Path, tmp: Path, tag: str, meta: dict[str, Any]) -> None:
     (tmp / COMPLETE).write_text(tag + "\n")
     _fsync_tree(tmp)
     final = root / tag
-    if final.exists():  # a complete checkpoint of the same tag from an earlier attempt
-        shutil.rmtree(final)
+    aside = root / (ASIDE_PREFIX + tag)
+    if final.exists():  # a checkpoint of the same tag from an earlier attempt: set it aside, delete it last
+        _remove(aside)
+        os.replace(final, aside)
+        _fsync_dir(root)
     os.replace(tmp, final)
     _fsync_dir(root)
     atomic_write(root / LATEST, (tag + "\n").encode())
     _fsync_dir(root)
+    if aside.exists():
+        _remove(aside)
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint directory, its COMPLETE marker first, so a half-deleted one never passes for complete."""
+    (path / COMPLETE).unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def complete_tags(root: Path) -> list[str]:
@@ -170,13 +192,16 @@ def complete_tags(root: Path) -> list[str]:
 
 def prune(root: Path, keep_last: int) -> None:
     """Delete all but the newest `keep_last` complete checkpoints (never the one `latest` names) and stale
-    temporary directories. A failed delete is logged, not fatal."""
+    temporary directories (`.tmp-*`: saves or commits a crash interrupted). Called by rank 0 after a commit,
+    when no save is in progress. A failed delete is logged, not fatal."""
     latest = (root / LATEST).read_text().strip() if (root / LATEST).is_file() else ""
     tags = complete_tags(root)
-    for tag in tags[: max(0, len(tags) - keep_last)]:
+    stale = [p.name for p in root.iterdir() if p.is_dir() and p.name.startswith(TMP_PREFIX)]
+    for tag in [*tags[: max(0, len(tags) - keep_last)], *stale]:
         if tag == latest:
             continue
         try:
+            (root / tag / COMPLETE).unlink(missing_ok=True)
             shutil.rmtree(root / tag)
         except OSError as e:
             log.warning("could not delete old checkpoint %s: %s", root / tag, e)
@@ -198,6 +223,14 @@ def verify(
     for name in meta.get("expected", []):
         if not (path / name).is_file():
             raise CheckpointError(f"checkpoint file {path / name} is missing; restore it or delete {path}")
+    # DeepSpeed finds its files by name pattern: a file the metadata does not list was never hashed or checked.
+    listed = {*meta["files"], META, COMPLETE}
+    for p in sorted(path.rglob("*")):
+        if not p.is_dir() and str(p.relative_to(path)) not in listed:
+            raise CheckpointError(
+                f"checkpoint file {p} is not listed in {path / META}: it was added after the save; refusing the "
+                f"checkpoint. Delete the file (or {path})"
+            )
     for name, info in meta["files"].items():
         f = path / name
         if not f.is_file():
@@ -211,14 +244,24 @@ def verify(
             raise CheckpointError(
                 f"checkpoint file {f} fails its sha256 check: it is damaged; restore it or delete {path}"
             )
-        if check_file is not None and f.suffix == ".pt":
+        if check_file is not None and _may_unpickle(f):
             refused = check_file(f)
             if refused is not None:
                 raise CheckpointError(
-                    f"checkpoint file {f} cannot be loaded safely ({refused}); refusing it. "
-                    "If you trust its source, set checkpoint.trusted=true"
+                    f"checkpoint file {f} cannot be loaded safely ({refused}); refusing it. If you trust its "
+                    "source, say so on the command line: `cloze export/convert --trusted`, or `cloze train ... "
+                    "checkpoint.trusted=true`"
                 )
     return meta
+
+
+def _may_unpickle(f: Path) -> bool:
+    """A file torch.load would unpickle: a .pt name, or pickle / zip bytes under any name."""
+    if f.suffix in (".pt", ".pth", ".bin", ".pkl"):
+        return True
+    with open(f, "rb") as fh:
+        head = fh.read(4)
+    return head[:1] == b"\x80" or head == b"PK\x03\x04"
 
 
 def find_resume(root: str | Path) -> str | None:
@@ -234,6 +277,13 @@ def find_resume(root: str | Path) -> str | None:
             raise CheckpointError(
                 f"{latest_file} is empty; write the tag of a complete checkpoint into it ({tags or 'none'})"
             )
+        aside = root / (ASIDE_PREFIX + tag)
+        if not (root / tag).is_dir() and (aside / COMPLETE).is_file():
+            # A crash while re-saving `tag`: the old copy was set aside, the new one not yet renamed in. Put it back.
+            log.warning("restoring %s from %s (a save of the same tag was interrupted)", root / tag, aside)
+            os.replace(aside, root / tag)
+            _fsync_dir(root)
+            tags = complete_tags(root)
         if not (root / tag).is_dir():
             raise CheckpointError(
                 f"{latest_file} names {tag!r}, which does not exist in {root}; fix or delete {latest_file}"
