@@ -59,6 +59,61 @@ class ProgressCallback(Callback):
         self.bar.close()
 
 
+KIND_LABELS = {"mask": "[MASK]", "random": "random", "kept": "unchanged"}
+"""Eval metric prefixes (trainer/losses.py `position_kind_sums`) and how the console names them."""
+KIND_BASELINES = {
+    "mask": "most frequent token",
+    "random": "most frequent token",
+    "kept": "copy the input",
+}
+
+
+def eval_lines(step: int, metrics: dict[str, float]) -> list[str]:
+    """The console's evaluation report: the loss, then accuracy at each kind of MLM target position next to its
+    trivial baseline (the same figures TensorBoard gets under eval/), then the total as BERT defines it."""
+    seen = int(metrics.get("eval_samples", 0))
+    split = int(metrics.get("eval_split_samples", 0))
+    scope = ""
+    if split:
+        scope = (
+            f"  (the whole held-out split, {split} samples)"
+            if seen == split
+            else f"  ({seen} of {split} held-out samples: trainer.eval_batches)"
+        )
+    lines = [f"eval @ {step}: loss {metrics['loss']:.4f}{scope}"]
+    if "mask_accuracy" in metrics:
+        for kind, label in KIND_LABELS.items():
+            base = metrics.get(f"{kind}_baseline_accuracy")
+            versus = f"  baseline {base:.4f} ({KIND_BASELINES[kind]})" if base is not None else ""
+            loss = metrics.get(f"{kind}_loss")
+            lines.append(
+                f"  {label:<10} accuracy {metrics[f'{kind}_accuracy']:.4f}{versus}"
+                + (f"  loss {loss:.4f}" if loss is not None else "")
+                + f"  {int(metrics[f'{kind}_tokens']):,} positions"
+            )
+        base = metrics.get("baseline_accuracy")
+        versus = (
+            f"  baseline {base:.4f} (copy the input; most frequent token at [MASK])"
+            if base is not None
+            else ""
+        )
+        lines.append(
+            f"  {'total':<10} accuracy {metrics['mlm_accuracy']:.4f}{versus}  {int(metrics['masked_tokens']):,} positions"
+        )
+        rest = {
+            k: v
+            for k, v in metrics.items()
+            if k.endswith("_accuracy")
+            and k != "mlm_accuracy"
+            and not k.startswith(("baseline", *KIND_LABELS))
+        }
+    else:
+        rest = {k: v for k, v in metrics.items() if k.endswith("_accuracy")}
+    if rest:
+        lines.append("  " + "  ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in rest.items()))
+    return lines
+
+
 class ConsoleCallback(Callback):
     def __init__(self, every: int, max_steps: int) -> None:
         self.every = every
@@ -67,10 +122,14 @@ class ConsoleCallback(Callback):
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         if step % self.every == 0 or step == self.max_steps:
+            # Training batches carry no baseline (it is measured in evaluation); of the position kinds only
+            # [MASK], the one that shows learning.
             accs = "  ".join(
-                f"{k.removesuffix('_accuracy')} {v:.3f}"
+                f"{'[MASK]' if k == 'mask_accuracy' else k.removesuffix('_accuracy')} {v:.3f}"
                 for k, v in metrics.items()
                 if k.endswith("_accuracy")
+                and "baseline" not in k
+                and k not in ("random_accuracy", "kept_accuracy")
             )
             print(
                 f"step {step:>6}/{self.max_steps}  loss {metrics['loss']:.4f}  {accs}  "
@@ -80,10 +139,7 @@ class ConsoleCallback(Callback):
             )
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
-        accs = "  ".join(
-            f"{k.replace('_', ' ')} {v:.4f}" for k, v in metrics.items() if k.endswith("_accuracy")
-        )
-        print(f"eval @ {step}: loss {metrics['loss']:.4f}  {accs}", flush=True)
+        print("\n".join(eval_lines(step, metrics)), flush=True)
 
     def on_checkpoint(self, step: int, seconds: float, path: str) -> None:
         print(f"checkpoint @ {step}: {path} ({seconds:.1f}s)", file=sys.stdout, flush=True)

@@ -21,7 +21,8 @@ from modeling import MLMOutput
 @dataclass
 class LossResult:
     loss: torch.Tensor
-    """Mean loss of this micro-batch (what backward runs on)."""
+    """What backward runs on: each term's summed loss over this micro-batch divided by that term's denominator
+    (`norm`), or by this micro-batch's own target count when no `norm` is given (a plain mean)."""
     sums: dict[str, float]
     """Additive statistics; `Task.summarize` turns their totals into metrics."""
 
@@ -30,32 +31,58 @@ def _inputs(batch: dict[str, torch.Tensor], keys: tuple[str, ...]) -> dict[str, 
     return {k: batch[k] for k in keys if k in batch}
 
 
-def mlm_loss(out: MLMOutput, baseline_id: int | None = None) -> LossResult:
+def _denominator(norm: dict[str, float] | None, key: str, local: float) -> float:
+    """The divisor of a loss term's sum: the step's global one from `norm`, else this micro-batch's own count."""
+    return norm[key] if norm is not None else max(local, 1.0)
+
+
+def mlm_loss(
+    out: MLMOutput, baseline_id: int | None = None, norm: dict[str, float] | None = None
+) -> LossResult:
     assert out.targets is not None, "mlm_loss needs labels"
     logits = out.logits.float()  # (M, V)
     targets = out.targets  # (M,)
     if targets.numel() == 0:
-        return LossResult(
-            logits.sum() * 0.0, {"loss_sum": 0.0, "correct": 0.0, "count": 0.0, "baseline_correct": 0.0}
-        )
-    loss = F.cross_entropy(logits, targets)
+        empty = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+        if baseline_id is not None:
+            empty["baseline_correct"] = 0.0
+        return LossResult(logits.sum() * 0.0, empty)
+    n = float(targets.numel())
+    loss_sum = F.cross_entropy(logits, targets, reduction="sum")
+    loss = loss_sum / _denominator(norm, "count", n)
     with torch.no_grad():
-        n = float(targets.numel())
         sums = {
-            "loss_sum": loss.item() * n,
+            "loss_sum": loss_sum.item(),
             "correct": float((logits.argmax(-1) == targets).sum()),
             "count": n,
         }
-        sums["baseline_correct"] = float((targets == baseline_id).sum()) if baseline_id is not None else 0.0
+        if baseline_id is not None:
+            sums["baseline_correct"] = float((targets == baseline_id).sum())
     return LossResult(loss, sums)
 
 
 class Task:
+    """A family's training loss. Each loss term is a sum over its targets divided by a denominator: the step's
+    global target count of that term when the loop passes `norm` (fairseq / Megatron: every token of the global
+    batch weighs the same, whatever micro-batch or rank it lands in), else this micro-batch's own count."""
+
     name = ""
     keys: tuple[str, ...] = ()
+    mask_id: int | None = None
+    """The [MASK] id (the dataset's special token): MLM metrics split by position kind when set (see
+    `position_kind_sums`)."""
+
+    def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Targets per loss term in `batch`, read from the batch alone (before any forward); the keys of `norm`.
+        The same keys on every rank for the same data."""
+        raise NotImplementedError
 
     def __call__(
-        self, forward: Any, batch: dict[str, torch.Tensor], baseline_id: int | None = None
+        self,
+        forward: Any,
+        batch: dict[str, torch.Tensor],
+        baseline_id: int | None = None,
+        norm: dict[str, float] | None = None,
     ) -> LossResult:
         raise NotImplementedError
 
@@ -69,19 +96,31 @@ class MLMTask(Task):
     name = "mlm"
     keys = ("input_ids", "labels", "attention_mask", "token_type_ids")
 
+    def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """MLM: masked targets (labels != -100); SOP / NSP: sentences (one label per sequence)."""
+        out = {"count": float((batch["labels"] != -100).sum())}
+        if "sentence_label" in batch:
+            out["sentence_count"] = float(batch["sentence_label"].numel())
+        return out
+
     def __call__(
-        self, forward: Any, batch: dict[str, torch.Tensor], baseline_id: int | None = None
+        self,
+        forward: Any,
+        batch: dict[str, torch.Tensor],
+        baseline_id: int | None = None,
+        norm: dict[str, float] | None = None,
     ) -> LossResult:
         out = forward(**_inputs(batch, self.keys))
-        r = mlm_loss(out, baseline_id)
+        r = mlm_loss(out, baseline_id, norm)
+        r.sums.update(position_kind_sums(batch, out.logits, out.targets, self.mask_id, baseline_id))
         if out.sentence_logits is not None and "sentence_label" in batch:
             target = batch["sentence_label"]
-            sentence_loss = F.cross_entropy(out.sentence_logits.float(), target)
-            r.loss = r.loss + sentence_loss
+            n = float(target.numel())
+            sentence_sum = F.cross_entropy(out.sentence_logits.float(), target, reduction="sum")
+            r.loss = r.loss + sentence_sum / _denominator(norm, "sentence_count", n)
             with torch.no_grad():
-                n = float(target.numel())
                 r.sums.update(
-                    sentence_loss_sum=sentence_loss.item() * n,
+                    sentence_loss_sum=sentence_sum.item(),
                     sentence_count=n,
                     sentence_correct=float((out.sentence_logits.argmax(-1) == target).sum()),
                 )
@@ -101,6 +140,7 @@ class MLMTask(Task):
             out["sentence_loss"] = s["sentence_loss_sum"] / k
             out["sentence_accuracy"] = s["sentence_correct"] / k
             out["loss"] += out["sentence_loss"]
+        out.update(position_kind_metrics(s))
         return out
 
 
@@ -110,14 +150,34 @@ class ElectraTask(Task):
     name = "electra"
     keys = ("input_ids", "labels", "attention_mask", "token_type_ids")
 
+    def __init__(self, rtd_weight: float = 50.0) -> None:
+        self.rtd_weight = rtd_weight
+        """model.rtd_weight: the logged loss is gen_loss + rtd_weight x rtd_loss, as the model weighs them."""
+
+    def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Generator MLM: masked targets; RTD: every non-pad token (ELECTRA weighs its sigmoid loss by input_mask,
+        google-research/electra pretrain/pretrain_helpers.py + run_pretraining.py `_get_discriminator_output`)."""
+        mask = batch.get("attention_mask")
+        real = float(mask.sum()) if mask is not None else float(batch["input_ids"].numel())
+        return {"count": float((batch["labels"] != -100).sum()), "rtd_count": real}
+
     def __call__(
-        self, forward: Any, batch: dict[str, torch.Tensor], baseline_id: int | None = None
+        self,
+        forward: Any,
+        batch: dict[str, torch.Tensor],
+        baseline_id: int | None = None,
+        norm: dict[str, float] | None = None,
     ) -> LossResult:
         out = forward(**_inputs(batch, self.keys))
+        m = float(out.targets.numel())
+        real = out.real
+        n = float(real.sum())
+        loss = out.loss
+        if norm is not None:
+            # The model returns each term's mean over this micro-batch; mean x local count = the term's sum.
+            gen, rtd = out.gen_loss * (m / norm["count"]), out.rtd_loss * (n / norm["rtd_count"])
+            loss = gen + self.rtd_weight * rtd
         with torch.no_grad():
-            m = float(out.targets.numel())
-            real = out.real
-            n = float(real.sum())
             rtd_pred = (out.rtd_logits.float() > 0).float()
             sums = {
                 "loss_sum": out.loss.item(),
@@ -132,12 +192,14 @@ class ElectraTask(Task):
             }
             if baseline_id is not None:
                 sums["baseline_correct"] = float((out.targets == baseline_id).sum())
-        return LossResult(out.loss, sums)
+            sums.update(position_kind_sums(batch, out.gen_logits, out.targets, self.mask_id, baseline_id))
+        return LossResult(loss, sums)
 
     def summarize(self, s: dict[str, float]) -> dict[str, float]:
         m, n = max(s["count"], 1.0), max(s["rtd_count"], 1.0)
         out = {
-            "loss": s["loss_sum"] / max(s["steps"], 1.0),
+            # The true token means over everything summed (what the normalised loss trains on).
+            "loss": s["gen_loss_sum"] / m + self.rtd_weight * s["rtd_loss_sum"] / n,
             "gen_loss": s["gen_loss_sum"] / m,
             "rtd_loss": s["rtd_loss_sum"] / n,
             "mlm_accuracy": s["correct"] / m,
@@ -147,6 +209,7 @@ class ElectraTask(Task):
         }
         if "baseline_correct" in s:
             out["baseline_accuracy"] = s["baseline_correct"] / m
+        out.update(position_kind_metrics(s))
         return out
 
 
@@ -156,17 +219,28 @@ class Seq2SeqTask(Task):
     name = "seq2seq"
     keys = ("input_ids", "decoder_input_ids", "attention_mask")
 
+    def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Target tokens (labels != -100)."""
+        return {"count": float((batch["labels"] != -100).sum())}
+
     def __call__(
-        self, forward: Any, batch: dict[str, torch.Tensor], baseline_id: int | None = None
+        self,
+        forward: Any,
+        batch: dict[str, torch.Tensor],
+        baseline_id: int | None = None,
+        norm: dict[str, float] | None = None,
     ) -> LossResult:
         logits = forward(**_inputs(batch, self.keys)).logits.float()  # (B, T, V)
         labels = batch["labels"]  # (B, T)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        keep = labels != -100
+        n = float(keep.sum())
+        loss_sum = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        loss = loss_sum / _denominator(norm, "count", n)
         with torch.no_grad():
-            keep = labels != -100
-            n = float(keep.sum())
             sums = {
-                "loss_sum": loss.item() * n,
+                "loss_sum": loss_sum.item(),
                 "correct": float((logits.argmax(-1) == labels)[keep].sum()),
                 "count": n,
             }
@@ -177,11 +251,12 @@ class Seq2SeqTask(Task):
         return {"loss": s["loss_sum"] / n, "seq2seq_accuracy": s["correct"] / n, "target_tokens": s["count"]}
 
 
-def task_for(family: str) -> Task:
+def task_for(family: str, rtd_weight: float = 50.0) -> Task:
+    """The family's task; `rtd_weight` (model.rtd_weight) weighs ELECTRA's replaced-token detection loss."""
     if family in ("bert", "roberta", "albert"):
         return MLMTask()
     if family == "electra":
-        return ElectraTask()
+        return ElectraTask(rtd_weight)
     if family in ("t5", "bart"):
         return Seq2SeqTask()
     raise ValueError(f"no training task for model.family={family!r}")
@@ -196,3 +271,72 @@ COMPATIBLE = {
     "t5": ("t5",),
     "bart": ("bart",),
 }
+
+
+POSITION_KINDS = {"mask": "[MASK]", "random": "random", "kept": "unchanged"}
+"""The kinds of MLM target positions under BERT's 80/10/10 corruption (google-research/bert
+create_pretraining_data.py `create_masked_lm_predictions`): replaced by [MASK], by a random token, or left as is."""
+
+
+def position_kind_sums(
+    batch: dict[str, torch.Tensor],
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    mask_id: int | None,
+    baseline_id: int | None = None,
+) -> dict[str, float]:
+    """Sums per kind of target position, each next to its trivial baseline's, so that the figure that shows
+    learning (accuracy at [MASK] positions) is not hidden in the total.
+
+    `logits` (M, V) and `targets` (M,) are the model's at the labelled positions in row-major order (what
+    `modeling.encoder.select_labelled` returns). The kind is read from the input at each position: the [MASK] id ->
+    `mask`; the label itself -> `kept` (a random replacement that drew the original token counts here too: the
+    model cannot tell it apart); anything else -> `random`. Baselines (eval, where `baseline_id` is known): the
+    most frequent token at `mask` and `random` positions, copying the input at `kept` ones. The same keys on
+    every rank and batch (zeros where a kind is absent); nothing when `mask_id` is None.
+    """
+    if mask_id is None:
+        return {}
+    with torch.no_grad():
+        flat = batch["labels"].reshape(-1)
+        inputs = batch["input_ids"].reshape(-1)[flat != -100]  # (M,), aligned with targets
+        if inputs.shape != targets.shape:
+            raise ValueError(f"{inputs.numel()} labelled inputs but {targets.numel()} targets")
+        kinds = {"mask": inputs == mask_id, "kept": inputs == targets}
+        kinds["random"] = ~(kinds["mask"] | kinds["kept"])
+        correct: torch.Tensor = (
+            logits.argmax(-1).eq(targets) if targets.numel() else torch.zeros_like(targets, dtype=torch.bool)
+        )
+        token_loss = (
+            F.cross_entropy(logits.float(), targets, reduction="none") if baseline_id is not None else None
+        )
+        sums: dict[str, float] = {}
+        for kind, where in kinds.items():
+            sums[f"{kind}_count"] = float(where.sum())
+            sums[f"{kind}_correct"] = float(correct[where].sum())
+            if token_loss is not None and baseline_id is not None:
+                trivial = inputs.eq(targets) if kind == "kept" else targets.eq(baseline_id)
+                sums[f"{kind}_baseline_correct"] = float(trivial[where].sum())
+                sums[f"{kind}_loss_sum"] = float(token_loss[where].sum()) if targets.numel() else 0.0
+    return sums
+
+
+def position_kind_metrics(s: dict[str, float]) -> dict[str, float]:
+    """`<kind>_accuracy`, `<kind>_tokens` and (eval) `<kind>_loss`, `<kind>_baseline_accuracy` from summed
+    `position_kind_sums`; in eval also `baseline_accuracy` of the whole: the trivial predictor that copies the
+    input and predicts the most frequent token where the input is [MASK] (BERT's total, `mlm_accuracy`, counts
+    every selected position, so 80/10/10 corruption credits it with copying at the unchanged 10%)."""
+    if "mask_count" not in s:
+        return {}
+    out: dict[str, float] = {}
+    for kind in POSITION_KINDS:
+        n = s[f"{kind}_count"]
+        out[f"{kind}_tokens"] = n
+        out[f"{kind}_accuracy"] = s[f"{kind}_correct"] / max(n, 1.0)
+        if f"{kind}_baseline_correct" in s:
+            out[f"{kind}_baseline_accuracy"] = s[f"{kind}_baseline_correct"] / max(n, 1.0)
+            out[f"{kind}_loss"] = s[f"{kind}_loss_sum"] / max(n, 1.0)
+    if "mask_baseline_correct" in s:
+        total = max(s["mask_count"] + s["random_count"] + s["kept_count"], 1.0)
+        out["baseline_accuracy"] = (s["mask_baseline_correct"] + s["kept_baseline_correct"]) / total
+    return out
