@@ -200,8 +200,11 @@ def barrier() -> None:
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:
+    """Element-wise sum over ranks. NCCL reduces only CUDA tensors: the values travel on this rank's GPU there."""
     t = torch.tensor(values, dtype=torch.float64)
     if initialized():
+        if dist.get_backend() == "nccl":
+            t = t.to(torch.device("cuda", torch.cuda.current_device()))
         dist.all_reduce(t)
     return t.tolist()
 

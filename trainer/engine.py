@@ -3,9 +3,11 @@ wrapped (never patched) behind forward / backward / step / save / load."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import deepspeed
 import torch
 from torch import nn
 
+from . import checkpoint as ckpt
 from .config import RunConfig
 from .distributed import DistInfo
 from .optim import Schedule, build_optimizer, build_scheduler, param_groups
@@ -115,13 +118,22 @@ class Engine:
     """A DeepSpeed engine over `model` with the configured optimizer and schedule."""
 
     def __init__(
-        self, model: nn.Module, cfg: RunConfig, grad_accum: int, load_universal: bool = False
+        self,
+        model: nn.Module,
+        cfg: RunConfig,
+        grad_accum: int,
+        load_universal: bool = False,
+        schedule: tuple[int, int] | None = None,
     ) -> None:
+        """`schedule`: (max_steps, warmup_steps) of the lr schedule when they are not the config's (a resumed run
+        keeps the schedule it started with)."""
         self.cfg = cfg
         self.grad_accum = grad_accum
         self.ds_config = deepspeed_config(cfg, grad_accum, load_universal)
         optimizer = _optimizer(model, cfg)
-        scheduler = build_scheduler(optimizer, cfg.optimizer, cfg.trainer.max_steps)
+        steps, warmup = schedule or (cfg.trainer.max_steps, cfg.optimizer.warmup_steps)
+        opt_cfg = dataclasses.replace(cfg.optimizer, warmup_steps=warmup)
+        scheduler = build_scheduler(optimizer, opt_cfg, steps)
         self.gate = _Gate(optimizer, scheduler)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config
@@ -133,6 +145,14 @@ class Engine:
     @property
     def module(self) -> nn.Module:
         return self.engine.module
+
+    @property
+    def loss_multiplier(self) -> float:
+        """What DeepSpeed divides the gradients by: backward() scales the loss by 1/gradient_accumulation_steps,
+        and the gradient reduction (stage 0 allreduce_bucket, ZeRO 1/2 average_tensor, ZeRO 3 reduce-scatter)
+        divides by the data-parallel world size (deepspeed_config never changes that averaging). A loss divided by
+        (global count / loss_multiplier) therefore yields the gradient of sum / global count."""
+        return float(self.engine.gradient_accumulation_steps() * self.engine.dp_world_size)
 
     def train(self, mode: bool = True) -> None:
         self.engine.train(mode)
@@ -224,7 +244,8 @@ def _safe_globals() -> list[Any]:
 
 def check_checkpoint_file(path: str | Path) -> str | None:
     """Unpickle `path` with torch's weights-only loader and an allowlist of DeepSpeed's own classes; return why it
-    was refused (None = only tensors, containers and allowed classes: nothing in it can run code)."""
+    was refused (None = only tensors, containers and allowed classes: nothing in it can run code). A raw pickle (not
+    torch's zip format) is refused unread: DeepSpeed never writes one."""
     import pickle
 
     try:
@@ -236,9 +257,103 @@ def check_checkpoint_file(path: str | Path) -> str | None:
             (line.strip() for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0]
         )
         return f"it would import {culprit[:300]}"
-    except Exception as e:  # not a torch checkpoint at all: truncated or garbage
+    except Exception as e:  # not a torch checkpoint at all: a raw pickle, truncated or garbage
         return f"it is not a readable torch checkpoint: {str(e).splitlines()[0][:200]}"
     return None
+
+
+def verify_checkpoint(tag_dir: str | Path, trusted: bool, hashes: bool = True) -> dict[str, Any]:
+    """The one check every command that reads a checkpoint runs before anything unpickles it (`cloze train`'s
+    resume, universal ones included, `cloze export`, `cloze convert`): every file listed in checkpoint.json with its
+    size (and sha256), no file it does not list, and, unless `trusted`, every pickled file unpickled weights-only
+    (check_checkpoint_file), so that nothing in it can run code. `trusted` comes from the user's command line only
+    (`--trusted`, or `checkpoint.trusted=true` as a `cloze train` override), never from a file in the run or
+    checkpoint directory. Returns the checkpoint's metadata; CheckpointError naming the file it refused."""
+    return ckpt.verify(Path(tag_dir), hashes=hashes, check_file=None if trusted else check_checkpoint_file)
+
+
+def _saved_shapes(tag_dir: Path) -> dict[str, tuple[int, ...]] | None:
+    """Parameter name -> shape as DeepSpeed saved them (its `param_shapes`, else the full `module` state dict), read
+    weights-only; None when there is no model-states file to read them from."""
+    files = sorted(tag_dir.glob("*model_states.pt"))
+    if not files:
+        return None
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            states = torch.load(files[0], map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # trusted, with classes outside the allowlist: DeepSpeed's own load will judge
+        return None
+    shapes: dict[str, tuple[int, ...]] = {}
+    groups = states.get("param_shapes")
+    if groups:
+        for group in groups if isinstance(groups, list) else [groups]:
+            shapes.update({k: tuple(v) for k, v in group.items()})
+        return shapes
+    module = states.get("module") or {}
+    return {k: tuple(v.shape) for k, v in module.items() if isinstance(v, torch.Tensor)}
+
+
+def _config_diff(saved: dict[str, Any], cfg: RunConfig, section: str) -> list[str]:
+    """`section.key: A in the checkpoint, B now` for every setting of `section` that differs."""
+    now = cfg.to_dict().get(section, {})
+    old = saved.get("config", {}).get(section, {})
+    return [
+        f"{section}.{k}: {old[k]!r} in the checkpoint, {v!r} now"
+        for k, v in now.items()
+        if k in old and old[k] != v
+    ]
+
+
+def checkpoint_mismatch(
+    tag_dir: str | Path, meta: dict[str, Any], model: nn.Module, world_size: int, cfg: RunConfig
+) -> str | None:
+    """Why the verified checkpoint `tag_dir` cannot be loaded into `model` on `world_size` ranks, in words (the
+    mismatching parameter and both shapes; the saved and current rank layout with the way out, `cloze convert
+    --to-universal`); None when it fits. Runs before DeepSpeed's load, whose own errors are tracebacks."""
+    tag_dir = Path(tag_dir)
+    saved_state = meta.get("client_state", {})
+    shapes = _saved_shapes(tag_dir)
+    if shapes is not None:
+        ours = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        changed = [k for k in ours if k in shapes and shapes[k] != ours[k]]
+        missing = [k for k in ours if k not in shapes]
+        buffers = set(model.state_dict())  # a full `module` state dict also holds buffers and tied copies
+        extra = [k for k in shapes if k not in ours and k not in buffers]
+        if changed or missing or extra:
+            if changed:
+                k = changed[0]
+                what = f"parameter {k} has shape {shapes[k]} in the checkpoint but {ours[k]} in this model"
+                if len(changed) > 1:
+                    what += f" ({len(changed) - 1} more differ)"
+            elif missing:
+                what = f"the checkpoint has no parameter {missing[0]} ({len(missing)} missing in all)"
+            else:
+                what = f"the checkpoint has {extra[0]}, a parameter this model lacks ({len(extra)} in all)"
+            diff = _config_diff(saved_state, cfg, "model")
+            hint = f"; settings that differ: {', '.join(diff[:4])}" if diff else ""
+            return (
+                f"checkpoint {tag_dir} does not fit this model: {what}{hint}. Resume with the model settings it was "
+                "trained with, or train the new model in another run_dir"
+            )
+    if ckpt.is_universal(tag_dir.name):
+        return None  # DeepSpeed's universal format loads on any number of ranks
+    stage, precision = cfg.deepspeed.zero_stage, cfg.deepspeed.precision
+    wanted = ckpt.expected_rank_files(world_size, stage, precision)
+    have = list(meta.get("expected", wanted))
+    if sorted(have) == sorted(wanted):
+        return None
+    ranks = {int(m.group(1)) for f in have if (m := re.match(r".*zero_pp_rank_(\d+)_", f))}
+    old_ds = saved_state.get("config", {}).get("deepspeed", {})
+    saved = f"{max(ranks) + 1 if ranks else 1} rank(s)"
+    if old_ds:
+        saved += f", ZeRO stage {old_ds.get('zero_stage')}, {old_ds.get('precision')}"
+    run_dir = tag_dir.parent.parent
+    return (
+        f"checkpoint {tag_dir} was saved by {saved}; this run has {world_size} rank(s), ZeRO stage {stage}, "
+        f"{precision}, and needs {', '.join(wanted[:3])}{' ...' if len(wanted) > 3 else ''}. Convert it first: "
+        f"`cloze convert {run_dir} --to-universal` (a universal checkpoint loads on any number of ranks), then "
+        "rerun this command"
+    )
 
 
 def to_universal(tag_dir: str | Path, out_dir: str | Path) -> None:
