@@ -1,23 +1,34 @@
 """Resumable, rank- and worker-split streaming of a dataset's shards.
 
-The global sample order is a function of (seed, epoch, global sample index) alone:
+The global sample order is a function of (seed, global sample index) alone, whatever the batch size:
     epoch e visits the split's shards in the order permutation(seed, e), and the samples of shard s in the
-    order permutation(seed, e, s); the concatenation is the epoch's sequence g[0..N).
-Step t (global batch B) consumes g[t*B : (t+1)*B] (epoch e = t // (N // B); a partial last batch is dropped).
-Within a step the B samples are laid out as (accum, world, micro): rank r's a-th micro-batch of step t is
-    g[t*B + (a*W + r)*m : t*B + (a*W + r + 1)*m].
-So every sample of a step goes to exactly one rank, the position to restart from is the step number alone, and
-with B fixed a different world size (with matching accumulation) continues the same global sequence.
+    order permutation(seed, e, s); the concatenation is the epoch's sequence of all N samples, and the global
+    sequence g is epoch 0, epoch 1, ... back to back (global index i is position i % N of epoch i // N).
+A run that starts at global sample S (the checkpoint's `consumed_samples`; 0 for a fresh start) with global batch B
+consumes g[S + t*B : S + (t+1)*B] at its t-th step. Within a step the B samples are laid out as
+(accum, world, micro): rank r's a-th micro-batch of the run's step t is
+    g[S + t*B + (a*W + r)*m : S + t*B + (a*W + r + 1)*m].
+So every sample of a step goes to exactly one rank, and the position to restart from is the number of samples
+consumed: a resumed run may change the global batch (Megatron-style batch-size ramp-up), the world size or the
+accumulation and still read the same global sequence, with no sample repeated or skipped. Nothing is dropped at an
+epoch's end: a batch may straddle two epochs.
 
 Samples are read by seeking to their byte range, given by each shard's index file (<shard>.idx): a rank
-reads only its own samples' bytes, and resuming at any step costs nothing but the seek.
+reads only its own samples' bytes, and resuming at any sample costs nothing but the seek.
 DataLoader workers take micro-batches round-robin (worker k yields micro-batches k, k+n, ...), the order in
 which torch's DataLoader collects them, so the output order does not depend on the number of workers.
+
+Unreadable samples (truncated or corrupt shards, or failing ShardReader's integrity checks) are left out of their micro-batch and reported with it
+(`skipped_samples`: how many, `skip_error`: the first error); the stream never decides alone whether that is
+acceptable. The run has one budget (`data.skip_budget`) for all ranks, workers and resumed runs: the trainer sums
+the reports over ranks every step and checks them against a `SkipBudget`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import math
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,10 +42,58 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .manifest import Manifest, ShardEntry, read_manifest
 from .objectives import IGNORE
 from .sources import InputError
+from .tarshard import sample_crc
+
+
+class SampleCheck:
+    """What every sample of a dataset must look like, from its manifest alone: which members, their lengths
+    (seq_len, t5's target_len, bart's bounded growth), integer dtypes, and token ids inside the vocabulary (labels
+    may also be -100). A sample that passes cannot crash the model with an out-of-range id or a wrong shape."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        n, p = manifest.seq_len, manifest.objective_params
+        self.vocab = int(manifest.tokenizer["vocab_size"])
+        kind = manifest.packing.get("kind", "encoder")
+        # member -> (shortest, longest) length
+        self.lengths: dict[str, tuple[int, int]] = {"input_ids": (n, n)}
+        if manifest.objective != "tokens":
+            self.lengths["labels"] = (n, n)
+        if kind == "raw":  # t5: targets of exactly target_len
+            self.lengths["labels"] = (int(p.get("target_len", 0)) or 1, int(p.get("target_len", 0)) or 10**9)
+        elif kind == "bart":  # never cut: zero-length spans and insertion noise lengthen the input (bounded)
+            grown = math.ceil(n * (1 + float(p.get("mask_ratio", 1.0)))) + 1
+            self.lengths["input_ids"] = (n, math.ceil(grown * (1 + float(p.get("insert_ratio", 0.0)))) + 1)
+        if manifest.build.get("sentence_task"):
+            self.lengths["token_type_ids"] = (n, n)
+            self.lengths["sentence_label"] = (1, 1)
+
+    def problem(self, sample: dict[str, np.ndarray]) -> str:
+        """What is wrong with `sample` ("" when nothing is)."""
+        if set(sample) != set(self.lengths):
+            return f"members {sorted(sample)}, expected {sorted(self.lengths)}"
+        for key, (lo, hi) in self.lengths.items():
+            a = sample[key]
+            if a.dtype.kind not in "iu" or a.ndim != 1:
+                return f"{key} is a {a.dtype} array of shape {a.shape}, expected 1-D integers"
+            if not lo <= len(a) <= hi:
+                want = str(lo) if lo == hi else f"{lo}..{hi}"
+                return f"{key} has length {len(a)}, the manifest says {want} (seq_len {self.lengths['input_ids'][0]})"
+            top = 2 if key in ("token_type_ids", "sentence_label") else self.vocab
+            ok = (a >= 0) & (a < top)
+            if key == "labels":
+                ok |= a == IGNORE
+            if not ok.all():
+                return f"{key} holds {int(a[~ok][0])}, outside [0, {top})"
+        return ""
 
 
 class ShardReader:
-    """Random access to the samples of one split by (shard number, sample number in shard)."""
+    """Random access to the samples of one split by (shard number, sample number in shard).
+
+    Integrity is checked where the bytes are read, so its cost follows the samples a rank reads, not the size of
+    the dataset: a shard's index is checked against the manifest's index_sha256 when it is first opened, each
+    sample's bytes against the crc32 in the index (format version 2), and the decoded arrays against the
+    manifest (SampleCheck). Any failure is an InputError naming the shard file and the sample."""
 
     def __init__(self, directory: str | Path, manifest: Manifest, split: str) -> None:
         self.dir = Path(directory)
@@ -42,41 +101,60 @@ class ShardReader:
         if not self.shards:
             raise InputError(f"{self.dir / 'manifest.json'} lists no {split} shards; rebuild the dataset")
         self.counts = np.asarray([s.samples for s in self.shards], dtype=np.int64)
+        self.columns = 3 if manifest.version >= 2 else 2  # version 1 indexes have no crc32 column
+        self.check = SampleCheck(manifest)
         self._index: dict[int, np.ndarray] = {}
+        self._broken: dict[int, str] = {}
         self._files: dict[int, Any] = {}
 
     def __len__(self) -> int:
         return int(self.counts.sum())
 
     def _offsets(self, shard: int) -> np.ndarray:
+        if shard in self._broken:
+            raise InputError(self._broken[shard])
         if shard not in self._index:
             entry = self.shards[shard]
             path = self.dir / entry.index
             try:
-                idx = np.load(path)
+                raw = path.read_bytes()
+                idx = np.load(io.BytesIO(raw), allow_pickle=False)
             except (OSError, ValueError) as e:
-                raise InputError(
-                    f"index {path} is missing or unreadable ({e}); rebuild the dataset"
-                ) from None
-            if idx.shape != (entry.samples, 2):
-                raise InputError(f"index {path} has shape {idx.shape}, manifest says {entry.samples} samples")
+                self._broken[shard] = f"index {path} is missing or unreadable ({e}); rebuild the dataset"
+                raise InputError(self._broken[shard]) from None
+            if hashlib.sha256(raw).hexdigest() != entry.index_sha256:
+                self._broken[shard] = (
+                    f"index {path}: its sha256 differs from the manifest's (damaged, or taken from another "
+                    "dataset); rebuild the dataset or restore the file"
+                )
+            elif idx.shape != (entry.samples, self.columns) or idx.dtype != np.int64:
+                self._broken[shard] = (
+                    f"index {path} has shape {idx.shape}, the manifest says ({entry.samples}, {self.columns})"
+                )
+            if shard in self._broken:
+                raise InputError(self._broken[shard])
             self._index[shard] = idx
         return self._index[shard]
 
     def read(self, shard: int, i: int) -> dict[str, np.ndarray]:
-        start, end = self._offsets(shard)[i]
+        row = self._offsets(shard)[i]
+        start, end = int(row[0]), int(row[1])
+        name = self.dir / self.shards[shard].name
         f = self._files.get(shard)
         if f is None:
-            path = self.dir / self.shards[shard].name
             try:
-                f = self._files[shard] = open(path, "rb")  # noqa: SIM115 - kept open across reads, closed in close()
+                f = self._files[shard] = open(name, "rb")  # noqa: SIM115 - kept open across reads, closed in close()
             except OSError as e:
-                raise InputError(f"shard {path} cannot be opened ({e}); rebuild or restore it") from None
-        f.seek(int(start))
-        raw = f.read(int(end - start))
+                raise InputError(f"shard {name} cannot be opened ({e}); rebuild or restore it") from None
+        f.seek(start)
+        raw = f.read(end - start)
         if len(raw) != end - start:
+            raise InputError(f"shard {name} is truncated (sample {i}); rebuild it")
+        if self.columns == 3 and sample_crc(raw) != int(row[2]):
             raise InputError(
-                f"shard {self.dir / self.shards[shard].name} is truncated (sample {i}); rebuild it"
+                f"shard {name}, sample {i}: its bytes do not match the index's crc32 (damaged, or the shard was "
+                f"replaced by another dataset's); `cloze verify {self.dir}` lists the damaged shards: rebuild or "
+                "restore them"
             )
         out: dict[str, np.ndarray] = {}
         try:
@@ -87,10 +165,14 @@ class ShardReader:
                         continue
                     field = member.name.split(".", 1)[1].removesuffix(".npy")
                     out[field] = np.load(io.BytesIO(data.read()), allow_pickle=False)
-        except (tarfile.TarError, ValueError, IndexError) as e:
+        except (tarfile.TarError, ValueError, IndexError, EOFError) as e:
+            raise InputError(f"shard {name} is corrupt at sample {i} ({e})") from None
+        problem = self.check.problem(out)
+        if problem:
             raise InputError(
-                f"shard {self.dir / self.shards[shard].name} is corrupt at sample {i} ({e})"
-            ) from None
+                f"shard {name}, sample {i}: {problem}; the dataset does not match its manifest "
+                f"({self.dir / 'manifest.json'}): rebuild or restore the shard, or the manifest if it was edited"
+            )
         return out
 
     def close(self) -> None:
@@ -130,14 +212,21 @@ class EpochOrder:
 
 @dataclass
 class StreamSpec:
-    """Who reads what: the batch layout and the starting step."""
+    """Who reads what: the batch layout and where in the global sample sequence this run starts."""
 
     global_batch: int
+    """Samples per optimizer step over all ranks (B)."""
     micro_batch: int
+    """Samples per forward pass on one rank (m)."""
     world_size: int = 1
+    """Data-parallel ranks (W)."""
     rank: int = 0
-    start_step: int = 0
+    """This rank."""
+    start_sample: int = 0
+    """Global index of the first sample this run reads: the samples consumed before it (a checkpoint's
+    `consumed_samples`), whatever global batch they were consumed with."""
     seed: int = 0
+    """Seed of the shard and sample permutations."""
 
     @property
     def accum(self) -> int:
@@ -150,14 +239,44 @@ class StreamSpec:
             )
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} outside world size {self.world_size}")
+        if self.start_sample < 0:
+            raise ValueError(f"start sample {self.start_sample} is negative")
 
 
-def micro_batch_positions(spec: StreamSpec, j: int, steps_per_epoch: int) -> tuple[int, np.ndarray]:
-    """(epoch, positions in that epoch) of this rank's j-th micro-batch counted from step 0."""
+def micro_batch_indices(spec: StreamSpec, j: int) -> np.ndarray:
+    """Global sample indices of this rank's j-th micro-batch, counted from the run's first step (spec.start_sample)."""
     step, a = divmod(j, spec.accum)
-    epoch, step_in_epoch = divmod(step, steps_per_epoch)
-    first = step_in_epoch * spec.global_batch + (a * spec.world_size + spec.rank) * spec.micro_batch
-    return epoch, np.arange(first, first + spec.micro_batch)
+    first = (
+        spec.start_sample + step * spec.global_batch + (a * spec.world_size + spec.rank) * spec.micro_batch
+    )
+    return np.arange(first, first + spec.micro_batch, dtype=np.int64)
+
+
+class SkipBudgetExhausted(InputError):
+    """More unreadable samples were skipped over the run than `data.skip_budget` allows."""
+
+
+@dataclass
+class SkipBudget:
+    """One budget of unreadable samples for a whole run: every rank adds the step's total over all ranks and
+    workers (the same number everywhere, after the all-reduce), so every rank stops at the same step. The count
+    is saved with checkpoints and restored on resume."""
+
+    budget: int
+    """`data.skip_budget`: unreadable samples the run may skip in all."""
+    skipped: int = 0
+    """Samples skipped so far, over all ranks, workers and the runs this one resumes."""
+
+    def add(self, count: int, where: str = "", error: str = "") -> None:
+        """Count `count` more skipped samples; SkipBudgetExhausted once the total is above the budget."""
+        self.skipped += int(count)
+        if self.skipped > self.budget:
+            first = f"; first unreadable sample here: {error}" if error else ""
+            raise SkipBudgetExhausted(
+                f"{self.skipped} unreadable samples skipped{' ' + where if where else ''}, more than "
+                f"data.skip_budget={self.budget}{first}. Repair or rebuild the damaged shards (`cloze verify "
+                "DATA_DIR` names them), or raise data.skip_budget"
+            )
 
 
 @dataclass
@@ -234,7 +353,12 @@ class DynamicMasking:
 
 
 class TrainStream(IterableDataset):
-    """Endless stream of this rank's micro-batches, from `spec.start_step` on, in the global order."""
+    """Endless stream of this rank's micro-batches, from global sample `spec.start_sample` on, in the global order.
+    Each batch carries `skipped_samples` (unreadable samples left out of it, a 0-d tensor) and `skip_error`
+    (the first one's error, or ""); the caller counts them against its budget. A micro-batch none of whose samples
+    could be read holds only those two and `UNREADABLE_KEY` (the error to raise once the budget is checked)."""
+
+    UNREADABLE_KEY = "unreadable_batch"
 
     def __init__(
         self,
@@ -243,7 +367,6 @@ class TrainStream(IterableDataset):
         split: str = "train",
         objective: str = "",
         objective_options: dict[str, Any] | None = None,
-        skip_budget: int = 0,
     ) -> None:
         super().__init__()
         self.dir = Path(directory)
@@ -251,7 +374,6 @@ class TrainStream(IterableDataset):
         self.spec = spec
         self.split = split
         self.collate = collator_for(self.manifest)
-        self.skip_budget = skip_budget
         self.dynamic: DynamicMasking | None = None
         if self.manifest.objective == "tokens":
             self.dynamic = DynamicMasking(self.dir, self.manifest, objective or "mlm", objective_options)
@@ -262,8 +384,7 @@ class TrainStream(IterableDataset):
             )
         counts = np.asarray([s.samples for s in self.manifest.shards_of(split)], dtype=np.int64)
         self.num_samples = int(counts.sum())
-        self.steps_per_epoch = self.num_samples // spec.global_batch
-        if self.steps_per_epoch == 0:
+        if self.num_samples < spec.global_batch:
             raise InputError(
                 f"{self.dir}: the {split} split has {self.num_samples} samples, fewer than one global batch of "
                 f"{spec.global_batch}; lower trainer.global_batch_size or write more data"
@@ -274,35 +395,37 @@ class TrainStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         reader = ShardReader(self.dir, self.manifest, self.split)
         orders: dict[int, EpochOrder] = {}
-        j = self.spec.start_step * self.spec.accum + worker
-        skipped = 0  # this worker's; each worker may skip up to the budget divided among the workers
-        budget = self.skip_budget // workers + (worker < self.skip_budget % workers)
+        j = worker
         try:
             while True:
-                epoch, positions = micro_batch_positions(self.spec, j, self.steps_per_epoch)
-                if epoch not in orders:
-                    orders.clear()
-                    orders[epoch] = EpochOrder(reader.counts, self.spec.seed, epoch)
-                order = orders[epoch]
                 samples = []
-                for p in positions:
-                    shard, offset = order.locate(int(p))
+                skipped, first_error = 0, ""
+                for index in micro_batch_indices(self.spec, j):
+                    epoch, position = divmod(int(index), self.num_samples)
+                    if epoch not in orders:
+                        if len(orders) > 1:  # a micro-batch spans at most two epochs
+                            del orders[min(orders)]
+                        orders[epoch] = EpochOrder(reader.counts, self.spec.seed, epoch)
+                    shard, offset = orders[epoch].locate(position)
                     try:
                         sample = reader.read(shard, offset)
                     except InputError as e:
                         skipped += 1
-                        if skipped > budget:
-                            raise InputError(
-                                f"{e} (skip budget of {self.skip_budget} exhausted: data.skip_budget)"
-                            ) from None
+                        first_error = first_error or str(e)
                         continue
                     if self.dynamic is not None:
                         sample = self.dynamic(sample, self.spec.seed, epoch, shard, offset)
                     samples.append(sample)
-                if not samples:
-                    raise InputError(f"every sample of micro-batch {j} in {self.dir} is unreadable")
-                batch = self.collate(samples)
-                batch["skipped_samples"] = torch.tensor([worker, skipped])  # this worker's running count
+                batch: dict[str, Any] = {}
+                if samples:
+                    batch = dict(self.collate(samples))
+                else:  # reported, not raised: an exception in a DataLoader worker reaches the user as its traceback
+                    batch[self.UNREADABLE_KEY] = (
+                        f"every sample of micro-batch {j} in {self.dir} is unreadable ({first_error}); no skip "
+                        "budget covers a micro-batch with nothing to train on: repair or rebuild the shards"
+                    )
+                batch["skipped_samples"] = torch.tensor(skipped)
+                batch["skip_error"] = first_error
                 yield batch
                 j += workers
         finally:
@@ -310,11 +433,17 @@ class TrainStream(IterableDataset):
 
 
 class EvalStream(IterableDataset):
-    """A fixed slice of the validation split in file order: rank r takes micro-batches r, r+W, ...
+    """The validation split in file order, whole when `batches` allows: rank r takes micro-batches r, r+W, ...
 
-    Every rank gets the same number of batches (`batches`, capped by the split's size), as ZeRO-3's collective
-    forward passes require.
+    Covers the first `batches` x W micro-batches of the split; when that is the whole split, the last ones are
+    partial, so every sample is scored once (a held-out figure anyone can reproduce from the same shards). Every
+    rank yields the same number of batches, as ZeRO-3's collective forward passes require: a rank with no samples
+    left in the last round gets a batch marked `PADDING_KEY` (one real sample, to be run and not counted).
+    With `--objective tokens` shards the masks are fixed (seed 0, epoch 0), the same on any world size.
     """
+
+    PADDING_KEY = "eval_padding"
+    """Batch key: 1 on a batch that only keeps the ranks in step (its statistics must be dropped)."""
 
     def __init__(
         self,
@@ -336,13 +465,26 @@ class EvalStream(IterableDataset):
             if self.manifest.objective == "tokens"
             else None
         )
-        total = sum(s.samples for s in self.manifest.shards_of("valid"))
-        self.batches = min(batches, total // (micro_batch * world_size))
-        if self.batches == 0:
+        self.total = sum(s.samples for s in self.manifest.shards_of("valid"))
+        if self.total == 0:
             raise InputError(
-                f"{self.dir}: the valid split has {total} samples, fewer than one micro-batch per rank "
-                f"({micro_batch} x {world_size}); write more validation data or lower trainer.micro_batch_size"
+                f"{self.dir}: the valid split has no samples; write the dataset with validation data"
             )
+        if batches < 1:
+            raise InputError(f"trainer.eval_batches={batches}: set at least 1 (micro-batches per rank)")
+        per_round = micro_batch * world_size
+        needed = -(-self.total // per_round)  # rounds that cover the whole split
+        self.batches = min(batches, needed)
+        self.samples = self.total if self.batches == needed else self.batches * per_round
+        """How many validation samples one pass scores (all ranks together)."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether one pass scores the whole validation split."""
+        return self.samples == self.total
+
+    def __len__(self) -> int:
+        return self.batches
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         reader = ShardReader(self.dir, self.manifest, "valid")
@@ -350,14 +492,18 @@ class EvalStream(IterableDataset):
         try:
             for b in range(self.batches):
                 first = (b * self.world_size + self.rank) * self.micro_batch
+                positions = range(first, min(first + self.micro_batch, self.samples))
+                padding = len(positions) == 0
                 samples = []
-                for p in range(first, first + self.micro_batch):
+                for p in positions if not padding else range(1):
                     shard, offset = order.locate(p)
                     sample = reader.read(shard, offset)
                     if self.dynamic is not None:  # fixed masks for evaluation: epoch 0, seed 0
                         sample = self.dynamic(sample, 0, 0, shard, offset)
                     samples.append(sample)
-                yield self.collate(samples)
+                batch = self.collate(samples)
+                batch[self.PADDING_KEY] = torch.tensor(int(padding))
+                yield batch
         finally:
             reader.close()
 
@@ -369,9 +515,9 @@ def train_loader(
     prefetch: int = 4,
     objective: str = "",
     objective_options: dict[str, Any] | None = None,
-    skip_budget: int = 0,
 ) -> DataLoader:
-    ds = TrainStream(directory, spec, "train", objective, objective_options, skip_budget)
+    """This rank's training micro-batches (see TrainStream); skipped samples are reported, not budgeted here."""
+    ds = TrainStream(directory, spec, "train", objective, objective_options)
     kwargs: dict[str, Any] = (
         {"prefetch_factor": prefetch, "persistent_workers": False, "worker_init_fn": _ignore_stop_signals}
         if num_workers

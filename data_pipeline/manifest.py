@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+import threading
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,10 @@ from typing import Any
 from .sources import InputError
 
 FORMAT = "cloze-shards"
-VERSION = 1
+VERSION = 2
+"""Version 2 adds a crc32 per sample to each shard's index (a third column); version 1 datasets are still read,
+with a warning, without that check."""
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 
 
@@ -26,7 +32,8 @@ class ShardEntry:
     bytes: int
     sha256: str
     index: str
-    """File name of the shard's byte-offset index (<name>.idx, an int64 .npy of shape (samples, 2))."""
+    """File name of the shard's byte-offset index (<name>.idx, an int64 .npy of shape (samples, 3): start, end,
+    crc32 of the sample's bytes; (samples, 2) without the crc32 in version 1)."""
     index_sha256: str
 
 
@@ -58,17 +65,59 @@ class Manifest:
         head = {k: d.pop(k) for k in ("format", "version", "objective", "seq_len", "seed")}
         return {**head, **d}
 
+    def fingerprint(self) -> str:
+        """What identifies the dataset's contents (sha256 of its shards, indexes, tokenizer, objective, seq_len and
+        seed): saved with checkpoints, so resuming on another dataset is noticed. The same wherever it is stored."""
+        ident = {
+            "format": self.format,
+            "version": self.version,
+            "objective": self.objective,
+            "seq_len": self.seq_len,
+            "seed": self.seed,
+            "tokenizer": self.tokenizer.get("sha256", ""),
+            "objective_params": self.objective_params,
+            "shards": [[s.name, s.samples, s.sha256, s.index_sha256] for s in self.shards],
+        }
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
     def write(self, directory: str | Path) -> None:
         """Atomically: a temporary file renamed over manifest.json."""
         atomic_write(Path(directory) / MANIFEST, (json.dumps(self.to_dict(), indent=1) + "\n").encode())
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (/proc/self/status on Linux >= 4.7); elsewhere set and restored
+    under a lock, which other threads calling os.umask could still race with."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def chmod_as_open(path: Path) -> None:
+    """Give `path` the mode open() would have given it (0o666 less the umask): for a file a library wrote private
+    (safetensors writes 0o600 through a temporary file)."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write `path` through a temporary file of its own (unique name: several processes, e.g. the slices of an array
-    job, may write the same file at once), fsynced, then renamed over `path`: readers see the old or the new bytes."""
+    job, may write the same file at once), fsynced, then renamed over `path`: readers see the old or the new bytes.
+    The file gets the mode open() would give it (0o666 less the umask), not mkstemp's private 0o600: datasets and
+    exports on a shared cluster stay readable to whom the umask allows."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -78,9 +127,19 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+class LegacyFormatWarning(UserWarning):
+    """A dataset of an older shard-format version: readable, with fewer integrity checks."""
+
+
 def read_manifest(directory: str | Path) -> Manifest:
     d = Path(directory)
     path = d / MANIFEST
+    if d.is_file():
+        parent = f" (its directory {d.parent} may be the dataset)" if d.name == MANIFEST else ""
+        raise InputError(
+            f"dataset path {d} is a file, not a directory{parent}; point it at the directory written by "
+            "`cloze shards --out DIR` (the one holding manifest.json)"
+        )
     if not d.is_dir():
         raise InputError(f"dataset directory {d} does not exist; create it with `cloze shards --out {d} ...`")
     if not path.is_file():
@@ -94,9 +153,18 @@ def read_manifest(directory: str | Path) -> Manifest:
         raise InputError(f"{path} is not valid JSON ({e}); rerun `cloze shards --out {d} ...`") from None
     if raw.get("format") != FORMAT:
         raise InputError(f"{path}: format is {raw.get('format')!r}, expected {FORMAT!r}")
-    if raw.get("version") != VERSION:
+    if raw.get("version") not in READABLE_VERSIONS:
         raise InputError(
-            f"{path}: version {raw.get('version')} is not supported (this cloze reads {VERSION})"
+            f"{path}: version {raw.get('version')} is not supported (this cloze reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))})"
+        )
+    if raw["version"] < VERSION:
+        warnings.warn(
+            f"{d} is shard format version {raw['version']}: its index has no per-sample checksums, so damaged "
+            f"sample bytes may go unnoticed (token ids and shapes are still checked). Rewrite it as version "
+            f"{VERSION} by rerunning `cloze shards` with the same inputs and options into a new --out directory",
+            LegacyFormatWarning,
+            stacklevel=2,
         )
     try:
         raw["shards"] = [ShardEntry(**s) for s in raw["shards"]]

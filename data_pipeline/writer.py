@@ -141,7 +141,7 @@ def write_tar(
             tw.close()
             os.fsync(f.fileno())
         buf = io.BytesIO()
-        np.save(buf, np.asarray(tw.ranges, dtype=np.int64).reshape(-1, 2))
+        np.save(buf, tw.index())  # [start, end, crc32] per sample (docs/shard-format.md)
         current = idx_tmp
         idx_tmp.write_bytes(buf.getvalue())
     except OSError as e:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import os
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -43,7 +45,11 @@ class DataConfig:
     objective_options: dict[str, Any] = field(default_factory=dict)
     """Parameters of the on-the-fly objective, e.g. {rate: 0.15}."""
     skip_budget: int = 0
-    """Unreadable samples (truncated or corrupt shards) that may be skipped and counted before the run fails."""
+    """Unreadable samples (truncated or corrupt shards) the whole run may skip before it fails: one budget summed over
+    ranks, workers and resumed runs (saved with checkpoints)."""
+    allow_dataset_change: bool = False
+    """Resume on a dataset other than the one the checkpoint was trained on (its manifest fingerprint, saved in the
+    checkpoint, differs): an error unless this is true. The data position (samples consumed) carries over."""
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:
@@ -56,11 +62,12 @@ class DataConfig:
 
 @dataclass
 class OptimizerConfig:
-    """AdamW or LAMB with linear warmup then decay."""
+    """AdamW, LAMB or Adafactor, with a learning-rate schedule."""
 
     name: str = "adamw"
-    """Optimizer: 'adamw' (torch.optim.AdamW) or 'lamb' (DeepSpeed's FusedLamb on GPU, cloze's torch LAMB on CPU);
-    biases and norms get no weight decay."""
+    """Optimizer: 'adamw' (torch.optim.AdamW), 'lamb' (DeepSpeed's FusedLamb on GPU, cloze's torch LAMB on CPU) or
+    'adafactor' (torch.optim.Adafactor: factored second moments, no momentum, update clipping; T5's optimizer);
+    biases and norms get no weight decay. LAMB and Adafactor need deepspeed.zero_stage=0 and fp32/fp16."""
     lr: float = 1e-4
     """Peak learning rate, reached after warmup_steps."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
@@ -72,8 +79,10 @@ class OptimizerConfig:
     warmup_steps: int = 0
     """Steps of linear warmup from 0 to lr."""
     schedule: str = "linear"
-    """Decay after warmup: 'linear' or 'cosine' (to min_lr_ratio x lr at trainer.max_steps), 'inverse_sqrt', or
-    'constant'."""
+    """Decay after warmup: 'linear' or 'cosine' (to min_lr_ratio x lr at trainer.max_steps), 'inverse_sqrt'
+    (fairseq: linear warmup, then lr x sqrt(warmup_steps / step)), 'rsqrt' (T5's rsqrt_no_ramp_down: constant lr for
+    warmup_steps steps with no ramp, then lr x sqrt(warmup_steps / step); lr 1e-2 and 10000 give 1/sqrt(max(step,
+    10^4))), or 'constant'."""
     min_lr_ratio: float = 0.0
     """Final learning rate as a fraction of lr."""
     grad_clip: float = 1.0
@@ -81,13 +90,30 @@ class OptimizerConfig:
     fused: bool = True
     """torch's fused AdamW kernel (CPU and CUDA): one kernel for all parameters instead of a loop of ops (AdamW
     only)."""
+    decay_rate: float = 0.8
+    """Adafactor: the second-moment decay is 1 - step^-decay_rate (mesh-tensorflow adafactor_decay_rate_pow(0.8),
+    T5's default)."""
+    clip_threshold: float = 1.0
+    """Adafactor: the update is divided by max(1, RMS(update) / clip_threshold) (T5: 1.0)."""
 
     def __post_init__(self) -> None:
-        if self.name not in ("adamw", "lamb"):
-            raise ConfigError(f"optimizer.name={self.name!r} is not supported; use 'adamw' or 'lamb'")
-        if self.schedule not in ("linear", "cosine", "inverse_sqrt", "constant"):
+        if self.name not in ("adamw", "lamb", "adafactor"):
             raise ConfigError(
-                f"optimizer.schedule={self.schedule!r}: use 'linear', 'cosine', 'inverse_sqrt' or 'constant'"
+                f"optimizer.name={self.name!r} is not supported; use 'adamw', 'lamb' or 'adafactor'"
+            )
+        if self.schedule not in ("linear", "cosine", "inverse_sqrt", "rsqrt", "constant"):
+            raise ConfigError(
+                f"optimizer.schedule={self.schedule!r}: use 'linear', 'cosine', 'inverse_sqrt', 'rsqrt' or "
+                "'constant'"
+            )
+        if self.schedule == "rsqrt" and self.warmup_steps < 1:
+            raise ConfigError(
+                "optimizer.schedule=rsqrt needs optimizer.warmup_steps >= 1 (the constant phase; T5: 10000)"
+            )
+        if self.decay_rate <= 0 or self.clip_threshold <= 0:
+            raise ConfigError(
+                f"optimizer.decay_rate and optimizer.clip_threshold must be > 0, got {self.decay_rate} and "
+                f"{self.clip_threshold}"
             )
         if self.lr <= 0:
             raise ConfigError(f"optimizer.lr must be > 0, got {self.lr}")
@@ -152,6 +178,10 @@ class TrainerConfig:
     """Seed of initialisation, data order and dropout (dropout RNG is derived from (seed, step, rank))."""
     stop_after_steps: int = 0
     """Checkpoint and stop once this step is reached, as a preemption would (0 = run to max_steps)."""
+    extend_schedule: bool = False
+    """On resume with another max_steps (or optimizer.warmup_steps): stretch the learning-rate schedule to the new
+    values. By default the run keeps the schedule it started with (saved in its checkpoints), and steps past its
+    end train at the schedule's final learning rate."""
     max_nonfinite_steps: int = 5
     """A step whose loss is NaN/Inf on any rank, or whose gradient norm is (fp16 overflows aside), is skipped on
     every rank (no update, counted in train/skipped_steps); this many in a row stop the run with an error
@@ -195,7 +225,9 @@ class CheckpointConfig:
     resume: bool = True
     """Resume from the newest complete checkpoint in the run directory if there is one."""
     trusted: bool = False
-    """Skip the weights-only unpickling check of checkpoint files (only for checkpoints from a trusted source)."""
+    """Skip the weights-only unpickling check of checkpoint files (only for checkpoints from a trusted source).
+    Honoured only as a command-line override (`checkpoint.trusted=true`); a YAML file's value is ignored, and the
+    run directory's config.yaml always records false."""
 
     def __post_init__(self) -> None:
         if self.every_steps < 0:
@@ -265,6 +297,15 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         ds = self.deepspeed
+        if self.optimizer.name == "adafactor" and (ds.zero_stage != 0 or ds.precision == "bf16"):
+            # Adafactor factors each matrix's second moment into row and column statistics and scales by the
+            # tensor's RMS; the flat partitions of ZeRO and of DeepSpeed's bf16 optimizer have no rows or columns.
+            raise ConfigError(
+                f"optimizer.name=adafactor needs deepspeed.zero_stage=0 and precision fp32 or fp16 (got zero_stage="
+                f"{ds.zero_stage}, precision={ds.precision}): ZeRO and the bf16 optimizer flatten parameters into "
+                "partitions, which breaks Adafactor's factored (row x column) second moments; use zero_stage 0 "
+                "or optimizer.name=adamw"
+            )
         if self.optimizer.name == "lamb" and (ds.zero_stage != 0 or ds.precision == "bf16"):
             # LAMB's trust ratio is per tensor; ZeRO and DeepSpeed's bf16 optimizer hand the optimizer flat
             # partitions that cut across tensors, so the ratio would be computed over the wrong thing.
@@ -302,6 +343,27 @@ class RunConfig:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+    def to_yaml_absolute(self, base: str | Path | None = None) -> str:
+        """The YAML with every path (PATH_KEYS) absolute, resolved against `base` (default: the working directory):
+        what a run directory records, so it means the same read from anywhere. The config itself is unchanged."""
+        data = self.to_dict()
+        data["checkpoint"]["trusted"] = False  # trust is given per command, never recorded for later ones
+        root = Path(base) if base is not None else Path.cwd()
+        for dotted in PATH_KEYS:
+            *parents, leaf = dotted.split(".")
+            node = data
+            for key in parents:
+                node = node[key]
+            value = node[leaf]
+            # slurm.python may be a bare command found on PATH ("python3"): only paths with a directory part move.
+            if value and (leaf != "python" or "/" in value):
+                node[leaf] = os.path.abspath(root / Path(value).expanduser())  # keeps symbolic links
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+PATH_KEYS = ("run_dir", "data.path", "slurm.python")
+"""The config keys that hold filesystem paths (written absolute into a run directory's config.yaml)."""
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Loading: YAML -> dict -> (dotted overrides) -> typed dataclasses, checking every key and type on the way.
@@ -314,7 +376,17 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _check_value(value: Any, tp: Any, key: str, where: str) -> Any:
+def _origin_of(key: str, where: str, over: dict[str, str] | None) -> str:
+    """Where the value of `key` came from: the command-line override that set it (or a section above it), else
+    `where` (the YAML file)."""
+    for k, text in (over or {}).items():
+        if key == k or key.startswith(k + ".") or key.startswith(k + "["):
+            return f" (from the command-line override {text})"
+    return where
+
+
+def _check_value(value: Any, tp: Any, key: str, where: str, over: dict[str, str] | None = None) -> Any:
+    where = _origin_of(key, where, over)
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
@@ -326,14 +398,14 @@ def _check_value(value: Any, tp: Any, key: str, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _check_value(value, arg, key, where)
+                return _check_value(value, arg, key, where, over)
             except ConfigError:
                 continue
         raise ConfigError(f"{key}{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}{where}: expected a mapping of {tp.__name__} keys, got {value!r}")
-        return _from_dict(tp, value, key, where)
+        return _from_dict(tp, value, key, where, over)
     if origin is list:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}{where}: expected a list, got {type(value).__name__} {value!r}")
@@ -365,7 +437,9 @@ def _check_value(value: Any, tp: Any, key: str, where: str) -> Any:
     raise ConfigError(f"{key}{where}: unsupported field type {tp}")  # pragma: no cover - a bug in a dataclass
 
 
-def _from_dict(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
+def _from_dict(
+    cls: type, data: dict[str, Any], prefix: str, where: str, over: dict[str, str] | None = None
+) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
@@ -373,22 +447,36 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
             full = f"{prefix}.{key}" if prefix else key
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean {prefix + '.' if prefix else ''}{close[0]}?" if close else ""
-            raise ConfigError(f"unknown key {full}{where}{hint} (valid keys here: {', '.join(names)})")
+            if not close and prefix:  # the right key in another section, e.g. trainer.lr -> optimizer.lr
+                elsewhere = [
+                    f"{f.name}.{key}"
+                    for f in dataclasses.fields(RunConfig)
+                    if isinstance(f.default_factory, type)
+                    and dataclasses.is_dataclass(f.default_factory)
+                    and key in {g.name for g in dataclasses.fields(f.default_factory)}
+                ]
+                hint = f"; did you mean {elsewhere[0]}?" if elsewhere else ""
+            raise ConfigError(
+                f"unknown key {full}{_origin_of(full, where, over)}{hint} (valid keys here: {', '.join(names)})"
+            )
     values: dict[str, Any] = {}
     if cls is ModelConfig and data.get("preset"):
         preset = data["preset"]
         if preset not in PRESETS:
             raise ConfigError(
-                f"{prefix}.preset{where}: unknown preset {preset!r}; choose one of {sorted(PRESETS)}"
+                f"{prefix}.preset{_origin_of(f'{prefix}.preset', where, over)}: unknown preset {preset!r}; choose one of {sorted(PRESETS)}"
             )
         values.update(PRESETS[preset])
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else key
-        values[key] = _check_value(value, hints[key], full, where)
+        values[key] = _check_value(value, hints[key], full, where, over)
     try:
         return cls(**values)
     except (ConfigError, ModelConfigError) as e:
-        raise ConfigError(f"{e}{where}") from None
+        # a check across fields: blame the override whose key the message names, if one does
+        named = [k for k in (over or {}) if re.search(rf"(?<![\w.]){re.escape(k)}(?![\w])", str(e))]
+        origin = _origin_of(named[0], where, over) if named else where
+        raise ConfigError(f"{e}{origin}") from None
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -419,10 +507,22 @@ def parse_override(text: str) -> tuple[str, Any]:
 def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None, source: str = "") -> RunConfig:
     data = copy.deepcopy(data)
     where = f" (in {source})" if source else ""
+    section = data.get("checkpoint")
+    if isinstance(section, dict) and section.get("trusted"):
+        # A file may sit in the very run directory whose checkpoints are checked: trust is the command line's alone.
+        section["trusted"] = False
+        print(
+            f"cloze: note: checkpoint.trusted{where} is ignored: trust in a checkpoint is given on the command line "
+            "only (`cloze train ... checkpoint.trusted=true`, `cloze export/convert --trusted`)",
+            file=sys.stderr,
+            flush=True,
+        )
+    over: dict[str, str] = {}
     for text in overrides or []:
         key, value = parse_override(text)
         set_dotted(data, key, value)
-    return typing.cast(RunConfig, _from_dict(RunConfig, data, "", where))
+        over[key] = text
+    return typing.cast(RunConfig, _from_dict(RunConfig, data, "", where, over))
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -17,8 +17,10 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from data_pipeline.loader import EvalStream, ShardReader, StreamSpec, train_loader
+from data_pipeline.hf_tokenizer import save_run_tokenizer
+from data_pipeline.loader import EvalStream, ShardReader, SkipBudget, StreamSpec, TrainStream, train_loader
 from data_pipeline.manifest import Manifest, read_manifest
+from data_pipeline.sources import InputError
 from modeling import build_model
 from modeling.flops import peak_flops_for, train_flops_per_token
 
@@ -26,8 +28,8 @@ from . import checkpoint as ckpt
 from . import distributed as D
 from .callbacks import Callback, ConsoleCallback, ProgressCallback, TensorBoardCallback
 from .config import ConfigError, RunConfig
-from .engine import Engine, check_checkpoint_file, init_distributed
-from .losses import COMPATIBLE, task_for
+from .engine import Engine, checkpoint_mismatch, init_distributed, verify_checkpoint
+from .losses import COMPATIBLE, Task, task_for
 
 EXIT_REQUEUE = 75
 """Exit code of a run stopped by SIGUSR1/SIGTERM after saving its checkpoint (EX_TEMPFAIL): requeue me."""
@@ -151,15 +153,23 @@ def derived_seed(*parts: int) -> int:
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
-def most_frequent_label(data_dir: str, manifest: Manifest, samples: int = 2000) -> int:
-    """The token most often asked for in training labels: the accuracy baseline of a model that learned nothing."""
+def most_frequent_label(
+    data_dir: str, manifest: Manifest, samples: int = 2000, budget: SkipBudget | None = None
+) -> int:
+    """The token most often asked for in training labels: the accuracy baseline of a model that learned nothing.
+    Unreadable samples are left out and counted against `budget` (none: any one is an error)."""
     reader = ShardReader(data_dir, manifest, "train")
+    budget = budget if budget is not None else SkipBudget(0)
     special_end = max([*manifest.special_tokens.values(), *manifest.sentinel_ids]) + 1
     counts = np.zeros(manifest.tokenizer["vocab_size"], dtype=np.int64)
     n = 0
     for shard, entry in enumerate(reader.shards):
         for i in range(entry.samples):
-            sample = reader.read(shard, i)
+            try:
+                sample = reader.read(shard, i)
+            except InputError as e:
+                budget.add(1, "while scanning the training labels at start-up", str(e))
+                continue
             # Static shards: the labels asked for; on-the-fly shards: the ordinary input tokens.
             ids = (
                 sample["labels"]
@@ -173,6 +183,70 @@ def most_frequent_label(data_dir: str, manifest: Manifest, samples: int = 2000) 
                 return int(counts.argmax())
     reader.close()
     return int(counts.argmax())
+
+
+def loss_normalizers(
+    task: Task, micro_batches: list[dict[str, torch.Tensor]], multiplier: float
+) -> dict[str, float]:
+    """Each loss term's denominator for this step: its target count over every micro-batch of every rank (one
+    all-reduce), divided by `multiplier` (Engine.loss_multiplier, what DeepSpeed divides the gradients by). After
+    DeepSpeed's 1/grad_accum and 1/world averaging the gradient is sum(token losses) / global count, as in fairseq
+    and Megatron: a token weighs the same whichever micro-batch or rank it lands in."""
+    local: dict[str, float] = {}
+    for mb in micro_batches:
+        for k, v in task.counts(mb).items():
+            local[k] = local.get(k, 0.0) + v
+    keys = sorted(local)
+    totals = D.all_reduce_sum([local[k] for k in keys])
+    return {k: max(v, 1.0) / multiplier for k, v in zip(keys, totals)}
+
+
+def saved_schedule(state: dict[str, Any]) -> list[int] | None:
+    """(max_steps, warmup_steps) of the lr schedule a checkpoint was trained with: saved under `schedule`, or, in
+    checkpoints from before it was, the config saved with them."""
+    if "schedule" in state:
+        return [int(state["schedule"]["max_steps"]), int(state["schedule"]["warmup_steps"])]
+    try:
+        config = state["config"]
+        return [int(config["trainer"]["max_steps"]), int(config["optimizer"]["warmup_steps"])]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def run_schedule(cfg: RunConfig, saved: list[int] | None) -> tuple[tuple[int, int], str]:
+    """The (max_steps, warmup_steps) the lr schedule follows, and what to tell the user about it: a resumed run keeps
+    the schedule it was trained with unless trainer.extend_schedule says to stretch it to the config's values."""
+    ours = (cfg.trainer.max_steps, cfg.optimizer.warmup_steps)
+    if saved is None or tuple(saved) == ours:
+        return ours, ""
+    was = f"max_steps={saved[0]}, warmup_steps={saved[1]}"
+    now = f"max_steps={ours[0]}, warmup_steps={ours[1]}"
+    if cfg.trainer.extend_schedule:
+        return ours, f"learning-rate schedule: stretched from the run's {was} to {now} (extend_schedule)"
+    past = f"; steps after {saved[0]} train at its final learning rate" if ours[0] > saved[0] else ""
+    return (saved[0], saved[1]), (
+        f"learning-rate schedule: keeping the run's {was} (the config says {now}){past}. Set "
+        "trainer.extend_schedule=true to stretch the schedule to the config's values"
+    )
+
+
+def dataset_change(tag_dir: Path, state: dict[str, Any], manifest: Manifest, cfg: RunConfig) -> str:
+    """Empty when the checkpoint was trained on this dataset (or does not say which); a note when it was not and
+    data.allow_dataset_change allows that; otherwise CheckpointError."""
+    saved = state.get("dataset_fingerprint")
+    ours = manifest.fingerprint()
+    if not saved or saved == ours:
+        return ""
+    if cfg.data.allow_dataset_change:
+        return (
+            f"data.allow_dataset_change: resuming on {cfg.data.path} (dataset {ours}), not the dataset the "
+            f"checkpoint was trained on ({saved}); the data position carries over"
+        )
+    raise ckpt.CheckpointError(
+        f"checkpoint {tag_dir} was trained on another dataset (fingerprint {saved}) than data.path={cfg.data.path} "
+        f"(fingerprint {ours}: its shards, tokenizer, objective, seq_len or seed differ). Point data.path at the "
+        "run's dataset, or set data.allow_dataset_change=true to continue on this one"
+    )
 
 
 def prepare(cfg: RunConfig, world_size: int) -> tuple[int, Manifest]:
@@ -206,6 +280,7 @@ def prepare(cfg: RunConfig, world_size: int) -> tuple[int, Manifest]:
     )  # the data decides: pairs need the head
     cfg.model.pad_token_id = manifest.special_tokens["pad"]
     cfg.model.eos_token_id = manifest.special_tokens["eos"]
+    cfg.model.bos_token_id = manifest.special_tokens.get("bos", cfg.model.bos_token_id)
     if family == "roberta":
         cfg.model.position_offset = cfg.model.pad_token_id + 1  # RoBERTa's positions start after the pad id
     cfg.trainer.grad_accum = grad_accum
@@ -220,7 +295,9 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
     run_dir = Path(cfg.run_dir)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        # The run directory stands alone: absolute paths, and a copy of the tokenizer the shards were written with.
+        (run_dir / "config.yaml").write_text(cfg.to_yaml_absolute())
+        save_run_tokenizer(cfg.data.path, manifest, run_dir)
     D.barrier()
 
     t = cfg.trainer
@@ -232,30 +309,69 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
     tag: str | None = None
     if cfg.checkpoint.resume:
         # Rank 0 finds and verifies; every rank gets the verdict, so a bad checkpoint stops all of them at once.
-        verdict: tuple[str | None, str | None] = (None, None)
+        # The data position comes from checkpoint.json, which a universal conversion carries over as well.
+        verdict: tuple[str | None, str | None, dict[str, Any]] = (None, None, {})
         if info.is_main:
             try:
                 found = ckpt.find_resume(ckpt_root)
                 if found is not None:
-                    checker = None if cfg.checkpoint.trusted else check_checkpoint_file
-                    ckpt.verify(ckpt_root / found, hashes=cfg.checkpoint.verify_hashes, check_file=checker)
-                verdict = (found, None)
+                    meta = verify_checkpoint(
+                        ckpt_root / found, cfg.checkpoint.trusted, cfg.checkpoint.verify_hashes
+                    )
+                    # Another world size or model shape: named here, not by DeepSpeed's or torch's traceback.
+                    mismatch = checkpoint_mismatch(ckpt_root / found, meta, model, info.world_size, cfg)
+                    if mismatch is not None:
+                        raise ckpt.CheckpointError(mismatch)
+                    saved = meta.get("client_state", {})
+                    position = {k: saved[k] for k in ("consumed_samples", "skipped_samples") if k in saved}
+                    position["schedule"] = saved_schedule(saved)
+                    position["dataset_change"] = dataset_change(ckpt_root / found, saved, manifest, cfg)
+                    verdict = (found, None, position)
             except ckpt.CheckpointError as e:
-                verdict = (None, str(e))
-        tag, error = cast(tuple[str | None, str | None], D.broadcast_object(verdict))
+                verdict = (None, str(e), {})
+        tag, error, position = cast(
+            tuple[str | None, str | None, dict[str, Any]], D.broadcast_object(verdict)
+        )
         if error is not None:
             raise ckpt.CheckpointError(error)
     # A universal checkpoint (cloze convert --to-universal) loads on any world size; DeepSpeed is told at build time.
-    engine = Engine(model, cfg, grad_accum, load_universal=tag is not None and ckpt.is_universal(tag))
+    schedule, schedule_note = run_schedule(cfg, position.get("schedule") if tag is not None else None)
+    engine = Engine(
+        model, cfg, grad_accum, load_universal=tag is not None and ckpt.is_universal(tag), schedule=schedule
+    )
     if info.is_main:
         engine.write_config(run_dir)
     skipped_steps = 0
+    # The step drives the schedule; the data position is the number of samples consumed, which differs from
+    # step x global batch once the global batch changes between runs (batch-size ramp-up).
+    consumed = 0
+    skips = SkipBudget(cfg.data.skip_budget)  # one budget for the whole run: all ranks, workers and resumes
     if tag is not None:
         state = engine.load(ckpt_root, str(tag))
         step = int(state.get("step", ckpt.step_of(tag)))
         skipped_steps = int(state.get("cloze_skipped_steps", 0))
+        consumed = int(
+            position.get("consumed_samples", state.get("consumed_samples", step * t.global_batch_size))
+        )
+        skips.skipped = int(position.get("skipped_samples", state.get("skipped_samples", 0)))
         if info.is_main:
-            print(f"resumed from {ckpt_root / str(tag)} at step {step}", flush=True)
+            print(
+                f"resumed from {ckpt_root / str(tag)} at step {step}, global sample {consumed} "
+                f"({skips.skipped} unreadable samples skipped so far)",
+                flush=True,
+            )
+            for note in (position.get("dataset_change"), schedule_note):
+                if note:
+                    print(note, flush=True)
+        if step > t.max_steps:
+            if info.is_main:
+                print(
+                    f"the checkpoint is at step {step}, past trainer.max_steps={t.max_steps}: nothing to train. "
+                    f"To train on, raise trainer.max_steps above {step} (trainer.extend_schedule=true stretches "
+                    "the learning-rate schedule to it)",
+                    flush=True,
+                )
+            return FitResult(step=step, run_dir=str(run_dir))
     expected = ckpt.expected_rank_files(info.world_size, cfg.deepspeed.zero_stage, cfg.deepspeed.precision)
 
     callbacks: list[Callback] = list(extra_callbacks or [])
@@ -267,13 +383,15 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
             callbacks.append(ProgressCallback(t.max_steps, step))
 
     # Accuracy of always predicting the most frequent label token: what "learned something" is measured against.
-    baseline_id = most_frequent_label(cfg.data.path, manifest) if not cfg.model.is_seq2seq else None
-    spec = StreamSpec(t.global_batch_size, t.micro_batch_size, info.world_size, info.rank, step, t.seed)
+    # Unreadable samples met by this scan count against the budget (not saved: a resumed run scans them again).
+    scan_budget = SkipBudget(skips.budget, skips.skipped)
+    baseline_id = (
+        most_frequent_label(cfg.data.path, manifest, budget=scan_budget) if not cfg.model.is_seq2seq else None
+    )
+    spec = StreamSpec(t.global_batch_size, t.micro_batch_size, info.world_size, info.rank, consumed, t.seed)
     d = cfg.data
     batches = iter(
-        train_loader(
-            d.path, spec, d.num_workers, d.prefetch_factor, d.objective, d.objective_options, d.skip_budget
-        )
+        train_loader(d.path, spec, d.num_workers, d.prefetch_factor, d.objective, d.objective_options)
     )
     atexit.register(_kill_workers, batches)
     eval_stream = EvalStream(
@@ -290,8 +408,11 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
         t0 = time.perf_counter()
         state = {
             "step": at,
-            "consumed_samples": at * t.global_batch_size,
+            "consumed_samples": consumed,  # the data position: where the next run's loader starts
+            "skipped_samples": skips.skipped,  # unreadable samples skipped so far, against data.skip_budget
             "cloze_skipped_steps": skipped_steps,  # DeepSpeed's own state has a "skipped_steps"
+            "schedule": {"max_steps": schedule[0], "warmup_steps": schedule[1]},  # what the lr follows
+            "dataset_fingerprint": manifest.fingerprint(),  # resuming on another dataset is an error
             "config": cfg.to_dict(),
         }
         watchdog.beat(f"saving the checkpoint of step {at}")
@@ -300,7 +421,8 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
         for cb in callbacks:
             cb.on_checkpoint(at, time.perf_counter() - t0, str(path))
 
-    task = task_for(cfg.model.family)
+    task = task_for(cfg.model.family, cfg.model.rtd_weight)
+    task.mask_id = manifest.special_tokens.get("mask")  # MLM metrics split by [MASK] / random / unchanged
 
     def reduce(sums: dict[str, float]) -> dict[str, float]:
         """Sum every rank's statistics (the same keys, in the same order, on every rank)."""
@@ -313,11 +435,16 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
         with torch.no_grad():
             for i, batch in enumerate(eval_stream):
                 watchdog.beat(f"evaluation at step {at}, batch {i}")
+                # A padding batch only keeps this rank's forward passes in step with the others': not counted.
+                weight = 0.0 if int(batch.pop(EvalStream.PADDING_KEY, 0)) else 1.0
                 r = task(engine.forward, engine.to_device(batch), baseline_id)
                 for k, v in r.sums.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                    sums[k] = sums.get(k, 0.0) + weight * v
         engine.train(True)
         m = task.summarize(reduce(sums))
+        # Which part of the held-out split this is: the whole of it unless trainer.eval_batches caps it.
+        m["eval_samples"] = float(eval_stream.samples)
+        m["eval_split_samples"] = float(eval_stream.total)
         for cb in callbacks:
             cb.on_eval(at, m)
         return m
@@ -338,7 +465,6 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
     peak = cfg.deepspeed.peak_tflops * 1e12 or (
         peak_flops_for(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
     )
-    skipped_by_worker: dict[int, float] = {}
     stop = StopFlag()
     watchdog = Watchdog(cfg.deepspeed.timeout_minutes * 60, info.rank)
     inject_nan, inject_hang = _injected(NAN_ENV, info.rank), _injected(HANG_ENV, info.rank)
@@ -352,14 +478,27 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
         data_wait = 0.0
         sums: dict[str, float] = {}
         nonfinite = False
-        for micro in range(grad_accum):
+        # The step's micro-batches first: the loss is normalised by the global target count (loss_normalizers).
+        t_data = time.perf_counter()
+        micro_batches = [next(batches) for _ in range(grad_accum)]
+        data_wait += time.perf_counter() - t_data
+        skipped_here, skip_error = 0, ""  # unreadable samples left out of this rank's micro-batches
+        for mb in micro_batches:
+            skipped_here += int(mb.pop("skipped_samples"))
+            error = cast(str, mb.pop("skip_error"))
+            skip_error = skip_error or error
+        # A micro-batch with nothing to train on: the budget's error if it is spent, else the stream's own.
+        empty = TrainStream.UNREADABLE_KEY
+        unreadable = [str(mb[empty]) for mb in micro_batches if empty in mb]
+        if unreadable:
+            where = f"on rank {info.rank} by step {step + 1}"
+            SkipBudget(skips.budget, skips.skipped).add(skipped_here, where, skip_error)
+            raise InputError(unreadable[0])
+        norm = loss_normalizers(task, micro_batches, engine.loss_multiplier)
+        for micro, mb in enumerate(micro_batches):
             torch.manual_seed(derived_seed(t.seed, step, info.rank, micro))
-            t_data = time.perf_counter()
-            b = engine.to_device(next(batches))
-            data_wait += time.perf_counter() - t_data
-            worker, count = b.pop("skipped_samples").tolist()
-            skipped_by_worker[int(worker)] = float(count)
-            r = task(engine.forward, b)
+            b = engine.to_device(mb)
+            r = task(engine.forward, b, norm=norm)
             if inject_nan and inject_nan[0] <= step + 1 <= inject_nan[1]:
                 r.loss = r.loss * float("nan")
             if inject_nan_grad and inject_nan_grad[0] <= step + 1 <= inject_nan_grad[1]:
@@ -370,12 +509,15 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
                 sums[k] = sums.get(k, 0.0) + v
             if micro < grad_accum - 1:
                 engine.step()
-        sums["skipped_samples"] = sum(skipped_by_worker.values())
+        sums["skipped_samples"] = float(skipped_here)
         sums["stop_requested"] = float(stop.signum != 0)
         sums["nonfinite_ranks"] = float(nonfinite)
         # One all-reduce before the optimizer step: metrics, whether any rank was told to stop, and whether any
         # rank's loss was NaN/Inf (then every rank skips this step).
         totals = reduce(sums)
+        # Every rank adds the same all-ranks total, so every rank stops at the same step, before its update.
+        skips.add(round(totals["skipped_samples"]), f"by step {step + 1} over all ranks", skip_error)
+        consumed += t.global_batch_size
         bad = totals["nonfinite_ranks"] > 0
         skipped = engine.step(apply=not bad)
         skipped_steps += skipped
@@ -416,9 +558,9 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
             "data_wait_s": data_wait,
             "compute_s": dt - data_wait,
             "memory_gib": memory_gib(),
-            "consumed_samples": step * t.global_batch_size,
-            "consumed_tokens": step * tokens_per_step,
-            "skipped_samples": totals["skipped_samples"],
+            "consumed_samples": consumed,
+            "consumed_tokens": consumed * manifest.seq_len,
+            "skipped_samples": skips.skipped,
         }
         for cb in callbacks:
             cb.on_step(step, metrics)
