@@ -31,6 +31,7 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
         sources=SourceOptions(
             format=args.format, text_mode=args.text_mode, field=args.field, column=args.column
         ),
+        progress=lambda line: print(line, flush=True),
     )
     print(
         f"tokenizer: {args.out}/tokenizer.model  vocab {info.vocab_size}  specials {info.special_tokens.to_dict()}  "
@@ -82,13 +83,21 @@ def _cmd_shards(args: argparse.Namespace) -> int:
     bars: list[Any] = []  # shown once the job has run 2 s (so quick failures print only their error)
     started = time.perf_counter()
 
+    last: dict[str, float] = {}
+
     def progress(p: dict[str, float]) -> None:
+        last.update(p)
         if not bars:
             if time.perf_counter() - started < 2.0:
                 return
-            bars.append(tqdm(desc="documents", unit="doc", disable=args.quiet))
+            # the bar's own rate would count documents of reused blocks: the postfix has this run's rates
+            fmt = "{desc}: {n_fmt} [{elapsed}{postfix}]"
+            bars.append(tqdm(desc="documents", unit="doc", disable=args.quiet, bar_format=fmt))
         bars[0].n = int(p["documents"])
-        bars[0].set_postfix(docs_s=f"{p['docs_per_s']:.0f}", tok_s=f"{p['tokens_per_s']:.0f}", refresh=False)
+        post = {"docs_s": f"{p['docs_per_s']:.0f}", "tok_s": f"{p['tokens_per_s']:.0f}"}
+        if p.get("reused_blocks"):
+            post["reused_blocks"] = f"{p['reused_blocks']:.0f}"
+        bars[0].set_postfix(post, refresh=False)
         bars[0].refresh()
 
     try:
@@ -105,6 +114,11 @@ def _cmd_shards(args: argparse.Namespace) -> int:
     finally:
         for bar in bars:
             bar.close()
+    if last.get("reused_blocks"):
+        print(
+            f"shards: reused {last['reused_blocks']:.0f} block(s) ({last['reused_documents']:.0f} documents) written "
+            f"by an earlier run; wrote {last['written_blocks']:.0f} block(s) now"
+        )
     if m is None:
         print(
             f"shards: slice {args.slice} of {args.num_slices} written to {args.out}; "
@@ -154,8 +168,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from data_pipeline.inspect import inspect_dataset
+    from data_pipeline.inspect import format_stats, inspect_dataset
 
+    if args.stats:
+        print(format_stats(args.dir, split=args.split, max_samples=args.max_samples))
+        return 0
     print(inspect_dataset(args.dir, n=args.n, split=args.split))
     return 0
 
@@ -164,7 +181,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from trainer.config import load_config
     from trainer.loop import EXIT_REQUEUE, fit
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = args.overrides + (["checkpoint.trusted=true"] if args.trusted else [])
+    cfg = load_config(args.config, overrides)
     result = fit(cfg)
     if result.stopped_early:
         print(f"run directory: {result.run_dir}  (stopped at step {result.step})", flush=True)
@@ -226,6 +244,17 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     else:
         print(f"submitted job {sub.job_id}")
         print(f"job log: {sub.run_dir}/slurm/job-{sub.job_id}.log  (rank logs under {sub.run_dir}/logs/)")
+    if args.eval_tasks:
+        from data_pipeline.tasks import load_task
+        from launch.slurm.submit import submit_evaluate
+
+        for t in args.eval_tasks:
+            if not t.startswith("builtin:"):
+                load_task(t)  # a bad task directory fails now, not after training
+        ev = submit_evaluate(sub.run_dir, args.eval_tasks, cfg.slurm, sub.job_id, args.dry_run)
+        print(f"evaluation sbatch script: {ev.script}")
+        if ev.job_id is not None:
+            print(f"submitted evaluation job {ev.job_id} (afterok:{sub.job_id})")
     print(f"run directory: {sub.run_dir}")
     print(f"monitor: tensorboard --logdir {sub.run_dir}/tensorboard")
     return 0
@@ -280,28 +309,102 @@ def _add_slurm_flags(p: argparse.ArgumentParser) -> None:
 def _cmd_export(args: argparse.Namespace) -> int:
     from launch.export import export_run
 
-    for path in export_run(args.run_dir, args.out, args.tag):
-        print(f"export: {path} (transformers: from_pretrained('{path}'))")
+    for path in export_run(
+        args.run_dir, args.out, args.tag, tokenizer=not args.no_tokenizer, trusted=args.trusted
+    ):
+        what = "model" if args.no_tokenizer else "model + tokenizer"
+        print(f"export: {path} ({what}; transformers: from_pretrained('{path}'))")
     return 0
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from trainer import checkpoint as ckpt
-    from trainer.engine import to_universal
+    from trainer.engine import to_universal, verify_checkpoint
 
     root = Path(args.run_dir) / "checkpoints"
     tag = args.tag or ckpt.find_resume(root)
     if not tag:
         raise ckpt.CheckpointError(f"{root} holds no complete checkpoint to convert")
-    new = ckpt.convert_to_universal(root, tag, to_universal)
+    new = ckpt.convert_to_universal(root, tag, to_universal, lambda p: verify_checkpoint(p, args.trusted))
     print(f"convert: {root / new} (universal: resume on any number of ranks; `latest` now names it)")
     return 0
+
+
+def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from data_pipeline.sources import InputError
+
+    try:
+        lr = [float(x) for x in args.lr.split(",")] if args.lr else None
+    except ValueError:
+        raise InputError(
+            f"--lr {args.lr!r}: give learning rates separated by commas, e.g. 1e-4,3e-4"
+        ) from None
+    return dict(
+        lr=lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        warmup_ratio=args.warmup_ratio,
+        max_len=args.max_len,
+        seeds=args.seeds,
+    )
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from launch.downstream import run_finetune
+
+    out = args.out or str(Path("finetune") / Path(args.task[0]).name.replace("builtin:", ""))
+    run_finetune(
+        args.checkpoint,
+        args.task,
+        out,
+        _recipe_overrides(args),
+        tag=args.tag,
+        trusted=args.trusted,
+        random_init=args.random_init,
+    )
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from data_pipeline.sources import InputError
+    from launch.downstream import compare, evaluate_run
+
+    if args.compare:
+        print(compare(args.runs, args.chart or "downstream-compare.png"))
+        return 0
+    if len(args.runs) != 1 or not args.tasks:
+        raise InputError(
+            "usage: cloze evaluate RUN_DIR --tasks TASK [TASK ...] (or --compare RUN_A RUN_B ...)"
+        )
+    evaluate_run(
+        args.runs[0], args.tasks, args.every_checkpoint, _recipe_overrides(args), trusted=args.trusted
+    )
+    return 0
+
+
+def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("recipe (defaults per task type: docs/downstream.md)")
+    g.add_argument("--seeds", type=int, help="fine-tuning runs per learning rate (seeds 0..N-1; default 3)")
+    g.add_argument("--lr", help="learning-rate grid, comma-separated, e.g. 1e-4,3e-4")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", dest="batch_size", type=int)
+    g.add_argument("--warmup-ratio", dest="warmup_ratio", type=float)
+    g.add_argument("--max-len", dest="max_len", type=int, help="tokens per example, framing included")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from launch.demo import run_demo
 
     return run_demo(args.out, nproc=args.nproc, steps=args.steps)
+
+
+def _add_trusted_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trusted",
+        action="store_true",
+        help="skip the weights-only unpickling check of the checkpoint's files (only for checkpoints from a source "
+        "you trust: unpickling can run code). Trust is never read from the run or checkpoint directory",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -390,6 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("dir")
     i.add_argument("--n", type=int, default=3)
     i.add_argument("--split", default="train")
+    i.add_argument(
+        "--stats",
+        action="store_true",
+        help="measure the corruption (rate, 80/10/10 split, mean span length) against the reference values",
+    )
+    i.add_argument("--max-samples", type=int, default=0, help="--stats: measure the first N samples (0: all)")
     i.set_defaults(fn=_cmd_inspect)
 
     tr = sub.add_parser("train", help="pretrain from a YAML config (+ key=value overrides)")
@@ -397,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "overrides", nargs="*", help="dotted overrides, e.g. optimizer.lr=3e-4 trainer.max_steps=100"
     )
+    _add_trusted_flag(tr)
     tr.set_defaults(fn=_cmd_train)
 
     sb = sub.add_parser(
@@ -404,6 +514,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sb.add_argument("config")
     sb.add_argument("overrides", nargs="*", help="dotted overrides, as for `cloze train`")
+    sb.add_argument(
+        "--eval-tasks",
+        dest="eval_tasks",
+        nargs="+",
+        default=[],
+        help="after training, a dependent job (afterok) runs `cloze evaluate RUN_DIR --every-checkpoint` on these",
+    )
     _add_slurm_flags(sb)
     sb.set_defaults(fn=_cmd_submit)
 
@@ -424,12 +541,20 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("run_dir")
     cv.add_argument("--to-universal", action="store_true", required=True)
     cv.add_argument("--tag", default="", help="checkpoint tag (default: the one `latest` names)")
+    _add_trusted_flag(cv)
     cv.set_defaults(fn=_cmd_convert)
 
     ex = sub.add_parser("export", help="write a run's checkpoint in Hugging Face transformers format")
     ex.add_argument("run_dir")
     ex.add_argument("--out", required=True)
     ex.add_argument("--tag", default="", help="checkpoint tag (default: the one `latest` names)")
+    _add_trusted_flag(ex)
+    ex.add_argument(
+        "--no-tokenizer",
+        dest="no_tokenizer",
+        action="store_true",
+        help="export the model alone (without it, a run whose tokenizer cannot be found is an error)",
+    )
     ex.set_defaults(fn=_cmd_export)
 
     d = sub.add_parser(
@@ -439,6 +564,38 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--nproc", type=int, default=2)
     d.add_argument("--steps", type=int, default=0, help="override trainer.max_steps (0 = the config's)")
     d.set_defaults(fn=_cmd_demo)
+
+    ft = sub.add_parser(
+        "finetune", help="fine-tune and score a checkpoint on a downstream task (GLUE layout or builtin:NAME)"
+    )
+    ft.add_argument("checkpoint", help="a run directory (with --tag), RUN_DIR/checkpoints/TAG, or an export")
+    ft.add_argument(
+        "--task", nargs="+", required=True, help="task directories (task.yaml + train/dev) or builtin:NAME"
+    )
+    ft.add_argument("--out", default="", help="where results.json goes (default: finetune/TASK)")
+    ft.add_argument("--tag", default="", help="checkpoint tag (default: the one `latest` names)")
+    ft.add_argument(
+        "--random-init", dest="random_init", action="store_true", help="the same architecture, not pretrained"
+    )
+    _add_recipe_flags(ft)
+    _add_trusted_flag(ft)
+    ft.set_defaults(fn=_cmd_finetune)
+
+    ev = sub.add_parser(
+        "evaluate", help="downstream scores of a run's checkpoints into its TensorBoard; --compare runs"
+    )
+    ev.add_argument("runs", nargs="+", help="RUN_DIR (or several with --compare)")
+    ev.add_argument("--tasks", nargs="+", default=[], help="task directories or builtin:NAME")
+    ev.add_argument(
+        "--every-checkpoint", dest="every_checkpoint", action="store_true", help="every complete checkpoint"
+    )
+    ev.add_argument("--compare", action="store_true", help="table + PNG chart of the runs' scores and losses")
+    ev.add_argument(
+        "--chart", default="", help="--compare: the PNG to write (default downstream-compare.png)"
+    )
+    _add_recipe_flags(ev)
+    _add_trusted_flag(ev)
+    ev.set_defaults(fn=_cmd_evaluate)
     return p
 
 
@@ -472,8 +629,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         ExportError,
         SubmitError,
     ) as e:
-        print(f"cloze {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return _report_error(args.command, e, isinstance(e, InputError | ConfigError | ObjectiveError))
+
+
+QUIET_RANK_WAIT_S = 20.0
+"""How long a rank other than 0 waits, silent, for the launcher to stop it after an error every rank shares."""
+
+
+def _launch_rank() -> tuple[int, int]:
+    """(rank, world size) from the launcher's environment (torchrun, SLURM, Open MPI, MPICH); (0, 1) alone."""
+    for rank_key, world_key in (
+        ("RANK", "WORLD_SIZE"),
+        ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+        ("PMI_RANK", "PMI_SIZE"),
+        ("SLURM_PROCID", "SLURM_NTASKS"),
+    ):
+        try:
+            return int(os.environ[rank_key]), int(os.environ[world_key])
+        except (KeyError, ValueError):
+            continue
+    return 0, 1
+
+
+def _report_error(command: str, e: Exception, same_on_every_rank: bool) -> int:
+    """Print a user error once: under a launcher, an error every rank meets alike (a bad config or input) is
+    printed by rank 0 alone, first; the other ranks wait quietly to be stopped by the launcher when rank 0 exits
+    (torchrun stops the others on the first failure), and print it themselves only if nobody stops them."""
+    import signal
+
+    rank, world = _launch_rank()
+    if world > 1 and rank != 0 and same_on_every_rank:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the launcher's stop ends this rank at once
+        deadline = time.monotonic() + QUIET_RANK_WAIT_S
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+    where = f" (rank {rank})" if world > 1 and rank != 0 else ""
+    print(f"cloze {command}: error{where}: {e}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -118,6 +118,28 @@ def submit_pretrain(config_path: str, cfg: RunConfig, overrides: list[str], dry_
     return Submitted(job, script, run_dir)
 
 
+def submit_evaluate(
+    run_dir: Path, tasks: list[str], s: SlurmConfig, after: str | None, dry_run: bool
+) -> Submitted:
+    """Render <run_dir>/slurm/evaluate.sbatch (`cloze evaluate RUN_DIR --every-checkpoint --tasks ...`, one process)
+    and submit it with afterok on the pretraining job `after`: one job after training scores every checkpoint the
+    run kept and writes downstream/* into the run's TensorBoard at each checkpoint's step."""
+    values = _common(s, gpus=False)  # fine-tuning runs in one process on the CPU (trainer/finetune.py)
+    # a task directory is passed as the nodes will see it; builtin:NAME as is
+    values.update(
+        run_dir=shlex.quote(str(run_dir)),
+        tasks=" ".join(shlex.quote(t if t.startswith("builtin:") else _absolute(t)) for t in tasks),
+    )
+    script = run_dir / "slurm" / "evaluate.sbatch"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(render("evaluate.sbatch", values))
+    script.chmod(0o755)
+    if dry_run or after is None:
+        return Submitted(None, script, run_dir)
+    job = sbatch(script, f"--dependency=afterok:{after}", "--kill-on-invalid-dep=yes")
+    return Submitted(job, script, run_dir)
+
+
 def submit_shards(
     shards_args: list[str], slices: int, s: SlurmConfig, script_dir: str, dry_run: bool
 ) -> tuple[str | None, str | None, Path]:
