@@ -543,3 +543,17 @@ def test_bart_insertion_shards_are_longer_and_collate(tmp_path, corpus_file, tok
     batch = Collator(pad, True, eos)(ss)
     assert batch["input_ids"].shape[1] == max(len(s["input_ids"]) for s in ss)
     assert batch["labels"].shape == (8, 128)
+    # The trainer refuses a model whose positions cannot hold the grown input (not an index error mid-run).
+    from trainer.config import ConfigError, RunConfig
+    from trainer.loop import prepare
+
+    def config(max_positions: int) -> RunConfig:
+        cfg = RunConfig()
+        cfg.data.path = str(d)
+        cfg.model.family, cfg.model.max_position_embeddings = "bart", max_positions
+        cfg.trainer.global_batch_size, cfg.trainer.micro_batch_size = 2, 1
+        return cfg
+
+    with pytest.raises(ConfigError, match="max_position_embeddings"):
+        prepare(config(130), world_size=2)
+    prepare(config(128 + math.ceil(128 * 0.2)), world_size=2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
+import math
 import os
 import signal
 import sys
@@ -264,6 +265,8 @@ def prepare(cfg: RunConfig, world_size: int) -> tuple[int, Manifest]:
             f"({cfg.data.path}/manifest.json); set model.vocab_size=0 to take it from the dataset"
         )
     longest = max(manifest.seq_len, int(manifest.objective_params.get("target_len", 0)))
+    # BART's insertion noise lengthens the input past seq_len (fairseq add_insertion_noise): ceil(n x ratio) more.
+    longest += math.ceil(manifest.seq_len * float(manifest.objective_params.get("insert_ratio", 0.0) or 0.0))
     if cfg.model.family != "t5" and longest > cfg.model.max_position_embeddings:
         raise ConfigError(
             f"the dataset's sequences ({longest} tokens) exceed model.max_position_embeddings="
