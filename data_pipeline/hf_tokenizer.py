@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from .manifest import Manifest, atomic_write
-from .objectives import Vocab
 from .packing import packer_for
 from .sources import InputError
 from .tokenizer import MODEL_FILE, SpecialIds, sha256_file
@@ -116,17 +115,7 @@ def framing_ids(framing: str, special: SpecialIds) -> tuple[list[int], list[int]
     """(before A, between A and B, after the last text) in ids, read off cloze's packer for `framing`: its prefix,
     its document separator, and its suffix (else the separator; else EOS, which the T5 objective appends to every
     input after the raw packing's separator-less stream)."""
-    vocab = Vocab(
-        size=max(special.all()) + 1,
-        pad=special.pad,
-        cls=special.cls,
-        sep=special.sep,
-        mask=special.mask,
-        bos=special.bos,
-        eos=special.eos,
-        special_ids=special.all(),
-        sentinel_ids=[],
-    )
+    vocab = special.vocab(max(special.all()) + 1, [])
     try:
         packer = packer_for(framing, 64, vocab)
     except ValueError:

@@ -318,14 +318,8 @@ def iter_parquet_file(path: str, stats: SourceStats, column: str) -> Iterator[li
         ) from None
 
 
-def stdlib_docstrings() -> Iterator[list[str]]:
-    """Docstrings of the Python standard library (modules, classes, functions), in a fixed order.
-
-    Real English technical prose present on every machine with Python; test suites and private packages are
-    skipped. Each docstring is one document, each non-empty line a sentence-ish unit.
-    """
-    root = Path(sysconfig.get_paths()["stdlib"])
-    skip = {
+STDLIB_SKIP_DIRS = frozenset(
+    {
         "site-packages",
         "dist-packages",
         "test",
@@ -335,8 +329,19 @@ def stdlib_docstrings() -> Iterator[list[str]]:
         "lib2to3",
         "turtledemo",
     }
+)
+"""Standard-library folders whose docstrings are left out: test suites, installed and private packages."""
+
+
+def stdlib_docstring_nodes() -> Iterator[tuple[tuple[str, ...], ast.AST, list[str]]]:
+    """(the file's folder below the stdlib root as path parts, the module/class/function node, the docstring's
+    stripped non-empty lines) of every docstring of 40 characters or more, in a fixed order (sorted folders and
+    files, `ast.walk` order within a file). Shared by the pretraining corpus (`stdlib_docstrings`) and the
+    downstream tasks built from it (data_pipeline/tasks.py)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in skip and not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if d not in STDLIB_SKIP_DIRS and not d.startswith("."))
+        rel = Path(dirpath).relative_to(root).parts
         for fn in sorted(filenames):
             if not fn.endswith(".py"):
                 continue
@@ -348,9 +353,18 @@ def stdlib_docstrings() -> Iterator[list[str]]:
                 if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
                     doc = ast.get_docstring(node)
                     if doc and len(doc) >= 40:
-                        lines = [ln.strip() for ln in doc.splitlines() if ln.strip()]
-                        if lines:
-                            yield lines
+                        yield rel, node, [ln.strip() for ln in doc.splitlines() if ln.strip()]
+
+
+def stdlib_docstrings() -> Iterator[list[str]]:
+    """Docstrings of the Python standard library (modules, classes, functions), in a fixed order.
+
+    Real English technical prose present on every machine with Python; test suites and private packages are
+    skipped. Each docstring is one document, each non-empty line a sentence-ish unit.
+    """
+    for _, _, lines in stdlib_docstring_nodes():
+        if lines:
+            yield lines
 
 
 def iter_documents(

@@ -29,12 +29,9 @@ This module imports nothing from modeling/ or trainer/; the encoding of a text i
 
 from __future__ import annotations
 
-import ast
 import csv
 import json
 import math
-import os
-import sysconfig
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -44,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from .sources import InputError
+from .sources import InputError, stdlib_docstring_nodes
 
 TASK_TYPES = ("classification", "regression", "pseudo_perplexity", "seq2seq_loss")
 METRICS = {
@@ -268,42 +265,15 @@ def load_task(name: str) -> Task:
 
 # ---- built-in tasks ---------------------------------------------------------------------------------------------
 
-SKIP_DIRS = {
-    "site-packages",
-    "dist-packages",
-    "test",
-    "tests",
-    "idlelib",
-    "__pycache__",
-    "lib2to3",
-    "turtledemo",
-}
-"""As data_pipeline/sources.py `stdlib_docstrings` (the pretraining corpus) skips."""
-
 
 @lru_cache(maxsize=1)
 def _docstrings() -> list[tuple[str, str, list[str]]]:
     """(top-level package or '' for a top-level module, node kind, lines) of every stdlib docstring, in the order
     of data_pipeline/sources.py `stdlib_docstrings` (parsed once per process)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
     out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
-        rel = Path(dirpath).relative_to(root).parts
-        for fn in sorted(filenames):
-            if not fn.endswith(".py"):
-                continue
-            try:
-                tree = ast.parse(Path(dirpath, fn).read_text(encoding="utf-8"))
-            except (SyntaxError, UnicodeDecodeError, OSError):
-                continue
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-                    doc = ast.get_docstring(node)
-                    if doc and len(doc) >= 40:
-                        lines = [ln.strip() for ln in doc.splitlines() if ln.strip()]
-                        kind = {"Module": "module", "ClassDef": "class"}.get(type(node).__name__, "function")
-                        out.append((rel[0] if rel else "", kind, lines))
+    for rel, node, lines in stdlib_docstring_nodes():
+        kind = {"Module": "module", "ClassDef": "class"}.get(type(node).__name__, "function")
+        out.append((rel[0] if rel else "", kind, lines))
     return out
 
 

@@ -57,6 +57,22 @@ class SpecialIds:
     def all(self) -> list[int]:
         return list(asdict(self).values())
 
+    def vocab(self, size: int, sentinel_ids: list[int], word_start: np.ndarray | None = None) -> Vocab:
+        """The objectives' view (data_pipeline/objectives.py `Vocab`) of a `size`-piece vocabulary with these
+        special ids and `sentinel_ids`; `word_start` (size,) bool is needed by whole-word masking only."""
+        return Vocab(
+            size=size,
+            pad=self.pad,
+            cls=self.cls,
+            sep=self.sep,
+            mask=self.mask,
+            bos=self.bos,
+            eos=self.eos,
+            special_ids=self.all(),
+            sentinel_ids=sentinel_ids,
+            word_start=word_start,
+        )
+
 
 @dataclass
 class TokenizerInfo:
@@ -277,19 +293,7 @@ def vocab_of(tok: Tokenizer) -> Vocab:
     word_start = np.asarray(
         [sp.id_to_piece(i).startswith("\u2581") for i in range(tok.vocab_size)], dtype=bool
     )
-    s = tok.special
-    return Vocab(
-        size=tok.vocab_size,
-        pad=s.pad,
-        cls=s.cls,
-        sep=s.sep,
-        mask=s.mask,
-        bos=s.bos,
-        eos=s.eos,
-        special_ids=s.all(),
-        sentinel_ids=tok.info.sentinel_ids,
-        word_start=word_start,
-    )
+    return tok.special.vocab(tok.vocab_size, tok.info.sentinel_ids, word_start)
 
 
 class Tokenizer:

@@ -8,8 +8,12 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from modeling.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,6 +84,40 @@ def read_scalars(logdir: str | Path, tag: str) -> dict[int, float]:
             if e.step not in out or e.wall_time >= out[e.step][0]:
                 out[e.step] = (e.wall_time, e.value)
     return {s: v for s, (_, v) in sorted(out.items())}
+
+
+def tiny_model_config(**kw: Any) -> ModelConfig:
+    """A ModelConfig small enough for a CPU unit test (vocab 101, hidden 32, 2 layers, 4 heads, FFN 64, 64
+    positions, no dropout); `kw` sets or overrides any field (family, sizes, family-specific options)."""
+    from modeling.config import ModelConfig
+
+    base: dict[str, Any] = dict(
+        vocab_size=101,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
+    return ModelConfig(**{**base, **kw})
+
+
+def write_stdlib_corpus(path: Path, documents: int, per_document: int = 1) -> Path:
+    """The first `documents` docstrings of the built-in corpus as a text file at `path`: `per_document` docstrings
+    to a document (one line a sentence), documents separated by blank lines. Returns `path`."""
+    from data_pipeline.sources import SourceStats, iter_documents
+
+    grouped: list[list[str]] = []
+    for i, doc in enumerate(iter_documents(["builtin:stdlib-docs"], SourceStats())):
+        if i == documents:
+            break
+        if i % per_document == 0:
+            grouped.append([])
+        grouped[-1].append("\n".join(doc))
+    path.write_text("\n\n".join("\n".join(g) for g in grouped) + "\n")
+    return path
 
 
 @pytest.fixture(scope="session")

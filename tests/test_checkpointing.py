@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from modeling import ModelConfig, build_model
+from tests.conftest import tiny_model_config
 
 V = 151
 FAMILIES = {
@@ -19,17 +20,8 @@ FAMILIES = {
 
 
 def cfg(family: str, **kw) -> ModelConfig:
-    base = dict(
-        vocab_size=V,
-        hidden_size=32,
-        num_layers=4,
-        num_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        hidden_dropout=0.1,
-        attention_dropout=0.1,
-    )
-    return ModelConfig(**{**base, **FAMILIES[family], **kw})
+    base = dict(vocab_size=V, num_layers=4, hidden_dropout=0.1, attention_dropout=0.1)
+    return tiny_model_config(**{**base, **FAMILIES[family], **kw})
 
 
 def loss_of(model: torch.nn.Module, family: str) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 from data_pipeline.hf_tokenizer import save_hf_tokenizer
 from modeling import ModelConfig, build_model
 from modeling.hf import CLASSES, export_hf, hf_model, import_hf
+from tests.conftest import tiny_model_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -25,20 +26,7 @@ ENCODERS = {
 
 
 def cfg_of(**kw) -> ModelConfig:
-    base = dict(
-        vocab_size=V,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        pad_token_id=0,
-        eos_token_id=3,
-    )
-    base.update(kw)
-    return ModelConfig(**base)
+    return tiny_model_config(**{"vocab_size": V, "pad_token_id": 0, "eos_token_id": 3, **kw})
 
 
 def batch(B: int = 3, T: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

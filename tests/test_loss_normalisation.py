@@ -22,7 +22,7 @@ from modeling.config import ModelConfig
 from trainer.loop import loss_normalizers
 from trainer.losses import task_for
 
-from .conftest import ROOT, cloze_env
+from .conftest import ROOT, cloze_env, tiny_model_config
 
 V, T = 40, 12
 MASKED = [1, 7, 3, 10]
@@ -30,24 +30,14 @@ MASKED = [1, 7, 3, 10]
 
 
 def _model_cfg(family: str) -> ModelConfig:
-    common: dict[str, Any] = dict(
-        family=family,
-        vocab_size=V,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-    )
+    common: dict[str, Any] = dict(family=family, vocab_size=V, num_heads=2, max_position_embeddings=32)
     if family == "bert":
         common["sentence_head"] = True
     if family == "t5":
         common.update(d_kv=16, initializer_range=1.0, tie_word_embeddings=False, activation="gelu_tanh")
     if family == "electra":
         common["generator_fraction"] = 0.5
-    return ModelConfig(**common)
+    return tiny_model_config(**common)
 
 
 def global_batch(family: str) -> dict[str, torch.Tensor]:

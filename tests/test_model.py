@@ -11,23 +11,9 @@ import torch.nn.functional as F
 
 from modeling import ModelConfig, build_model
 from modeling.flops import param_count
+from tests.conftest import tiny_model_config as tiny
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def tiny(**kw) -> ModelConfig:
-    base = dict(
-        vocab_size=101,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-    )
-    base.update(kw)
-    return ModelConfig(**base)
 
 
 def batch(cfg: ModelConfig, B: int = 3, T: int = 16, seed: int = 0):

@@ -13,19 +13,13 @@ from data_pipeline.objectives import IGNORE, t5_reconstruct
 from data_pipeline.sources import SourceStats, iter_documents
 from data_pipeline.tokenizer import Tokenizer
 from data_pipeline.writer import ShardOptions, write_shards
+from tests.conftest import write_stdlib_corpus
 
 
 @pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first 2000 stdlib docstrings as a text file (documents separated by blank lines)."""
-    p = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    docs = []
-    for i, doc in enumerate(iter_documents(["builtin:stdlib-docs"], SourceStats())):
-        if i == 2000:
-            break
-        docs.append("\n".join(doc))
-    p.write_text("\n\n".join(docs) + "\n")
-    return p
+    return write_stdlib_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt", 2000)
 
 
 def build(tmp: Path, corpus: Path, tok: Path, objective: str, seq_len: int = 128, **options) -> Path:

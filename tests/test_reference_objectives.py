@@ -40,8 +40,8 @@ from data_pipeline.objectives import (
     t5_raw_length,
 )
 from data_pipeline.packing import pack_block, packer_for
-from data_pipeline.sources import SourceStats, iter_documents
 from data_pipeline.writer import ShardOptions, write_shards
+from tests.conftest import write_stdlib_corpus
 
 MASK = 6
 
@@ -393,30 +393,14 @@ def test_electra_generator_input_is_85_15_0() -> None:
 
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    p = tmp_path_factory.mktemp("refcorpus") / "corpus.txt"
-    docs = []
-    for i, doc in enumerate(iter_documents(["builtin:stdlib-docs"], SourceStats())):
-        if i == 3000:
-            break
-        docs.append("\n".join(doc))
-    p.write_text("\n\n".join(docs) + "\n")
-    return p
+    return write_stdlib_corpus(tmp_path_factory.mktemp("refcorpus") / "corpus.txt", 3000)
 
 
 @pytest.fixture(scope="module")
 def long_corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same docstrings grouped 25 to a document: SpanBERT's sequences hold no document boundary, and with
     long documents a [SEP] (which a cloze span never crosses) is rare."""
-    p = tmp_path_factory.mktemp("refcorpus") / "long.txt"
-    docs: list[str] = []
-    for i, doc in enumerate(iter_documents(["builtin:stdlib-docs"], SourceStats())):
-        if i == 3000:
-            break
-        if i % 25 == 0:
-            docs.append("")
-        docs[-1] += "\n".join(doc) + "\n"
-    p.write_text("\n\n".join(d.strip("\n") for d in docs) + "\n")
-    return p
+    return write_stdlib_corpus(tmp_path_factory.mktemp("refcorpus") / "long.txt", 3000, per_document=25)
 
 
 def _build(tmp: Path, corpus: Path, tok: Path, objective: str, dupe: int = 1, **options) -> Path:

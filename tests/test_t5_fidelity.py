@@ -13,6 +13,7 @@ import torch
 from modeling import ModelConfig, ModelConfigError, build_model
 from modeling.config import T5_ACTIVATIONS
 from modeling.hf import ExportError, config_from_hf, export_hf, hf_config, hf_model, load_hf
+from tests.conftest import tiny_model_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -23,23 +24,18 @@ def t5_cfg(**kw) -> ModelConfig:
     base = dict(
         family="t5",
         vocab_size=V,
-        hidden_size=32,
         num_layers=1,
         num_decoder_layers=1,
-        num_heads=4,
         d_kv=8,
         intermediate_size=48,
         layer_norm_eps=1e-6,
         tie_word_embeddings=False,
         relative_attention_num_buckets=8,
         relative_attention_max_distance=16,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
         pad_token_id=0,
         eos_token_id=1,
     )
-    base.update(kw)
-    return ModelConfig(**base)
+    return tiny_model_config(**{**base, **kw})
 
 
 def inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

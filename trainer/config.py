@@ -297,23 +297,20 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         ds = self.deepspeed
-        if self.optimizer.name == "adafactor" and (ds.zero_stage != 0 or ds.precision == "bf16"):
-            # Adafactor factors each matrix's second moment into row and column statistics and scales by the
-            # tensor's RMS; the flat partitions of ZeRO and of DeepSpeed's bf16 optimizer have no rows or columns.
+        # Optimizers that need whole tensors: ZeRO and DeepSpeed's bf16 optimizer hand the optimizer flat partitions
+        # that cut across tensors. Adafactor factors each matrix's second moment into row and column statistics and
+        # scales by the tensor's RMS (a flat partition has no rows or columns); LAMB's trust ratio is per tensor, so
+        # it would be computed over the wrong thing. Each: (what breaks, what to do instead).
+        per_tensor = {
+            "adafactor": ("Adafactor's factored (row x column) second moments", "use zero_stage 0"),
+            "lamb": ("LAMB's per-tensor trust ratio", "use fp16 with stage 0 (NVIDIA's BERT recipe)"),
+        }
+        if self.optimizer.name in per_tensor and (ds.zero_stage != 0 or ds.precision == "bf16"):
+            breaks, fix = per_tensor[self.optimizer.name]
             raise ConfigError(
-                f"optimizer.name=adafactor needs deepspeed.zero_stage=0 and precision fp32 or fp16 (got zero_stage="
-                f"{ds.zero_stage}, precision={ds.precision}): ZeRO and the bf16 optimizer flatten parameters into "
-                "partitions, which breaks Adafactor's factored (row x column) second moments; use zero_stage 0 "
-                "or optimizer.name=adamw"
-            )
-        if self.optimizer.name == "lamb" and (ds.zero_stage != 0 or ds.precision == "bf16"):
-            # LAMB's trust ratio is per tensor; ZeRO and DeepSpeed's bf16 optimizer hand the optimizer flat
-            # partitions that cut across tensors, so the ratio would be computed over the wrong thing.
-            raise ConfigError(
-                f"optimizer.name=lamb needs deepspeed.zero_stage=0 and precision fp32 or fp16 (got zero_stage="
-                f"{ds.zero_stage}, precision={ds.precision}): ZeRO and the bf16 optimizer flatten parameters into "
-                "partitions, which breaks LAMB's per-tensor trust ratio; use fp16 with stage 0 (NVIDIA's BERT recipe)"
-                " or optimizer.name=adamw"
+                f"optimizer.name={self.optimizer.name} needs deepspeed.zero_stage=0 and precision fp32 or fp16 (got "
+                f"zero_stage={ds.zero_stage}, precision={ds.precision}): ZeRO and the bf16 optimizer flatten "
+                f"parameters into partitions, which breaks {breaks}; {fix} or optimizer.name=adamw"
             )
 
     def resolve_batch(self, world_size: int) -> int:

@@ -39,7 +39,6 @@ from data_pipeline.objectives import (
     ObjectiveError,
     Packed,
     T5Params,
-    Vocab,
     build_objective,
     t5_fitting_lengths,
 )
@@ -429,9 +428,7 @@ def seq2seq_loss(backbone: Backbone, task: Task, seq_len: int, seed: int = 0) ->
     tok, cfg = backbone.tokenizer, backbone.config
     sp = spm.SentencePieceProcessor(model_file=str(tok.model_file))
     st = tok.special
-    vocab = Vocab(
-        cfg.vocab_size, st.pad, st.cls, st.sep, st.mask, st.bos, st.eos, st.all(), list(tok.sentinel_ids)
-    )
+    vocab = st.vocab(cfg.vocab_size, list(tok.sentinel_ids))
     name = "t5" if cfg.family == "t5" else "bart"
     if name == "t5":
         try:
