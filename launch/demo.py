@@ -22,7 +22,7 @@ from data_pipeline.writer import ShardOptions, write_shards
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 CORPUS = "builtin:stdlib-docs"
 """The demo's text: docstrings of the Python standard library (data_pipeline/sources.py)."""
-VOCAB_SIZE = 4000
+VOCAB_SIZE = 2000
 SEQ_LEN = 64
 VALID_FRACTION = 0.05
 LEARNED_RATIO = 2.0
