@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .distributed import DistInfo
 from .optim import Schedule, build_optimizer, build_scheduler, param_groups
 
@@ -114,6 +114,18 @@ class _Gate:
         self.scheduler.hold = not apply
 
 
+def check_precision(precision: str) -> None:
+    """A precision this device cannot run is a config error naming the key, not DeepSpeed's traceback. fp16 on a CPU
+    needs oneDNN fp16 support (DeepSpeed's CPU accelerator asks torch.ops.mkldnn), which many CPUs lack."""
+    acc = deepspeed.get_accelerator()
+    supported = {"fp16": acc.is_fp16_supported, "bf16": acc.is_bf16_supported}.get(precision)
+    if supported is not None and not supported():
+        raise ConfigError(
+            f"deepspeed.precision={precision}: this device ({acc.device_name()}) cannot run {precision} under "
+            f"DeepSpeed; use deepspeed.precision=bf16 or fp32 here (fp16 is for GPUs)"
+        )
+
+
 class Engine:
     """A DeepSpeed engine over `model` with the configured optimizer and schedule."""
 
@@ -129,6 +141,7 @@ class Engine:
         keeps the schedule it started with)."""
         self.cfg = cfg
         self.grad_accum = grad_accum
+        check_precision(cfg.deepspeed.precision)
         self.ds_config = deepspeed_config(cfg, grad_accum, load_universal)
         optimizer = _optimizer(model, cfg)
         steps, warmup = schedule or (cfg.trainer.max_steps, cfg.optimizer.warmup_steps)
