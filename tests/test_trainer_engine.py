@@ -224,3 +224,34 @@ def test_a_hung_rank_makes_every_rank_exit_within_the_timeout(tmp_path: Path, da
     codes = dict(re.findall(r"rank\s*:\s*(\d) \(local_rank: \d\)\s*\n\s*exitcode\s*:\s*(-?\d+)", out))
     assert set(codes) == {"0", "1"} and all(int(c) != 0 for c in codes.values()), out[-3000:]
     assert elapsed < 120, elapsed  # start-up (~20 s) + the 15 s timeout + teardown, far from 30 minutes
+
+
+def test_a_build_lock_left_by_a_killed_compile_is_an_error_not_a_hang(
+    tmp_path: Path, dataset_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DeepSpeed's CPU backend JIT-compiles its shared-memory op under a lock file that torch waits on forever; a
+    compile killed half-way leaves the lock. `cloze train` names the stale lock and exits; a young lock (a build
+    in progress elsewhere) is left to torch to wait on."""
+    import os
+
+    from trainer.engine import STALE_BUILD_LOCK_S, prepare_op_builds
+
+    ext = tmp_path / "ext"
+    lock = ext / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(ext))
+    prepare_op_builds()  # a build in progress: no error
+    old = time.time() - STALE_BUILD_LOCK_S - 60
+    os.utime(lock, (old, old))
+    with pytest.raises(ConfigError, match="build lock"):
+        prepare_op_builds()
+    from tests.conftest import run_cloze
+
+    proc = run_cloze(
+        ["train", "configs/tiny-bert.yaml", f"data.path={dataset_dir}", f"run_dir={tmp_path / 'run'}"],
+        timeout=120,
+        TORCH_EXTENSIONS_DIR=str(ext),
+    )
+    assert proc.returncode != 0
+    assert f"rm {lock}" in proc.stderr, proc.stderr[-3000:]

@@ -7,7 +7,10 @@ import dataclasses
 import datetime
 import functools
 import json
+import os
 import re
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +71,39 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# A JIT build of a DeepSpeed op takes seconds to a few minutes; a lock older than this was left by a killed build.
+STALE_BUILD_LOCK_S = 600.0
+
+
+def prepare_op_builds(ops: tuple[str, ...] = ("deepspeed_shm_comm",)) -> None:
+    """Where DeepSpeed JIT-compiles its C++ ops (torch.utils.cpp_extension), checked before anything waits on it.
+
+    DeepSpeed's CPU backend compiles its shared-memory collectives (`deepspeed_shm_comm`) on first use, under a
+    lock file that torch waits on with no time limit: a process killed mid-build leaves the lock, and every later
+    start on that machine hangs in `FileBaton.wait`. So: unless TORCH_EXTENSIONS_DIR is set, ops are built into the
+    environment's own `<sys.prefix>/torch_extensions` (each venv against its own torch, never a build half-made by
+    another checkout), and a lock older than STALE_BUILD_LOCK_S is an error naming the file to delete."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    if "TORCH_EXTENSIONS_DIR" not in os.environ and os.access(sys.prefix, os.W_OK):
+        os.environ["TORCH_EXTENSIONS_DIR"] = str(Path(sys.prefix) / "torch_extensions")
+    for name in ops:
+        lock = Path(_get_build_directory(name, verbose=False)) / "lock"
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except OSError:
+            continue
+        if age > STALE_BUILD_LOCK_S:
+            raise ConfigError(
+                f"{lock} is a build lock {age / 60:.0f} minutes old, left by a process killed while it compiled "
+                f"DeepSpeed's {name} op; every start would wait on it forever. If no other process on this machine "
+                f"is compiling it, delete it (rm {lock}) and run again."
+            )
+
+
 def init_distributed(info: DistInfo, backend: str, timeout_minutes: float) -> None:
     info.export()
+    prepare_op_builds()
     if not backend:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(
