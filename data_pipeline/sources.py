@@ -8,6 +8,7 @@ in the manifest), never dropped silently.
 from __future__ import annotations
 
 import ast
+import functools
 import glob
 import gzip
 import json
@@ -362,9 +363,15 @@ def stdlib_docstrings() -> Iterator[list[str]]:
     Real English technical prose present on every machine with Python; test suites and private packages are
     skipped. Each docstring is one document, each non-empty line a sentence-ish unit.
     """
-    for _, _, lines in stdlib_docstring_nodes():
-        if lines:
-            yield lines
+    for lines in _stdlib_docstring_lines():
+        yield list(lines)
+
+
+@functools.cache
+def _stdlib_docstring_lines() -> tuple[tuple[str, ...], ...]:
+    """The built-in corpus, parsed once per process (walking and parsing the stdlib takes seconds; the tokenizer,
+    the shard writer and the demo each read it)."""
+    return tuple(tuple(lines) for _, _, lines in stdlib_docstring_nodes() if lines)
 
 
 def iter_documents(
