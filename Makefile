@@ -41,8 +41,8 @@ slurm-down:
 	$(PY) -m launch.slurm.cluster down $(SLURM_DIR)
 
 lint: setup
-	$(VENV)/bin/ruff check modeling data_pipeline trainer launch tests benchmarks
-	$(VENV)/bin/ruff format --check modeling data_pipeline trainer launch tests benchmarks
+	$(VENV)/bin/ruff check cloze_errors.py modeling data_pipeline trainer launch tests benchmarks
+	$(VENV)/bin/ruff format --check cloze_errors.py modeling data_pipeline trainer launch tests benchmarks
 	$(VENV)/bin/mypy
 
 bench: setup

@@ -321,10 +321,6 @@ def collator_for(manifest: Manifest) -> Collator:
     return Collator(st["pad"])
 
 
-def collate(samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-    return Collator()(samples)
-
-
 class DynamicMasking:
     """Corrupts `--objective tokens` samples on the fly, seeded by (seed, epoch, shard, offset): each epoch masks a
     sample anew, and a resumed run masks it exactly as the uninterrupted run did."""

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from cloze_errors import ClozeError
+
 IGNORE = -100
 SPLIT_CODES = {"train": 0, "valid": 1}
 
@@ -37,8 +39,10 @@ def sample_rng(seed: int, *ids: int) -> np.random.Generator:
     return np.random.default_rng([seed, *ids])
 
 
-class ObjectiveError(ValueError):
+class ObjectiveError(ClozeError, ValueError):
     """Objective parameters that cannot work; the message names the option."""
+
+    same_on_every_rank = True
 
 
 @dataclass

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloze_errors import ClozeError
+
 BUILTIN_PREFIX = "builtin:"
 BUILTINS = ("stdlib-docs",)
 MAX_EXAMPLES = 5
@@ -27,8 +29,10 @@ MAX_LINE_CHARS = 20_000
 """Longer lines are split into pieces of at most this many characters (counted as `long_lines_split`)."""
 
 
-class InputError(ValueError):
+class InputError(ClozeError, ValueError):
     """Bad input named by path, with what to do about it."""
+
+    same_on_every_rank = True
 
 
 @dataclass

@@ -94,7 +94,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def train_tokenizer(
     inputs: list[str],
     out_dir: str | Path,
-    vocab_size: int = 8000,
+    vocab_size: int = 32000,
     model_type: str = "unigram",
     character_coverage: float = 0.9995,
     input_sentence_size: int = 2_000_000,

@@ -6,14 +6,21 @@ Errors a user can fix are printed as one line naming the file, key or value and 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cloze_errors import ClozeError
 
 EXIT_USAGE = 2
+
+_CONFIG_HELP = "a YAML file, or the name of a shipped recipe (configs/NAME.yaml), e.g. bert-base"
 
 
 def _cmd_tokenizer(args: argparse.Namespace) -> int:
@@ -57,9 +64,12 @@ def _parse_opts(pairs: list[str]) -> dict[str, Any]:
 def _cmd_shards(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from data_pipeline.sources import SourceOptions
+    from data_pipeline.sources import InputError, SourceOptions
     from data_pipeline.writer import ShardOptions, write_shards
 
+    missing = [f"--{k}" for k in ("input", "tokenizer", "out") if not getattr(args, k)]
+    if missing:  # not argparse-required, so that `cloze shards merge DIR` parses
+        raise InputError(f"{', '.join(missing)} required (or: cloze shards merge DIR)")
     options = _parse_opts(args.opt)
     if args.mask_rate is not None:
         options["rate"] = args.mask_rate
@@ -170,20 +180,26 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from data_pipeline.inspect import format_stats, inspect_dataset
 
+    given = {k: v for k, v in vars(args).items() if k in ("n", "split", "max_samples")}
     if args.stats:
-        print(format_stats(args.dir, split=args.split, max_samples=args.max_samples))
+        given.pop("n", None)
+        print(format_stats(args.dir, **given))
         return 0
-    print(inspect_dataset(args.dir, n=args.n, split=args.split))
+    given.pop("max_samples", None)
+    print(inspect_dataset(args.dir, **given))
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from launch.recipes import resolve_config
+    from trainer.callbacks import load_plugins
     from trainer.config import load_config
     from trainer.loop import EXIT_REQUEUE, fit
 
+    plugins = load_plugins(args.plugin)  # on every rank, before anything trains; never from the config or run
     overrides = args.overrides + (["checkpoint.trusted=true"] if args.trusted else [])
-    cfg = load_config(args.config, overrides)
-    result = fit(cfg)
+    cfg = load_config(resolve_config(args.config), overrides)
+    result = fit(cfg, plugins)
     if result.stopped_early:
         print(f"run directory: {result.run_dir}  (stopped at step {result.step})", flush=True)
     if result.preempted:
@@ -233,11 +249,15 @@ def _slurm_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
+    from launch.recipes import resolve_config
     from launch.slurm.submit import submit_pretrain
+    from trainer.callbacks import load_plugins
     from trainer.config import load_config
 
-    cfg = load_config(args.config, args.overrides + _slurm_overrides(args))
-    sub = submit_pretrain(args.config, cfg, args.overrides, args.dry_run)
+    load_plugins(args.plugin)  # a plugin that cannot be imported fails now, not on the nodes
+    config = resolve_config(args.config)
+    cfg = load_config(config, args.overrides + _slurm_overrides(args))
+    sub = submit_pretrain(config, cfg, args.overrides, args.dry_run, args.plugin)
     print(f"sbatch script: {sub.script}")
     if sub.job_id is None:
         print("dry run: rendered, not submitted")
@@ -407,46 +427,134 @@ def _add_trusted_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cloze", description="Pretrain autoencoding transformers.")
-    sub = p.add_subparsers(dest="command", required=True)
+def _add_plugin_flag(p: argparse.ArgumentParser, where: str = "") -> None:
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE[:ATTR]",
+        help="import MODULE on every rank and train with the callbacks MODULE.ATTR() returns (default ATTR: "
+        "callbacks; repeatable; docs/training.md). Only from the command line: never read from a config, run "
+        "directory or checkpoint, so a resumed run loads only the plugins its own command names" + where,
+    )
 
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser; with `intermixed = True` a command's positionals may also come after its flags
+    (`cloze submit CONFIG --nodes 2 optimizer.lr=1e-4`), through argparse's own intermixed parsing."""
+
+    intermixed = False
+    _inside = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if not self.intermixed or self._inside:
+            return super().parse_known_args(args, namespace)
+        self._inside = True  # parse_known_intermixed_args calls back into parse_known_args
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
+def _defaults(of: Any) -> dict[str, Any]:
+    """The defaults of an options dataclass, or of a function's keyword parameters: the code that uses a value owns
+    its default, and a flag shows it (`%(default)s`) rather than repeating it."""
+    if dataclasses.is_dataclass(of) and isinstance(of, type):
+        inst = of()
+        return {f.name: getattr(inst, f.name) for f in dataclasses.fields(inst)}
+    params = inspect.signature(of).parameters.values()
+    return {q.name: q.default for q in params if q.default is not inspect.Parameter.empty}
+
+
+def _add_source_flags(p: argparse.ArgumentParser) -> None:
+    from data_pipeline.sources import SourceOptions
+
+    d = _defaults(SourceOptions)
+    p.add_argument("--format", default=d["format"], choices=["auto", "text", "jsonl", "parquet"])
+    p.add_argument(
+        "--text-mode",
+        default=d["text_mode"],
+        choices=["blocks", "lines"],
+        help="text files: documents separated by blank lines, or one per line",
+    )
+    p.add_argument(
+        "--field", default=d["field"], help="jsonl: the key holding the text (default %(default)s)"
+    )
+    p.add_argument(
+        "--column", default=d["column"], help="parquet: the column holding the text (default %(default)s)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from data_pipeline.objectives import MLMParams, T5Params
+    from data_pipeline.tokenizer import train_tokenizer
+    from data_pipeline.writer import ShardOptions, write_shards
+    from launch.demo import run_demo
+
+    p = argparse.ArgumentParser(prog="cloze", description="Pretrain autoencoding transformers.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    td = _defaults(train_tokenizer)
     t = sub.add_parser("tokenizer", help="train a sentencepiece model with cloze's special tokens")
     t.add_argument(
         "--input", nargs="+", required=True, help="text files, directories, globs, or builtin:stdlib-docs"
     )
-    t.add_argument("--vocab-size", type=int, default=32000)
-    t.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"])
-    t.add_argument("--character-coverage", type=float, default=0.9995)
+    t.add_argument("--vocab-size", type=int, default=td["vocab_size"], help="(default %(default)s)")
+    t.add_argument("--model-type", default=td["model_type"], choices=["unigram", "bpe"])
     t.add_argument(
-        "--input-sentence-size", type=int, default=2_000_000, help="sentences sampled for training"
+        "--character-coverage", type=float, default=td["character_coverage"], help="(default %(default)s)"
+    )
+    t.add_argument(
+        "--input-sentence-size",
+        type=int,
+        default=td["input_sentence_size"],
+        help="sentences sampled for training (default %(default)s)",
     )
     t.add_argument("--byte-fallback", action="store_true")
-    t.add_argument("--format", default="auto", choices=["auto", "text", "jsonl", "parquet"])
-    t.add_argument("--text-mode", default="blocks", choices=["blocks", "lines"])
-    t.add_argument("--field", default="text", help="jsonl: the key holding the text")
-    t.add_argument("--column", default="text", help="parquet: the column holding the text")
+    _add_source_flags(t)
     t.add_argument("--out", required=True, help="directory for tokenizer.model and tokenizer.json")
     t.set_defaults(fn=_cmd_tokenizer)
 
+    sd, wd = _defaults(ShardOptions), _defaults(write_shards)
+    mlm, t5 = MLMParams(), T5Params()
     s = sub.add_parser(
         "shards",
         help="tokenize, pack, corrupt and write WebDataset shards (`shards merge DIR` merges slices)",
     )
     s.add_argument(
-        "--input", nargs="+", required=True, help="files, directories, globs (.gz too), builtin:stdlib-docs"
+        "--input", nargs="+", help="files, directories, globs (.gz too), builtin:stdlib-docs (required)"
     )
-    s.add_argument("--tokenizer", required=True, help="directory holding tokenizer.model")
+    s.add_argument("--tokenizer", help="directory holding tokenizer.model (required)")
     s.add_argument(
-        "--objective", default="mlm", help="mlm, wwm, span, electra, t5, bart, or tokens (mask on the fly)"
+        "--objective",
+        default=sd["objective"],
+        help="mlm, wwm, span, electra, t5, bart, or tokens (mask on the fly; default %(default)s)",
     )
-    s.add_argument("--seq-len", type=int, default=128, help="tokens per sample (t5: input length)")
-    s.add_argument("--seed", type=int, default=0)
     s.add_argument(
-        "--mask-rate", type=float, default=None, help="mlm/wwm/span/electra: fraction predicted (0.15)"
+        "--seq-len",
+        type=int,
+        default=sd["seq_len"],
+        help="tokens per sample (t5: input length; default %(default)s)",
     )
-    s.add_argument("--noise-density", type=float, default=None, help="t5: fraction of tokens in spans (0.15)")
-    s.add_argument("--mean-span-length", type=float, default=None, help="t5: mean span length (3)")
+    s.add_argument("--seed", type=int, default=sd["seed"])
+    s.add_argument(
+        "--mask-rate",
+        type=float,
+        default=None,
+        help=f"mlm/wwm/span/electra: fraction predicted ({mlm.rate:g})",
+    )
+    s.add_argument(
+        "--noise-density",
+        type=float,
+        default=None,
+        help=f"t5: fraction of tokens in spans ({t5.noise_density:g})",
+    )
+    s.add_argument(
+        "--mean-span-length",
+        type=float,
+        default=None,
+        help=f"t5: mean span length ({t5.mean_noise_span_length:g})",
+    )
     s.add_argument(
         "--opt",
         action="append",
@@ -454,65 +562,81 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="other objective parameters, e.g. --opt mask_prob=0.8 --opt permute_sentences=0.0",
     )
-    s.add_argument("--dupe-factor", type=int, default=1, help="static masking: write each sequence D times")
+    s.add_argument(
+        "--dupe-factor",
+        type=int,
+        default=sd["dupe_factor"],
+        help="static masking: write each sequence D times (default %(default)s)",
+    )
     s.add_argument(
         "--sentence-task",
-        default="",
+        default=sd["sentence_task"],
         choices=["", "sop", "nsp"],
         help="write sentence pairs (token_type_ids, sentence_label) for SOP or NSP",
     )
-    s.add_argument("--valid-fraction", type=float, default=0.02, help="fraction of documents held out")
     s.add_argument(
-        "--docs-per-block", type=int, default=4096, help="documents per unit of work (and per shard)"
+        "--valid-fraction",
+        type=float,
+        default=sd["valid_fraction"],
+        help="fraction of documents held out (default %(default)s)",
     )
-    s.add_argument("--format", default="auto", choices=["auto", "text", "jsonl", "parquet"])
     s.add_argument(
-        "--text-mode",
-        default="blocks",
-        choices=["blocks", "lines"],
-        help="text files: documents separated by blank lines, or one per line",
+        "--docs-per-block",
+        type=int,
+        default=sd["docs_per_block"],
+        help="documents per unit of work (and per shard; default %(default)s)",
     )
-    s.add_argument("--field", default="text", help="jsonl: the key holding the text")
-    s.add_argument("--column", default="text", help="parquet: the column holding the text")
-    s.add_argument("--workers", type=int, default=1, help="processes on this node")
-    s.add_argument("--num-slices", type=int, default=1, help="split the work across K invocations (nodes)")
-    s.add_argument("--slice", type=int, default=0, help="which slice this invocation writes")
+    _add_source_flags(s)
+    s.add_argument("--workers", type=int, default=wd["workers"], help="processes on this node")
+    s.add_argument(
+        "--num-slices", type=int, default=wd["num_slices"], help="split the work across K invocations (nodes)"
+    )
+    s.add_argument("--slice", type=int, default=wd["slice_index"], help="which slice this invocation writes")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", help="the dataset directory (required)")
     s.set_defaults(fn=_cmd_shards)
-
-    mg = sub.add_parser("shards-merge", help="write manifest.json once every slice is done")
-    mg.add_argument("dir")
-    mg.set_defaults(fn=_cmd_merge)
+    mg = s.add_subparsers(dest="shards_command", metavar="merge", required=False, parser_class=_Parser)
+    m = mg.add_parser("merge", help="write manifest.json once every slice is done")
+    m.add_argument("dir")
+    m.set_defaults(fn=_cmd_merge)
 
     v = sub.add_parser("verify", help="check every shard against the manifest (sizes, sha256, counts)")
     v.add_argument("dir")
     v.set_defaults(fn=_cmd_verify)
 
+    # data_pipeline.inspect imports torch: the flags not given are left out, so its functions' defaults apply
     i = sub.add_parser("inspect", help="decode samples of a dataset to text")
     i.add_argument("dir")
-    i.add_argument("--n", type=int, default=3)
-    i.add_argument("--split", default="train")
+    i.add_argument("--n", type=int, default=argparse.SUPPRESS, help="samples to decode")
+    i.add_argument("--split", default=argparse.SUPPRESS, help="train or valid")
     i.add_argument(
         "--stats",
         action="store_true",
         help="measure the corruption (rate, 80/10/10 split, mean span length) against the reference values",
     )
-    i.add_argument("--max-samples", type=int, default=0, help="--stats: measure the first N samples (0: all)")
+    i.add_argument(
+        "--max-samples",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="--stats: measure the first N samples (0: all)",
+    )
     i.set_defaults(fn=_cmd_inspect)
 
     tr = sub.add_parser("train", help="pretrain from a YAML config (+ key=value overrides)")
-    tr.add_argument("config")
+    tr.intermixed = True  # overrides may follow the flags too
+    tr.add_argument("config", help=_CONFIG_HELP)
     tr.add_argument(
         "overrides", nargs="*", help="dotted overrides, e.g. optimizer.lr=3e-4 trainer.max_steps=100"
     )
     _add_trusted_flag(tr)
+    _add_plugin_flag(tr)
     tr.set_defaults(fn=_cmd_train)
 
     sb = sub.add_parser(
         "submit", help="render <run_dir>/slurm/pretrain.sbatch from a config and submit it to SLURM"
     )
-    sb.add_argument("config")
+    sb.intermixed = True  # `cloze submit CONFIG --nodes 2 optimizer.lr=1e-4`
+    sb.add_argument("config", help=_CONFIG_HELP)
     sb.add_argument("overrides", nargs="*", help="dotted overrides, as for `cloze train`")
     sb.add_argument(
         "--eval-tasks",
@@ -521,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="after training, a dependent job (afterok) runs `cloze evaluate RUN_DIR --every-checkpoint` on these",
     )
+    _add_plugin_flag(sb, " (passed on to the job's `cloze train`)")
     _add_slurm_flags(sb)
     sb.set_defaults(fn=_cmd_submit)
 
@@ -560,9 +685,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "demo", help="tokenizer -> shards -> 2-process ZeRO-2 pretraining on the built-in corpus"
     )
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--nproc", type=int, default=2)
-    d.add_argument("--steps", type=int, default=0, help="override trainer.max_steps (0 = the config's)")
+    dd = _defaults(run_demo)
+    d.add_argument("--out", default=dd["out"], help="(default %(default)s)")
+    d.add_argument("--nproc", type=int, default=dd["nproc"], help="ranks (default %(default)s)")
+    d.add_argument(
+        "--steps", type=int, default=dd["steps"], help="override trainer.max_steps (0 = the recipe's)"
+    )
     d.set_defaults(fn=_cmd_demo)
 
     ft = sub.add_parser(
@@ -600,36 +728,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:2] == ["shards", "merge"]:  # `cloze shards merge DIR`
-        argv = ["shards-merge", *argv[2:]]
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # `cloze submit CONFIG --nodes 2 optimizer.lr=1e-4`: overrides may come after the flags too.
-    if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
-        args.overrides += extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from data_pipeline.objectives import ObjectiveError
-    from data_pipeline.sources import InputError
-    from launch.slurm.submit import SubmitError
-    from modeling.hf import ExportError
-    from trainer.checkpoint import CheckpointError
-    from trainer.config import ConfigError
-    from trainer.distributed import DistributedError
+    from cloze_errors import ClozeError
 
+    args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args))
-    except (
-        InputError,
-        ObjectiveError,
-        ConfigError,
-        CheckpointError,
-        DistributedError,
-        ExportError,
-        SubmitError,
-    ) as e:
-        return _report_error(args.command, e, isinstance(e, InputError | ConfigError | ObjectiveError))
+    except ClozeError as e:  # every error a user can fix; anything else is a bug and keeps its traceback
+        return _report_error(args.command, e)
 
 
 QUIET_RANK_WAIT_S = 20.0
@@ -651,14 +756,14 @@ def _launch_rank() -> tuple[int, int]:
     return 0, 1
 
 
-def _report_error(command: str, e: Exception, same_on_every_rank: bool) -> int:
+def _report_error(command: str, e: ClozeError) -> int:
     """Print a user error once: under a launcher, an error every rank meets alike (a bad config or input) is
     printed by rank 0 alone, first; the other ranks wait quietly to be stopped by the launcher when rank 0 exits
     (torchrun stops the others on the first failure), and print it themselves only if nobody stops them."""
     import signal
 
     rank, world = _launch_rank()
-    if world > 1 and rank != 0 and same_on_every_rank:
+    if world > 1 and rank != 0 and e.same_on_every_rank:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the launcher's stop ends this rank at once
         deadline = time.monotonic() + QUIET_RANK_WAIT_S
         while time.monotonic() < deadline:

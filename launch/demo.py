@@ -1,6 +1,7 @@
 """`make demo` / `cloze demo`: the main job end to end on the built-in corpus.
 
-tokenizer -> shards -> `torchrun --nproc_per_node 2 cloze train configs/demo.yaml` (DeepSpeed ZeRO-2, gloo, CPU),
+tokenizer -> shards -> `torchrun --nproc_per_node 2 cloze train demo` (configs/demo.yaml, shipped with the package:
+launch/recipes.py; DeepSpeed ZeRO-2, gloo, CPU),
 then held-out accuracy at each kind of MLM target position next to its trivial baseline, and whether the model
 learned: accuracy at the [MASK] positions against always predicting the most frequent token (the unigram plateau
 a model reaches without using context). The recipe (configs/demo.yaml, and the tokenizer and sequence length
@@ -18,8 +19,8 @@ from pathlib import Path
 
 from data_pipeline.tokenizer import MODEL_FILE, train_tokenizer
 from data_pipeline.writer import ShardOptions, write_shards
+from launch.recipes import recipe
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 CORPUS = "builtin:stdlib-docs"
 """The demo's text: docstrings of the Python standard library (data_pipeline/sources.py)."""
 VOCAB_SIZE = 2000
@@ -76,7 +77,7 @@ def report(ev: dict[str, float]) -> list[str]:
     return lines
 
 
-def run_demo(out: str, nproc: int = 2, steps: int = 0) -> int:
+def run_demo(out: str = "runs/demo", nproc: int = 2, steps: int = 0) -> int:
     root = Path(out)
     tok_dir, shard_dir, run_dir = root / "tokenizer", root / "shards", root / "run"
     t0 = time.perf_counter()
@@ -102,7 +103,7 @@ def run_demo(out: str, nproc: int = 2, steps: int = 0) -> int:
     if steps:
         overrides.append(f"trainer.max_steps={steps}")
     env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"))
-    cmd = torchrun_command(nproc, ["train", str(CONFIG), *overrides])
+    cmd = torchrun_command(nproc, ["train", str(recipe("demo")), *overrides])
     print("[demo] " + " ".join(cmd), flush=True)
     rc = subprocess.call(cmd, env=env)
     if rc != 0:

@@ -13,9 +13,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from cloze_errors import ClozeError
 
-class ModelConfigError(ValueError):
+
+class ModelConfigError(ClozeError, ValueError):
     """A model configuration value that cannot work; the message names the key to change."""
+
+    same_on_every_rank = True
 
 
 @dataclass

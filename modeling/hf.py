@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cloze_errors import ClozeError
+
 from .config import T5_ACTIVATIONS, ModelConfig
 
 HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
@@ -43,7 +45,7 @@ CLASSES = {
 }
 
 
-class ExportError(RuntimeError):
+class ExportError(ClozeError, RuntimeError):
     """A model that cannot be mapped onto transformers, named."""
 
 

@@ -138,3 +138,11 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -
     opts = ShardOptions(seq_len=64, seed=7, docs_per_block=1500, valid_fraction=0.05)
     write_shards(["builtin:stdlib-docs"], tokenizer_dir, d, opts, workers=2)
     return d
+
+
+@pytest.fixture(scope="session")
+def installed_cloze(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with cloze installed from a wheel, not from the source tree (tests/test_install.py)."""
+    from .test_install import install_cloze
+
+    return install_cloze(tmp_path_factory.mktemp("installed"))

@@ -10,7 +10,8 @@ import pytest
 
 from tests.conftest import read_scalars
 from tests.conftest import train_tiny_bert as train
-from trainer.checkpoint import COMPLETE, CRASH_ENV, CRASH_EXIT, CheckpointError, find_resume
+from tests.faults import CRASH_ENV, CRASH_EXIT
+from trainer.checkpoint import COMPLETE, CheckpointError, find_resume
 
 
 def make_tag(root: Path, name: str, complete: bool = True) -> None:
@@ -56,7 +57,13 @@ def test_crash_in_the_middle_of_a_save(tmp_path: Path, dataset_dir: Path, refere
     run = tmp_path / "run"
     ck = run / "checkpoints"
     crashed = train(
-        dataset_dir, run, "checkpoint.every_steps=5", "trainer.stop_after_steps=10", **{CRASH_ENV: rank}
+        dataset_dir,
+        run,
+        "checkpoint.every_steps=5",
+        "trainer.stop_after_steps=10",
+        "--plugin",
+        "tests.faults",
+        **{CRASH_ENV: rank},
     )
     assert crashed.returncode != 0
     # The save at step 5 crashed: nothing committed, `latest` never written, the partial tag left aside.
@@ -67,7 +74,13 @@ def test_crash_in_the_middle_of_a_save(tmp_path: Path, dataset_dir: Path, refere
     first = train(dataset_dir, run, "checkpoint.every_steps=5", "trainer.stop_after_steps=8")
     assert first.returncode == 0, first.stderr[-3000:]
     crashed = train(
-        dataset_dir, run, "checkpoint.every_steps=2", "trainer.stop_after_steps=14", **{CRASH_ENV: rank}
+        dataset_dir,
+        run,
+        "checkpoint.every_steps=2",
+        "trainer.stop_after_steps=14",
+        "--plugin",
+        "tests.faults",
+        **{CRASH_ENV: rank},
     )
     assert crashed.returncode != 0
     latest = (ck / "latest").read_text().strip()

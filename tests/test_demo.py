@@ -1,9 +1,13 @@
 """`cloze demo`, a few steps of it: its console shows the evaluation split, and its exported model, loaded in
-transformers, scores the same held-out split with the same figures as cloze's evaluation (issue 11)."""
+transformers, scores the same held-out split with the same figures as cloze's evaluation (issue 11).
+
+The demo runs from a wheel installed into a fresh venv (conftest's `installed_cloze`, tests/test_install.py), from a
+temporary directory: `pip install .` then `cloze demo --steps 20` works outside the source tree (issue 13)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,14 +18,37 @@ from data_pipeline.loader import EvalStream
 from data_pipeline.manifest import read_manifest
 
 from .conftest import read_scalars, run_cloze
+from .test_install import installed_env
+
+STEPS = 20
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    out = tmp_path_factory.mktemp("demo")
-    p = run_cloze(["demo", "--out", str(out), "--steps", "6"], timeout=900)
+def demo_run(tmp_path_factory: pytest.TempPathFactory, installed_cloze: Path) -> tuple[Path, str]:
+    out, cwd = tmp_path_factory.mktemp("demo"), tmp_path_factory.mktemp("elsewhere")
+    p = subprocess.run(
+        [installed_cloze / "bin" / "cloze", "demo", "--out", str(out), "--steps", str(STEPS)],
+        cwd=cwd,
+        env=installed_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return out, p.stdout
+
+
+def test_the_installed_demo_ran_its_ranks_and_recipe_from_the_install(
+    demo_run: tuple[Path, str], installed_cloze: Path
+) -> None:
+    _, stdout = demo_run
+    (cmd,) = [ln for ln in stdout.splitlines() if ln.startswith("[demo] ") and "torch.distributed.run" in ln]
+    assert cmd.startswith(f"[demo] {installed_cloze / 'bin' / 'python'} -m torch.distributed.run"), cmd
+    recipe = cmd.split(" train ", 1)[1].split()[0]
+    assert recipe.endswith("launch/configs/demo.yaml") and Path(recipe).is_relative_to(installed_cloze), (
+        recipe
+    )
+    assert "[demo] done in " in stdout and f"{STEPS} steps of ZeRO-2 on 2 CPU processes" in stdout
 
 
 def test_demo_prints_the_split_and_the_verdict(demo_run: tuple[Path, str]) -> None:
@@ -41,8 +68,10 @@ def test_demo_prints_the_split_and_the_verdict(demo_run: tuple[Path, str]) -> No
     train_lines = [ln for ln in stdout.splitlines() if ln.startswith("step ")]
     assert train_lines and not any("baseline" in ln for ln in train_lines)
     tb = out / "run" / "tensorboard"
-    assert read_scalars(tb, "eval/mask_accuracy") == {6: pytest.approx(ev["mask_accuracy"])}
-    assert read_scalars(tb, "eval/mask_baseline_accuracy") == {6: pytest.approx(ev["mask_baseline_accuracy"])}
+    assert read_scalars(tb, "eval/mask_accuracy") == {STEPS: pytest.approx(ev["mask_accuracy"])}
+    assert read_scalars(tb, "eval/mask_baseline_accuracy") == {
+        STEPS: pytest.approx(ev["mask_baseline_accuracy"])
+    }
     assert not read_scalars(tb, "train/baseline_accuracy")
 
 

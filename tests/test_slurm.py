@@ -226,7 +226,14 @@ def test_a_failing_job_is_not_requeued_and_its_error_is_in_the_job_log(
     run = tmp_path / "run"
     # A NaN loss on rank 0 from step 1 on: NonFiniteLossError after 2 steps, exit 1 (not a preemption).
     job = submit(
-        cluster, dataset_dir, run, "trainer.max_nonfinite_steps=2", "--env", "CLOZE_INJECT_NAN=0:1:99"
+        cluster,
+        dataset_dir,
+        run,
+        "trainer.max_nonfinite_steps=2",
+        "--plugin",
+        "tests.faults",
+        "--env",
+        "CLOZE_INJECT_NAN=0:1:99",
     )
     assert wait_job(cluster, job) == "FAILED"
     assert job_field(cluster, job, "Restarts") == "0"

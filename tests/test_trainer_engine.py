@@ -1,5 +1,6 @@
 """Engine options and faults on 2 CPU processes (DeepSpeed, gloo): bf16 / fp16, LAMB, optimizer offload, NaN steps
-skipped on every rank, a hung rank. Fault injection goes through CLOZE_INJECT_* environment variables."""
+skipped on every rank, a hung rank. Faults are injected by the test plugin tests/faults.py (`--plugin tests.faults`),
+told which fault, rank and step through CLOZE_INJECT_* environment variables."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import torch
 from tests.conftest import read_scalars, train_tiny_bert
 from trainer.config import ConfigError, load_config
 from trainer.optim import Lamb
+
+FAULTS = ("--plugin", "tests.faults")
+"""The test plugin that injects the fault the CLOZE_INJECT_* variable names."""
 
 
 def run(dataset_dir: Path, run_dir: Path, *overrides: str, **env: str):
@@ -125,6 +129,7 @@ def test_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path: Path, dataset_di
         r,
         "trainer.max_steps=6",
         "trainer.global_batch_size=32",
+        *FAULTS,
         CLOZE_INJECT_NAN="1:3",
     )
     ok(proc)
@@ -150,7 +155,12 @@ def test_nan_gradients_with_a_finite_loss_are_skipped_on_every_rank(
     skips it. At stage 3 DeepSpeed's check does. Either way: skipped on both ranks, counted, said, weights finite."""
     r = tmp_path / f"nan-grad-{stage}"
     proc = run(
-        dataset_dir, r, "trainer.max_steps=6", f"deepspeed.zero_stage={stage}", CLOZE_INJECT_NAN_GRAD="1:3"
+        dataset_dir,
+        r,
+        "trainer.max_steps=6",
+        f"deepspeed.zero_stage={stage}",
+        *FAULTS,
+        CLOZE_INJECT_NAN_GRAD="1:3",
     )
     ok(proc)
     assert "step 3: non-finite gradient norm; step skipped on every rank (1 in a row)" in proc.stdout
@@ -197,6 +207,7 @@ def test_nan_steps_in_a_row_stop_the_run_with_a_clear_error(tmp_path: Path, data
         "trainer.max_steps=20",
         "trainer.max_nonfinite_steps=3",
         "checkpoint.every_steps=2",
+        *FAULTS,
         CLOZE_INJECT_NAN="0:5:99",
     )
     assert proc.returncode != 0
@@ -214,7 +225,12 @@ def test_a_hung_rank_makes_every_rank_exit_within_the_timeout(tmp_path: Path, da
     r = tmp_path / "hang"
     t0 = time.monotonic()
     proc = run(
-        dataset_dir, r, "deepspeed.timeout_minutes=0.25", "trainer.max_steps=10", CLOZE_INJECT_HANG="1:3"
+        dataset_dir,
+        r,
+        "deepspeed.timeout_minutes=0.25",
+        "trainer.max_steps=10",
+        *FAULTS,
+        CLOZE_INJECT_HANG="1:3",
     )
     elapsed = time.monotonic() - t0
     assert proc.returncode != 0

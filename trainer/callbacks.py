@@ -1,20 +1,92 @@
-"""What the loop reports, on rank 0: TensorBoard scalars and a one-line console log."""
+"""What the loop reports, on rank 0: TensorBoard scalars and a one-line console log; and the hook points a plugin
+(`cloze train --plugin MODULE[:ATTR]`, docs/training.md "Plugins") can act at."""
 
 from __future__ import annotations
 
+import importlib
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch.utils.tensorboard import SummaryWriter
 
+if TYPE_CHECKING:
+    import torch
+
 
 class Callback:
+    """Hook points of the training loop; every method does nothing unless overridden. The loop's own callbacks
+    (TensorBoard, console, progress) run on rank 0; a plugin's run on every rank. `step` is 1-based: the optimizer
+    step being trained (on_step_begin, on_loss), just finished (on_step, on_eval) or saved (on_checkpoint*)."""
+
+    def on_step_begin(self, step: int, rank: int) -> None:
+        """Before `step` reads its first micro-batch."""
+
+    def on_loss(self, step: int, rank: int, loss: torch.Tensor) -> torch.Tensor:
+        """Each micro-batch's loss before backward; the loss returned is the one back-propagated and checked for
+        NaN/Inf."""
+        return loss
+
+    def on_checkpoint_written(self, step: int, rank: int, tmp_dir: Path) -> None:
+        """This rank's files of the checkpoint of `step` are written and fsynced in `tmp_dir`; nothing is committed
+        yet (the barrier before the commit comes next)."""
+
     def on_step(self, step: int, metrics: dict[str, float]) -> None: ...
     def on_eval(self, step: int, metrics: dict[str, float]) -> None: ...
     def on_checkpoint(self, step: int, seconds: float, path: str) -> None: ...
     def close(self) -> None: ...
+
+
+def overriding(callbacks: Sequence[Callback], hook: str) -> list[Callback]:
+    """The callbacks that override `hook`: the loop calls a per-step hook on these alone, so a run without a plugin
+    pays one loop over an empty list."""
+    return [cb for cb in callbacks if getattr(type(cb), hook) is not getattr(Callback, hook)]
+
+
+PLUGIN_ATTR = "callbacks"
+"""What `--plugin MODULE` calls when no `:ATTR` is given: MODULE.callbacks()."""
+
+
+def load_plugins(specs: Sequence[str]) -> list[Callback]:
+    """Import each `MODULE[:ATTR]` given by `--plugin` and call MODULE.ATTR() (default ATTR: `callbacks`), which
+    returns a Callback or a list of them (possibly empty). Plugins come only from the command line: never from a
+    config, a run directory or a checkpoint. A module that is not there, or has no callable ATTR, or one that gives
+    something other than callbacks, is an error naming it; an error raised inside the plugin's own code keeps its
+    traceback."""
+    from .config import ConfigError
+
+    out: list[Callback] = []
+    for spec in specs:
+        module_name, _, attr = spec.partition(":")
+        attr = attr or PLUGIN_ATTR
+        hint = "(--plugin MODULE[:ATTR]; MODULE.ATTR() returns trainer.callbacks.Callback objects)"
+        if not module_name or module_name.startswith("."):
+            raise ConfigError(f"--plugin {spec!r}: name a module by its absolute dotted name {hint}")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            parents = module_name.split(".")
+            if e.name not in {".".join(parents[: i + 1]) for i in range(len(parents))}:
+                raise  # the plugin itself imports something missing: its own traceback says what
+            raise ConfigError(
+                f"--plugin {spec}: no module named {e.name!r}; give a module importable from the working directory "
+                f"or PYTHONPATH {hint}"
+            ) from None
+        factory = getattr(module, attr, None)
+        if not callable(factory):
+            raise ConfigError(f"--plugin {spec}: module {module_name!r} has no callable {attr!r} {hint}")
+        made = factory()
+        made = list(made) if isinstance(made, list | tuple) else [made]
+        bad = [repr(cb) for cb in made if not isinstance(cb, Callback)]
+        if bad:
+            raise ConfigError(
+                f"--plugin {spec}: {module_name}.{attr}() returned {', '.join(bad)}, not Callback objects {hint}"
+            )
+        out.extend(made)
+    return out
 
 
 class TensorBoardCallback(Callback):

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cloze_errors import ClozeError
 from data_pipeline.manifest import atomic_write
 from data_pipeline.tokenizer import sha256_file
 
@@ -38,12 +39,9 @@ ASIDE_PREFIX = TMP_PREFIX + "old-"
 """An existing checkpoint of the tag being committed waits here until `latest` has moved."""
 TAG_RE = re.compile(r"^step(\d+)(-universal)?$")
 UNIVERSAL = "-universal"
-CRASH_ENV = "CLOZE_CRASH_IN_SAVE"
-"""Set to a rank number to make that rank exit in the middle of a save (tests of crash safety)."""
-CRASH_EXIT = 17
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ClozeError, RuntimeError):
     """A checkpoint that cannot be trusted, named."""
 
 
@@ -95,8 +93,11 @@ def save(
     expected: list[str],
     keep_last: int,
     is_main: bool,
+    written: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Save an atomic checkpoint for `step`; returns its directory. Collective: every rank calls it."""
+    """Save an atomic checkpoint for `step`; returns its directory. Collective: every rank calls it. `written` is
+    called with the temporary directory once this rank's files are written and fsynced, before the commit's
+    barrier (the loop's Callback.on_checkpoint_written)."""
     root = Path(root)
     tag = tag_for(step)
     tmp_tag = TMP_PREFIX + tag
@@ -106,9 +107,8 @@ def save(
     D.barrier()
     engine.save(root, tmp_tag, client_state)
     _fsync_tree(root / tmp_tag)
-    crash_rank = os.environ.get(CRASH_ENV)
-    if crash_rank is not None and crash_rank == str(D.rank()):
-        os._exit(CRASH_EXIT)  # fault injection for tests: die with the files written but nothing committed
+    if written is not None:
+        written(root / tmp_tag)
     D.barrier()
     final = root / tag
     if is_main:

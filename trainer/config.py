@@ -22,11 +22,14 @@ from typing import Any
 
 import yaml
 
+from cloze_errors import ClozeError
 from modeling.config import PRESETS, ModelConfig, ModelConfigError
 
 
-class ConfigError(ValueError):
+class ConfigError(ClozeError, ValueError):
     """A configuration that cannot run; the message names the key and the fix."""
+
+    same_on_every_rank = True
 
 
 @dataclass

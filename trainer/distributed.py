@@ -18,11 +18,13 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from cloze_errors import ClozeError
+
 MPI_MARKERS = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE")
 """Variables an MPI launcher sets (Open MPI's mpirun, SLURM's pmix plugin, PMI-1/2)."""
 
 
-class DistributedError(RuntimeError):
+class DistributedError(ClozeError, RuntimeError):
     """An inconsistent launch environment, named."""
 
 

@@ -27,7 +27,7 @@ from modeling.flops import peak_flops_for, train_flops_per_token
 
 from . import checkpoint as ckpt
 from . import distributed as D
-from .callbacks import Callback, ConsoleCallback, ProgressCallback, TensorBoardCallback
+from .callbacks import Callback, ConsoleCallback, ProgressCallback, TensorBoardCallback, overriding
 from .config import ConfigError, RunConfig
 from .engine import Engine, checkpoint_mismatch, init_distributed, verify_checkpoint
 from .losses import COMPATIBLE, Task, task_for
@@ -38,28 +38,10 @@ PREEMPTED_MARKER_ENV = "CLOZE_PREEMPTED_MARKER"
 """If set, rank 0 writes the step to this file once the checkpoint after a stop signal is committed."""
 EXIT_HUNG = 70
 """Exit code of a rank whose watchdog saw no progress for the collective timeout (EX_SOFTWARE)."""
-NAN_ENV = "CLOZE_INJECT_NAN"
-"""Fault injection for tests: 'RANK:FIRST[:LAST]' makes the loss NaN on RANK at steps FIRST..LAST (1-based)."""
-NAN_GRAD_ENV = "CLOZE_INJECT_NAN_GRAD"
-"""Fault injection for tests: like NAN_ENV, but the loss stays finite and its gradients are NaN."""
-HANG_ENV = "CLOZE_INJECT_HANG"
-"""Fault injection for tests: 'RANK:STEP' makes RANK stop making progress at the start of STEP (1-based)."""
 
 
 class NonFiniteLossError(RuntimeError):
     """Too many steps in a row had a NaN/Inf loss on some rank, or a NaN/Inf gradient norm."""
-
-
-class _NaNGrad(torch.autograd.Function):
-    """Identity forward, NaN backward: a finite loss whose gradients are not (fault injection)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad * float("nan")
 
 
 class Watchdog:
@@ -86,17 +68,6 @@ class Watchdog:
                 sys.stderr.flush()
                 os._exit(EXIT_HUNG)
             time.sleep(min(5.0, self.seconds / 10))
-
-
-def _injected(env: str, rank: int) -> tuple[int, int] | None:
-    """(first, last) steps of a fault injected on `rank` through environment variable `env`, if any."""
-    spec = os.environ.get(env, "")
-    if not spec:
-        return None
-    parts = [int(x) for x in spec.split(":")]
-    if parts[0] != rank:
-        return None
-    return parts[1], parts[-1] if len(parts) > 2 else parts[1]
 
 
 def _kill_workers(batches: object) -> None:
@@ -384,6 +355,7 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
         callbacks.append(ConsoleCallback(cfg.logging.log_every, t.max_steps))
         if cfg.logging.progress_bar:
             callbacks.append(ProgressCallback(t.max_steps, step))
+    on_written = overriding(callbacks, "on_checkpoint_written")
 
     # Accuracy of always predicting the most frequent label token: what "learned something" is measured against.
     # Unreadable samples met by this scan count against the budget (not saved: a resumed run scans them again).
@@ -419,7 +391,14 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
             "config": cfg.to_dict(),
         }
         watchdog.beat(f"saving the checkpoint of step {at}")
-        path = ckpt.save(engine, ckpt_root, at, state, expected, cfg.checkpoint.keep_last, info.is_main)
+
+        def written(tmp_dir: Path) -> None:
+            for cb in on_written:
+                cb.on_checkpoint_written(at, info.rank, tmp_dir)
+
+        path = ckpt.save(
+            engine, ckpt_root, at, state, expected, cfg.checkpoint.keep_last, info.is_main, written
+        )
         watchdog.beat(f"saved the checkpoint of step {at}")
         for cb in callbacks:
             cb.on_checkpoint(at, time.perf_counter() - t0, str(path))
@@ -470,13 +449,13 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
     )
     stop = StopFlag()
     watchdog = Watchdog(cfg.deepspeed.timeout_minutes * 60, info.rank)
-    inject_nan, inject_hang = _injected(NAN_ENV, info.rank), _injected(HANG_ENV, info.rank)
-    inject_nan_grad = _injected(NAN_GRAD_ENV, info.rank)
+    # Plugins' hooks (cloze train --plugin): only callbacks that override a hook are called at it.
+    on_step_begin, on_loss = overriding(callbacks, "on_step_begin"), overriding(callbacks, "on_loss")
     nonfinite_in_a_row = 0
     while step < stop_at:
         watchdog.beat(f"step {step + 1}")
-        if inject_hang and step + 1 == inject_hang[0]:
-            time.sleep(1e9)  # a rank that stops making progress, outside any collective
+        for cb in on_step_begin:
+            cb.on_step_begin(step + 1, info.rank)
         t0 = time.perf_counter()
         data_wait = 0.0
         sums: dict[str, float] = {}
@@ -502,10 +481,8 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
             torch.manual_seed(derived_seed(t.seed, step, info.rank, micro))
             b = engine.to_device(mb)
             r = task(engine.forward, b, norm=norm)
-            if inject_nan and inject_nan[0] <= step + 1 <= inject_nan[1]:
-                r.loss = r.loss * float("nan")
-            if inject_nan_grad and inject_nan_grad[0] <= step + 1 <= inject_nan_grad[1]:
-                r.loss = _NaNGrad.apply(r.loss)
+            for cb in on_loss:
+                r.loss = cb.on_loss(step + 1, info.rank, r.loss)
             nonfinite |= not bool(torch.isfinite(r.loss.detach()))
             engine.backward(r.loss)
             for k, v in r.sums.items():

@@ -21,12 +21,14 @@ import sys
 import time
 from pathlib import Path
 
+from cloze_errors import ClozeError
+
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge", "openmpi-bin", "libopenmpi-dev"]
 COMMANDS = ["slurmctld", "slurmd", "munged", "sbatch", "srun", "scontrol", "mpirun"]
 NODES = ("node1", "node2")
 
 
-class ClusterError(RuntimeError):
+class ClusterError(ClozeError, RuntimeError):
     """The local cluster could not be installed or started; the message says what to do."""
 
 

@@ -9,16 +9,18 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloze_errors import ClozeError
 from trainer.config import ConfigError, RunConfig, SlurmConfig
 
 TEMPLATES = Path(__file__).resolve().parent
 _FIELD = re.compile(r"\{\{(\w+)\}\}")
 
 
-class SubmitError(RuntimeError):
+class SubmitError(ClozeError, RuntimeError):
     """sbatch refused the job, or something it needs is missing; the message says what."""
 
 
@@ -81,8 +83,11 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve()) if path else path
 
 
-def submit_pretrain(config_path: str, cfg: RunConfig, overrides: list[str], dry_run: bool) -> Submitted:
-    """Render <run_dir>/slurm/pretrain.sbatch for `cfg` (loaded from `config_path` + `overrides`) and submit it."""
+def submit_pretrain(
+    config_path: str, cfg: RunConfig, overrides: list[str], dry_run: bool, plugins: Sequence[str] = ()
+) -> Submitted:
+    """Render <run_dir>/slurm/pretrain.sbatch for `cfg` (loaded from `config_path` + `overrides`) and submit it.
+    `plugins` (`cloze submit --plugin`) go on the job's `cloze train` command line as `--plugin` flags."""
     from trainer.loop import EXIT_REQUEUE
 
     s = cfg.slurm
@@ -102,7 +107,9 @@ def submit_pretrain(config_path: str, cfg: RunConfig, overrides: list[str], dry_
     values = _common(s, gpus=True)
     values.update(
         config=shlex.quote(_absolute(config_path)),
-        overrides=" ".join(shlex.quote(o) for o in train_overrides),
+        overrides=" ".join(
+            [shlex.quote(o) for o in train_overrides] + [f"--plugin {shlex.quote(p)}" for p in plugins]
+        ),
         nodes=str(s.nodes),
         tasks_per_node=str(tasks),
         signal_seconds=str(s.signal_seconds),
