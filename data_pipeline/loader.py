@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .manifest import Manifest, ShardEntry, read_manifest
-from .objectives import IGNORE
+from .objectives import IGNORE, bart_longest_input
 from .sources import InputError
 from .tarshard import sample_crc
 
@@ -61,8 +60,10 @@ class SampleCheck:
         if kind == "raw":  # t5: targets of exactly target_len
             self.lengths["labels"] = (int(p.get("target_len", 0)) or 1, int(p.get("target_len", 0)) or 10**9)
         elif kind == "bart":  # never cut: zero-length spans and insertion noise lengthen the input (bounded)
-            grown = math.ceil(n * (1 + float(p.get("mask_ratio", 1.0)))) + 1
-            self.lengths["input_ids"] = (n, math.ceil(grown * (1 + float(p.get("insert_ratio", 0.0)))) + 1)
+            self.lengths["input_ids"] = (
+                n,
+                bart_longest_input(n, p, int(manifest.packing.get("longest_input", 0))),
+            )
         if manifest.build.get("sentence_task"):
             self.lengths["token_type_ids"] = (n, n)
             self.lengths["sentence_label"] = (1, 1)

@@ -543,6 +543,20 @@ class BartParams:
             raise ObjectiveError(f"bart poisson_lambda must be > 0, got {self.poisson_lambda}")
 
 
+def bart_longest_input(seq_len: int, params: dict[str, Any], recorded: int = 0) -> int:
+    """The longest input a BART dataset holds: what the writer recorded (manifest packing.longest_input), else, for
+    datasets written before it was recorded, an estimate: span masking inserts one mask per zero-length span
+    (about ceil(seq_len x mask_ratio) of them at most for poisson_lambda >= 1; a smaller lambda can insert more,
+    which only the recorded figure covers), then insertion noise adds ceil(len x insert_ratio)."""
+    if recorded:
+        return recorded
+    d = BartParams()
+    mask = float(params.get("mask_ratio", d.mask_ratio) or 0.0)
+    insert = float(params.get("insert_ratio", d.insert_ratio) or 0.0)
+    grown = seq_len + math.ceil(seq_len * mask) + 1
+    return grown + math.ceil(grown * insert) + 1 if insert else grown
+
+
 class BartDenoising:
     """[BOS] body [EOS] -> noised input; labels = the original sequence. Reference: facebookresearch/fairseq
     fairseq/data/denoising_dataset.py (`add_whole_word_mask` with mask_length=span-poisson and replace_length=1,

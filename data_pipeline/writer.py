@@ -228,7 +228,7 @@ def process_block(out: str, block: int, first_doc: int, joined: list[str]) -> di
     for doc_index, lines in docs:
         by_split[split_of(doc_index, o.seed, o.valid_fraction)].append(encoded[cursor : cursor + len(lines)])
         cursor += len(lines)
-    entries, dropped = [], 0
+    entries, dropped, longest = [], 0, 0
     for split, code in SPLIT_CODES.items():
         packed: PackedBlock | PairBlock
         extra: dict[str, np.ndarray] = {}
@@ -263,12 +263,14 @@ def process_block(out: str, block: int, first_doc: int, joined: list[str]) -> di
                 sample = {**sample, **{k: v[i] for k, v in extra.items()}}
                 samples.append((f"{split}-{block:06d}-{i * o.dupe_factor + d:07d}", sample))
         tokens = sum(int(s["input_ids"].size) for _, s in samples)
+        longest = max(longest, *(int(s["input_ids"].size) for _, s in samples))
         entries.append(write_tar(outp, f"{split}-{block:06d}.tar", samples, tokens, split))
     record = {
         "block": block,
         "shards": [asdict(e) for e in entries],
         "dropped_tokens": dropped,
         "documents": len(docs),
+        "longest_input": longest,
     }
     _atomic_json(outp / BUILD / f"block-{block:06d}.json", record)
     return record
@@ -559,6 +561,9 @@ def _merge(out: Path) -> Manifest:
         packing={
             "method": "pairs" if opts["sentence_task"] else "concat",
             "dropped_tokens": sum(r["dropped_tokens"] for r in records),
+            # The longest input written: BART's noise makes inputs longer than seq_len by an amount no formula
+            # bounds (every zero-length span inserts a mask); the loader and the model's positions check this.
+            "longest_input": max((int(r.get("longest_input", 0)) for r in records), default=0),
             "kind": "encoder"
             if opts["objective"] in ("tokens", "mlm", "wwm", "span", "electra")
             else ("raw" if opts["objective"] == "t5" else "bart"),

@@ -36,6 +36,7 @@ from data_pipeline.objectives import (
     T5SpanCorruption,
     Vocab,
     WholeWordMLM,
+    bart_longest_input,
     span_length_distribution,
     t5_raw_length,
 )
@@ -507,6 +508,44 @@ def test_t5_and_bart_stats_on_real_text(tmp_path, corpus_file, tokenizer_dir):
         gone += (len(row) - 2) - int((x[1:-1] != v.mask).sum())
     assert abs(got["masked_token_share"] - gone / body) < 0.01, (got["masked_token_share"], gone / body)
     assert "masked_token_share" in format_stats(bart)
+
+
+def test_bart_longest_input_is_recorded_and_is_what_loader_and_model_check(
+    tmp_path, corpus_file, tokenizer_dir
+):
+    """A small poisson_lambda makes most spans zero-length, and each inserts a mask: inputs grow past any formula
+    in seq_len and the ratios. The writer records the longest input it wrote; the loader's SampleCheck accepts
+    every sample up to it, and `prepare` sizes the model's positions by it."""
+    from data_pipeline.loader import SampleCheck
+    from trainer.config import ConfigError, RunConfig
+    from trainer.loop import prepare
+
+    d = _build(
+        tmp_path, corpus_file, tokenizer_dir, "bart", mask_ratio=0.4, poisson_lambda=0.2, insert_ratio=0.1
+    )
+    m = read_manifest(d)
+    r = ShardReader(d, m, "train")
+    check = SampleCheck(m)
+    try:
+        lengths = []
+        for shard, entry in enumerate(r.shards):
+            for i in range(entry.samples):
+                sample = r.read(shard, i)
+                assert check.problem(sample) == ""
+                lengths.append(len(sample["input_ids"]))
+    finally:
+        r.close()
+    longest = m.packing["longest_input"]
+    assert longest == max(lengths)
+    assert longest > bart_longest_input(
+        128, m.objective_params
+    )  # past the estimate old datasets fall back to
+    cfg = RunConfig()
+    cfg.data.path = str(d)
+    cfg.model.family, cfg.model.max_position_embeddings = "bart", longest - 1
+    cfg.trainer.global_batch_size, cfg.trainer.micro_batch_size = 2, 1
+    with pytest.raises(ConfigError, match=f"{longest} tokens"):
+        prepare(cfg, world_size=2)
 
 
 def test_bart_insertion_shards_are_longer_and_collate(tmp_path, corpus_file, tokenizer_dir):
