@@ -30,7 +30,7 @@ from modeling.hf import ExportError, load_hf
 from trainer import checkpoint as ckpt
 from trainer.config import ConfigError, RunConfig, config_from_dict
 from trainer.engine import consolidated_state_dict, verify_checkpoint
-from trainer.finetune import FRAMING, Backbone, FinetuneError, Recipe, TaskTokenizer, finetune
+from trainer.finetune import Backbone, FinetuneError, Recipe, TaskTokenizer, finetune, framing_of
 
 from .export import find_tokenizer
 
@@ -93,7 +93,7 @@ def load_export(path: str | Path, random_init: bool = False) -> Backbone:
     meta = read_meta(spm_file)
     info = describe(spm_file)
     special = SpecialIds(**meta["special_tokens"]) if "special_tokens" in meta else info.special_tokens
-    tok = TaskTokenizer(spm_file, FRAMING[cfg.family], special, list(info.sentinel_ids))
+    tok = TaskTokenizer(spm_file, framing_of(cfg.family), special, list(info.sentinel_ids))
     if random_init:
         torch.manual_seed(0)
         model = build_model(cfg)

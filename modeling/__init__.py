@@ -1,4 +1,6 @@
-"""Model families for autoencoding pretraining. Imports neither deepspeed nor torch.distributed."""
+"""Model families for autoencoding pretraining. Imports neither deepspeed nor torch.distributed.
+
+Importing the package registers the built-in families (modeling/registry.py): each model file registers its own."""
 
 from __future__ import annotations
 
@@ -8,24 +10,17 @@ from .bart import BartForPretraining
 from .config import PRESETS, ModelConfig, ModelConfigError
 from .electra import ElectraForPretraining, ElectraOutput
 from .encoder import BertForPretraining, MLMOutput
+from .registry import FamilySpec, get_family, register_family
 from .t5 import Seq2SeqOutput, T5ForPretraining
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """The pretraining model for `cfg.family`."""
+    """The pretraining model for `cfg.family` (its registered FamilySpec.build)."""
     if cfg.vocab_size <= 0:
         raise ModelConfigError(
             "model.vocab_size is 0: set it, or build through the trainer, which takes it from the dataset"
         )
-    if cfg.family in ("bert", "roberta", "albert"):
-        return BertForPretraining(cfg)
-    if cfg.family == "electra":
-        return ElectraForPretraining(cfg)
-    if cfg.family == "t5":
-        return T5ForPretraining(cfg)
-    if cfg.family == "bart":
-        return BartForPretraining(cfg)
-    raise ModelConfigError(f"model.family={cfg.family!r} is not supported")
+    return get_family(cfg.family).build(cfg)
 
 
 __all__ = [
@@ -40,4 +35,7 @@ __all__ = [
     "BartForPretraining",
     "Seq2SeqOutput",
     "build_model",
+    "FamilySpec",
+    "get_family",
+    "register_family",
 ]

@@ -17,9 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import flops, hf
 from .config import ModelConfig
 from .encoder import TiedEmbedding
 from .layers import activation_fn, init_bert_weights, run_blocks
+from .registry import FamilySpec, register_family
 from .t5 import Seq2SeqOutput, additive_mask
 
 POSITION_OFFSET = 2  # fairseq's learned positions start at 2 (padding_idx + 1)
@@ -141,3 +143,18 @@ class BartForPretraining(nn.Module):
         dec = self.model.decoder(decoder_input_ids, None, enc, attention_mask)  # (B, T, D)
         logits = self.model.shared(dec, project=True) + self.final_logits_bias  # tied head: (B, T, V)
         return Seq2SeqOutput(logits, enc)
+
+
+register_family(
+    FamilySpec(
+        name="bart",
+        build=BartForPretraining,
+        objectives=("bart",),
+        param_count=flops.bart_params,
+        flops_per_token=flops.bart_flops,
+        framing="bart",
+        seq2seq=True,
+        decoder_start="eos",
+        hf=hf.BART_HF,
+    )
+)

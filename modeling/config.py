@@ -28,7 +28,7 @@ class ModelConfig:
 
     family: str = "bert"
     """Model family: 'bert', 'roberta', 'albert' (encoders), 'electra' (generator + discriminator), 't5', 'bart'
-    (encoder-decoders)."""
+    (encoder-decoders), or one a plugin registered (modeling/registry.py)."""
     preset: str = ""
     """Name of the size preset the other fields started from ('' = none). See `PRESETS`."""
     vocab_size: int = 30522
@@ -108,10 +108,9 @@ class ModelConfig:
     """Tie the LM head to the input embeddings (BERT, BART; T5 v1.1 unties them)."""
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise ModelConfigError(
-                f"model.family={self.family!r} is not supported; choose one of {', '.join(FAMILIES)}"
-            )
+        from .registry import get_family  # registry imports this module
+
+        spec = get_family(self.family)  # unknown family: an error listing the registered ones
         if self.checkpoint_mode not in ("full", "attention"):
             raise ModelConfigError(
                 f"model.checkpoint_mode={self.checkpoint_mode!r}: use 'full' or 'attention'"
@@ -147,26 +146,7 @@ class ModelConfig:
                 f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}; "
                 "change one of them"
             )
-        if self.family == "t5":
-            if self.activation not in T5_ACTIVATIONS:
-                raise ModelConfigError(
-                    f"model.activation={self.activation!r} is not supported for model.family='t5'; choose one of "
-                    f"{', '.join(T5_ACTIVATIONS)} (transformers' ACT2FN names; 'prelu' and 'xielu' carry learnable "
-                    "parameters and are not supported)"
-                )
-            if self.initializer_factor <= 0:
-                raise ModelConfigError(f"model.initializer_factor must be > 0, got {self.initializer_factor}")
-        else:
-            if self.activation not in ("gelu", "gelu_tanh", "relu"):
-                raise ModelConfigError(
-                    f"model.activation={self.activation!r}: use 'gelu', 'gelu_tanh' or 'relu' for "
-                    f"model.family={self.family!r}"
-                )
-            if not self.gated_ffn:
-                raise ModelConfigError(
-                    f"model.gated_ffn=false applies to model.family='t5' only; {self.family!r} has no gated "
-                    "feed-forward: remove the key"
-                )
+        spec.check_config(self)  # the family's own checks (T5: its activations)
         if self.checkpoint_every < 1:
             raise ModelConfigError(f"model.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         for name in ("hidden_dropout", "attention_dropout"):
@@ -187,7 +167,9 @@ class ModelConfig:
 
     @property
     def is_seq2seq(self) -> bool:
-        return self.family in ("t5", "bart")
+        from .registry import get_family
+
+        return get_family(self.family).seq2seq
 
     def generator(self) -> ModelConfig:
         """ELECTRA's generator: the discriminator's shape scaled by generator_fraction, same embeddings."""
@@ -217,7 +199,18 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
-FAMILIES = ("bert", "roberta", "albert", "electra", "t5", "bart")
+def check_standard_ffn(cfg: ModelConfig) -> None:
+    """The feed-forward every family but T5 has: an ungated 'gelu', 'gelu_tanh' or 'relu' (FamilySpec.check_config)."""
+    if cfg.activation not in ("gelu", "gelu_tanh", "relu"):
+        raise ModelConfigError(
+            f"model.activation={cfg.activation!r}: use 'gelu', 'gelu_tanh' or 'relu' for model.family={cfg.family!r}"
+        )
+    if not cfg.gated_ffn:
+        raise ModelConfigError(
+            f"model.gated_ffn=false applies to model.family='t5' only; {cfg.family!r} has no gated "
+            "feed-forward: remove the key"
+        )
+
 
 T5_ACTIVATIONS = (
     "gelu_tanh",
@@ -343,4 +336,4 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-__all__ = ["ModelConfig", "ModelConfigError", "PRESETS", "FAMILIES", "T5_ACTIVATIONS"]
+__all__ = ["ModelConfig", "ModelConfigError", "PRESETS", "T5_ACTIVATIONS", "check_standard_ffn"]

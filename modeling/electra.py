@@ -17,9 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import flops, hf
 from .config import ModelConfig
 from .encoder import BertEmbeddings, BertModel, MLMPredictions, select_labelled
 from .layers import activation_fn, init_bert_weights
+from .registry import FamilySpec, register_family
 
 
 class DiscriminatorHead(nn.Module):
@@ -120,3 +122,15 @@ class ElectraForPretraining(nn.Module):
         """(B, T, V) MLM logits of the generator alone."""
         h = self.generator.encode(self.embeddings(input_ids, token_type_ids), attention_mask)
         return self.generator_predictions(h, self.embeddings.word_embeddings)
+
+
+register_family(
+    FamilySpec(
+        name="electra",
+        build=ElectraForPretraining,
+        objectives=("electra", "mlm", "wwm", "span", "tokens"),
+        param_count=flops.electra_params,
+        flops_per_token=flops.electra_flops,
+        hf=hf.ELECTRA_HF,
+    )
+)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from . import flops, hf
 from .config import ModelConfig
 from .layers import (
     FFNOutput,
@@ -30,6 +31,7 @@ from .layers import (
     padding_mask_to_sdpa,
     run_blocks,
 )
+from .registry import FamilySpec, register_family
 
 
 class TiedEmbedding(nn.Embedding):
@@ -251,3 +253,31 @@ class BertForPretraining(nn.Module):
             return MLMOutput(self.mlm_logits(h), None, h, sentence)  # (B, T, V)
         selected, targets, _ = select_labelled(h, labels)  # (M, H), (M,)
         return MLMOutput(self.mlm_logits(selected), targets, h, sentence)  # (M, V), (M,)
+
+
+# ---- registration (modeling/registry.py) -------------------------------------------------------------------------
+
+_ENCODER_OBJECTIVES = ("mlm", "wwm", "span", "tokens")
+
+
+def _roberta_positions(cfg: ModelConfig) -> None:
+    """RoBERTa's positions start after the pad id (transformers' create_position_ids_from_input_ids)."""
+    cfg.position_offset = cfg.pad_token_id + 1
+
+
+for _name, _adapter, _configure in (
+    ("bert", hf.BERT_HF, None),
+    ("roberta", hf.ROBERTA_HF, _roberta_positions),
+    ("albert", hf.ALBERT_HF, None),
+):
+    register_family(
+        FamilySpec(
+            name=_name,
+            build=BertForPretraining,
+            objectives=_ENCODER_OBJECTIVES,
+            param_count=flops.encoder_params,
+            flops_per_token=flops.encoder_flops,
+            configure=_configure,
+            hf=_adapter,
+        )
+    )

@@ -8,6 +8,7 @@ norms and elementwise ops are ignored (a few percent). Attention adds 2 x 2 x T 
 from __future__ import annotations
 
 from .config import ModelConfig
+from .registry import get_family
 
 
 def _encoder_block(H: int, inner: int) -> int:
@@ -53,19 +54,28 @@ def _bart_stack(cfg: ModelConfig, decoder: bool) -> int:
 
 
 def param_count(cfg: ModelConfig) -> int:
-    """Trainable parameters of build_model(cfg), each shared tensor counted once."""
-    if cfg.family in ("bert", "roberta", "albert"):
-        return _bert_embeddings(cfg) + _bert_trunk(cfg) + _mlm_head(cfg)
-    if cfg.family == "electra":
-        gen = cfg.generator()
-        disc_head = cfg.hidden_size * cfg.hidden_size + cfg.hidden_size + cfg.hidden_size + 1
-        return _bert_embeddings(cfg) + _bert_trunk(gen) + _mlm_head(gen) + _bert_trunk(cfg) + disc_head
-    if cfg.family == "t5":
-        head = 0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size
-        return cfg.vocab_size * cfg.hidden_size + _t5_stack(cfg, False) + _t5_stack(cfg, True) + head
-    if cfg.family == "bart":
-        return cfg.vocab_size * cfg.hidden_size + _bart_stack(cfg, False) + _bart_stack(cfg, True)
-    raise ValueError(f"no parameter count for family {cfg.family!r}")
+    """Trainable parameters of build_model(cfg), each shared tensor counted once (the family's `param_count`)."""
+    return get_family(cfg.family).param_count(cfg)
+
+
+def encoder_params(cfg: ModelConfig) -> int:
+    """BERT / RoBERTa / ALBERT with the MLM head (and the SOP/NSP head when present)."""
+    return _bert_embeddings(cfg) + _bert_trunk(cfg) + _mlm_head(cfg)
+
+
+def electra_params(cfg: ModelConfig) -> int:
+    gen = cfg.generator()
+    disc_head = cfg.hidden_size * cfg.hidden_size + cfg.hidden_size + cfg.hidden_size + 1
+    return _bert_embeddings(cfg) + _bert_trunk(gen) + _mlm_head(gen) + _bert_trunk(cfg) + disc_head
+
+
+def t5_params(cfg: ModelConfig) -> int:
+    head = 0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size
+    return cfg.vocab_size * cfg.hidden_size + _t5_stack(cfg, False) + _t5_stack(cfg, True) + head
+
+
+def bart_params(cfg: ModelConfig) -> int:
+    return cfg.vocab_size * cfg.hidden_size + _bart_stack(cfg, False) + _bart_stack(cfg, True)
 
 
 def _encoder_matmul_per_token(cfg: ModelConfig, T: int) -> float:
@@ -78,32 +88,50 @@ def _encoder_matmul_per_token(cfg: ModelConfig, T: int) -> float:
 def train_flops_per_token(
     cfg: ModelConfig, seq_len: int, target_len: int = 0, mask_fraction: float = 0.15
 ) -> float:
-    """Training FLOPs per input token. Encoder-decoders: per encoder token, with the decoder's work on `target_len`
-    tokens per sequence of `seq_len` included."""
-    V, H, E = cfg.vocab_size, cfg.hidden_size, cfg.emb_size
-    if cfg.family in ("bert", "roberta", "albert"):
-        head = mask_fraction * 2 * (H * E + E * V)
-        return 3.0 * (_encoder_matmul_per_token(cfg, seq_len) + head)
-    if cfg.family == "electra":
-        gen = cfg.generator()
-        gen_head = mask_fraction * 2 * (gen.hidden_size * E + E * V)
-        disc_head = 2 * (H * H + H)
-        return 3.0 * (
-            _encoder_matmul_per_token(gen, seq_len)
-            + gen_head
-            + _encoder_matmul_per_token(cfg, seq_len)
-            + disc_head
-        )
-    if cfg.family in ("t5", "bart"):
-        D, F = cfg.hidden_size, cfg.intermediate_size
-        inner = cfg.num_heads * cfg.head_dim if cfg.family == "t5" else D
-        ffn = (3 if cfg.family == "t5" and cfg.gated_ffn else 2) * 2 * D * F
-        S, T = seq_len, max(target_len, 1)
-        enc = S * cfg.num_layers * (2 * 4 * D * inner + ffn + 2 * 2 * S * inner)
-        dec = T * cfg.decoder_layers * (2 * 8 * D * inner + ffn + 2 * 2 * T * inner + 2 * 2 * S * inner)
-        head = T * 2 * D * V
-        return 3.0 * (enc + dec + head) / S
-    raise ValueError(f"no FLOP count for family {cfg.family!r}")
+    """Training FLOPs per input token (the family's `flops_per_token`). Encoder-decoders: per encoder token, with
+    the decoder's work on `target_len` tokens per sequence of `seq_len` included."""
+    return get_family(cfg.family).flops_per_token(cfg, seq_len, target_len, mask_fraction)
+
+
+def encoder_flops(cfg: ModelConfig, seq_len: int, target_len: int = 0, mask_fraction: float = 0.15) -> float:
+    """BERT / RoBERTa / ALBERT: the MLM head runs on masked positions only."""
+    H, E, V = cfg.hidden_size, cfg.emb_size, cfg.vocab_size
+    head = mask_fraction * 2 * (H * E + E * V)
+    return 3.0 * (_encoder_matmul_per_token(cfg, seq_len) + head)
+
+
+def electra_flops(cfg: ModelConfig, seq_len: int, target_len: int = 0, mask_fraction: float = 0.15) -> float:
+    """Generator (MLM head on masked positions) + discriminator (RTD head on every position)."""
+    H, E, V = cfg.hidden_size, cfg.emb_size, cfg.vocab_size
+    gen = cfg.generator()
+    gen_head = mask_fraction * 2 * (gen.hidden_size * E + E * V)
+    disc_head = 2 * (H * H + H)
+    return 3.0 * (
+        _encoder_matmul_per_token(gen, seq_len)
+        + gen_head
+        + _encoder_matmul_per_token(cfg, seq_len)
+        + disc_head
+    )
+
+
+def _seq2seq_flops(cfg: ModelConfig, seq_len: int, target_len: int, inner: int, ffn_mats: int) -> float:
+    D, F, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    ffn = ffn_mats * 2 * D * F
+    S, T = seq_len, max(target_len, 1)
+    enc = S * cfg.num_layers * (2 * 4 * D * inner + ffn + 2 * 2 * S * inner)
+    dec = T * cfg.decoder_layers * (2 * 8 * D * inner + ffn + 2 * 2 * T * inner + 2 * 2 * S * inner)
+    head = T * 2 * D * V
+    return 3.0 * (enc + dec + head) / S
+
+
+def t5_flops(cfg: ModelConfig, seq_len: int, target_len: int = 0, mask_fraction: float = 0.15) -> float:
+    """T5: heads of width d_kv; a gated FFN has three matrices."""
+    return _seq2seq_flops(cfg, seq_len, target_len, cfg.num_heads * cfg.head_dim, 3 if cfg.gated_ffn else 2)
+
+
+def bart_flops(cfg: ModelConfig, seq_len: int, target_len: int = 0, mask_fraction: float = 0.15) -> float:
+    """BART: attention as wide as the model, an ungated FFN."""
+    return _seq2seq_flops(cfg, seq_len, target_len, cfg.hidden_size, 2)
 
 
 # Dense bf16 peak FLOP/s of known accelerators (tensor cores, no sparsity); override with trainer settings.

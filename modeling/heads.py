@@ -23,9 +23,6 @@ from .electra import ElectraForPretraining
 from .encoder import BertForPretraining
 from .t5 import T5ForPretraining
 
-ENCODER_FAMILIES = ("bert", "roberta", "albert", "electra")
-SEQ2SEQ_FAMILIES = ("t5", "bart")
-
 
 class ClassificationHead(nn.Module):
     """dropout -> dense -> tanh -> dropout -> out_proj on the first token (RobertaClassificationHead)."""

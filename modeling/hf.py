@@ -33,16 +33,9 @@ from torch import nn
 from cloze_errors import ClozeError
 
 from .config import T5_ACTIVATIONS, ModelConfig
+from .registry import HFAdapter, HFPart, family_for_model_type, get_family
 
 HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
-CLASSES = {
-    "bert": "BertForMaskedLM",
-    "roberta": "RobertaForMaskedLM",
-    "albert": "AlbertForMaskedLM",
-    "electra": "ElectraForPreTraining",
-    "t5": "T5ForConditionalGeneration",
-    "bart": "BartForConditionalGeneration",
-}
 
 
 class ExportError(ClozeError, RuntimeError):
@@ -57,100 +50,133 @@ def _transformers() -> Any:
     return transformers
 
 
+def adapter_of(cfg: ModelConfig) -> HFAdapter:
+    """The transformers adapter of `cfg.family` (its FamilySpec.hf)."""
+    adapter = get_family(cfg.family).hf
+    if adapter is None:
+        raise ExportError(
+            f"model.family={cfg.family!r} has no transformers adapter (its FamilySpec.hf is None)"
+        )
+    return adapter
+
+
+def _part(cfg: ModelConfig, generator: bool) -> HFPart:
+    """The adapter's first part, or with `generator` its second (ELECTRA's generator)."""
+    adapter = adapter_of(cfg)
+    if cfg.pre_layer_norm and adapter.post_layer_norm_only:
+        raise ExportError(
+            "model.pre_layer_norm=true has no transformers equivalent for this family; export needs post-LN"
+        )
+    if generator and len(adapter.parts) < 2:
+        raise ExportError(f"model.family={cfg.family!r} exports no generator")
+    return adapter.parts[1 if generator else 0]
+
+
 def hf_config(cfg: ModelConfig, generator: bool = False) -> Any:
-    """The transformers config of the same architecture."""
-    tf = _transformers()
-    common = dict(
-        vocab_size=cfg.vocab_size,
-        pad_token_id=cfg.pad_token_id,
-        eos_token_id=cfg.eos_token_id,
-    )
-    enc = dict(
-        hidden_size=cfg.hidden_size,
+    """The transformers config of the same architecture (with `generator`: ELECTRA's generator's)."""
+    return _part(cfg, generator).config(cfg)
+
+
+def _encoder_kwargs(cfg: ModelConfig, c: ModelConfig | None = None) -> dict[str, Any]:
+    """The BertConfig-style arguments every encoder family shares; `c` gives the widths (ELECTRA's generator)."""
+    c = c or cfg
+    return dict(
+        hidden_size=c.hidden_size,
         num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        intermediate_size=cfg.intermediate_size,
-        hidden_act=HF_ACT.get(cfg.activation, cfg.activation),  # T5 maps its own, in t5_feed_forward_proj
+        num_attention_heads=c.num_heads,
+        intermediate_size=c.intermediate_size,
+        hidden_act=HF_ACT.get(cfg.activation, cfg.activation),
         hidden_dropout_prob=cfg.hidden_dropout,
         attention_probs_dropout_prob=cfg.attention_dropout,
         type_vocab_size=max(1, cfg.type_vocab_size),
         layer_norm_eps=cfg.layer_norm_eps,
         initializer_range=cfg.initializer_range,
-        **common,
+        **_common(cfg),
     )
-    if cfg.pre_layer_norm and cfg.family != "t5":
-        raise ExportError(
-            "model.pre_layer_norm=true has no transformers equivalent for this family; export needs post-LN"
-        )
-    if cfg.family == "bert":
-        return tf.BertConfig(max_position_embeddings=cfg.max_position_embeddings, **enc)
-    if cfg.family == "roberta":
-        if cfg.position_offset != cfg.pad_token_id + 1:
-            raise ExportError(f"roberta needs model.position_offset = pad id + 1 = {cfg.pad_token_id + 1}")
-        return tf.RobertaConfig(
-            max_position_embeddings=cfg.max_position_embeddings + cfg.position_offset, **enc
-        )
-    if cfg.family == "albert":
-        return tf.AlbertConfig(
-            embedding_size=cfg.emb_size,
-            max_position_embeddings=cfg.max_position_embeddings,
-            num_hidden_groups=1,
-            inner_group_num=1,
-            classifier_dropout_prob=0.1,
-            **enc,
-        )
-    if cfg.family == "electra":
-        c = cfg.generator() if generator else cfg
-        return tf.ElectraConfig(
-            embedding_size=cfg.emb_size,
-            max_position_embeddings=cfg.max_position_embeddings,
-            **{
-                **enc,
-                "hidden_size": c.hidden_size,
-                "num_attention_heads": c.num_heads,
-                "intermediate_size": c.intermediate_size,
-            },
-        )
-    if cfg.family == "t5":
-        return tf.T5Config(
-            d_model=cfg.hidden_size,
-            d_kv=cfg.head_dim,
-            d_ff=cfg.intermediate_size,
-            num_layers=cfg.num_layers,
-            num_decoder_layers=cfg.decoder_layers,
-            num_heads=cfg.num_heads,
-            relative_attention_num_buckets=cfg.relative_attention_num_buckets,
-            relative_attention_max_distance=cfg.relative_attention_max_distance,
-            dropout_rate=cfg.hidden_dropout,
-            layer_norm_epsilon=cfg.layer_norm_eps,
-            feed_forward_proj=t5_feed_forward_proj(cfg),
-            tie_word_embeddings=cfg.tie_word_embeddings,
-            decoder_start_token_id=cfg.pad_token_id,
-            initializer_factor=cfg.initializer_factor,
-            **common,
-        )
-    if cfg.family == "bart":
-        return tf.BartConfig(
-            d_model=cfg.hidden_size,
-            encoder_layers=cfg.num_layers,
-            decoder_layers=cfg.decoder_layers,
-            encoder_attention_heads=cfg.num_heads,
-            decoder_attention_heads=cfg.num_heads,
-            encoder_ffn_dim=cfg.intermediate_size,
-            decoder_ffn_dim=cfg.intermediate_size,
-            max_position_embeddings=cfg.max_position_embeddings,
-            activation_function=HF_ACT[cfg.activation],
-            dropout=cfg.hidden_dropout,
-            attention_dropout=cfg.attention_dropout,
-            activation_dropout=cfg.hidden_dropout,
-            scale_embedding=False,
-            init_std=cfg.initializer_range,
-            bos_token_id=cfg.bos_token_id,
-            decoder_start_token_id=cfg.eos_token_id,
-            forced_eos_token_id=cfg.eos_token_id,
-            **common,
-        )
-    raise ExportError(f"no transformers class for model.family={cfg.family!r}")
+
+
+def _common(cfg: ModelConfig) -> dict[str, Any]:
+    return dict(vocab_size=cfg.vocab_size, pad_token_id=cfg.pad_token_id, eos_token_id=cfg.eos_token_id)
+
+
+def bert_config(cfg: ModelConfig) -> Any:
+    return _transformers().BertConfig(
+        max_position_embeddings=cfg.max_position_embeddings, **_encoder_kwargs(cfg)
+    )
+
+
+def roberta_config(cfg: ModelConfig) -> Any:
+    if cfg.position_offset != cfg.pad_token_id + 1:
+        raise ExportError(f"roberta needs model.position_offset = pad id + 1 = {cfg.pad_token_id + 1}")
+    return _transformers().RobertaConfig(
+        max_position_embeddings=cfg.max_position_embeddings + cfg.position_offset, **_encoder_kwargs(cfg)
+    )
+
+
+def albert_config(cfg: ModelConfig) -> Any:
+    return _transformers().AlbertConfig(
+        embedding_size=cfg.emb_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        num_hidden_groups=1,
+        inner_group_num=1,
+        classifier_dropout_prob=0.1,
+        **_encoder_kwargs(cfg),
+    )
+
+
+def electra_config(cfg: ModelConfig, generator: bool = False) -> Any:
+    return _transformers().ElectraConfig(
+        embedding_size=cfg.emb_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        **_encoder_kwargs(cfg, cfg.generator() if generator else cfg),
+    )
+
+
+def electra_generator_config(cfg: ModelConfig) -> Any:
+    return electra_config(cfg, generator=True)
+
+
+def t5_config(cfg: ModelConfig) -> Any:
+    return _transformers().T5Config(
+        d_model=cfg.hidden_size,
+        d_kv=cfg.head_dim,
+        d_ff=cfg.intermediate_size,
+        num_layers=cfg.num_layers,
+        num_decoder_layers=cfg.decoder_layers,
+        num_heads=cfg.num_heads,
+        relative_attention_num_buckets=cfg.relative_attention_num_buckets,
+        relative_attention_max_distance=cfg.relative_attention_max_distance,
+        dropout_rate=cfg.hidden_dropout,
+        layer_norm_epsilon=cfg.layer_norm_eps,
+        feed_forward_proj=t5_feed_forward_proj(cfg),
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        decoder_start_token_id=cfg.pad_token_id,
+        initializer_factor=cfg.initializer_factor,
+        **_common(cfg),
+    )
+
+
+def bart_config(cfg: ModelConfig) -> Any:
+    return _transformers().BartConfig(
+        d_model=cfg.hidden_size,
+        encoder_layers=cfg.num_layers,
+        decoder_layers=cfg.decoder_layers,
+        encoder_attention_heads=cfg.num_heads,
+        decoder_attention_heads=cfg.num_heads,
+        encoder_ffn_dim=cfg.intermediate_size,
+        decoder_ffn_dim=cfg.intermediate_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        activation_function=HF_ACT[cfg.activation],
+        dropout=cfg.hidden_dropout,
+        attention_dropout=cfg.attention_dropout,
+        activation_dropout=cfg.hidden_dropout,
+        scale_embedding=False,
+        init_std=cfg.initializer_range,
+        bos_token_id=cfg.bos_token_id,
+        decoder_start_token_id=cfg.eos_token_id,
+        forced_eos_token_id=cfg.eos_token_id,
+        **_common(cfg),
+    )
 
 
 def t5_feed_forward_proj(cfg: ModelConfig) -> str:
@@ -182,76 +208,46 @@ def t5_activation_from_hf(feed_forward_proj: str, where: str) -> tuple[str, bool
 
 
 # ---- key maps: (ours, theirs) pairs; a name ending in "." renames a prefix, otherwise one exact key ---------
+# Each family's adapter (its FamilySpec.hf, registered beside its model file) is built here from these tables.
 
 ALBERT_LAYER = "albert.encoder.albert_layer_groups.0.albert_layers.0."
-MAPS: dict[str, list[tuple[str, str]]] = {
-    "bert": [],
-    "roberta": [
-        ("bert.", "roberta."),
-        ("cls.predictions.transform.dense.", "lm_head.dense."),
-        ("cls.predictions.transform.LayerNorm.", "lm_head.layer_norm."),
-        ("cls.predictions.bias", "lm_head.bias"),
-    ],
-    "albert": [
-        ("bert.embeddings_project.", "albert.encoder.embedding_hidden_mapping_in."),
-        ("bert.embeddings.", "albert.embeddings."),
-        ("bert.encoder.layer.0.attention.self.", ALBERT_LAYER + "attention."),
-        ("bert.encoder.layer.0.attention.output.dense.", ALBERT_LAYER + "attention.dense."),
-        ("bert.encoder.layer.0.attention.output.LayerNorm.", ALBERT_LAYER + "attention.LayerNorm."),
-        ("bert.encoder.layer.0.intermediate.dense.", ALBERT_LAYER + "ffn."),
-        ("bert.encoder.layer.0.output.dense.", ALBERT_LAYER + "ffn_output."),
-        ("bert.encoder.layer.0.output.LayerNorm.", ALBERT_LAYER + "full_layer_layer_norm."),
-        ("cls.predictions.transform.dense.", "predictions.dense."),
-        ("cls.predictions.transform.LayerNorm.", "predictions.LayerNorm."),
-        ("cls.predictions.bias", "predictions.bias"),
-    ],
-    "electra": [
-        ("embeddings.", "electra.embeddings."),
-        ("discriminator.embeddings_project.", "electra.embeddings_project."),
-        ("discriminator.encoder.", "electra.encoder."),
-    ],
-    "electra_generator": [
-        ("embeddings.", "electra.embeddings."),
-        ("generator.embeddings_project.", "electra.embeddings_project."),
-        ("generator.encoder.", "electra.encoder."),
-        ("generator_predictions.transform.dense.", "generator_predictions.dense."),
-        ("generator_predictions.transform.LayerNorm.", "generator_predictions.LayerNorm."),
-        ("generator_predictions.bias", "generator_lm_head.bias"),
-    ],
-    "t5": [],
-    "bart": [],
-}
-# Our keys that the transformers model of a map does not hold (the other half of ELECTRA).
-DROP = {
-    # BertForMaskedLM-style exports carry no pooler / sentence classifier (BertForPreTraining would).
-    "bert": ("pooler.", "cls.seq_relationship."),
-    "roberta": ("pooler.", "cls.seq_relationship."),
-    "albert": ("pooler.", "cls.seq_relationship."),
-    "electra": ("generator.", "generator_predictions."),
-    "electra_generator": ("discriminator.", "discriminator_predictions."),
-}
-# transformers keys filled from ours that have no key of their own here (tied heads).
-TIED = {
-    "bert": {
-        "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
-        "cls.predictions.decoder.bias": "cls.predictions.bias",
-    },
-    "roberta": {
-        "lm_head.decoder.weight": "bert.embeddings.word_embeddings.weight",
-        "lm_head.decoder.bias": "cls.predictions.bias",
-    },
-    "albert": {
-        "predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
-        "predictions.decoder.bias": "cls.predictions.bias",
-    },
-    "electra": {},
-    "electra_generator": {"generator_lm_head.weight": "embeddings.word_embeddings.weight"},
-    "t5": {},
-    "bart": {"lm_head.weight": "model.shared.weight"},
-}
+ROBERTA_RENAME = (
+    ("bert.", "roberta."),
+    ("cls.predictions.transform.dense.", "lm_head.dense."),
+    ("cls.predictions.transform.LayerNorm.", "lm_head.layer_norm."),
+    ("cls.predictions.bias", "lm_head.bias"),
+)
+ALBERT_RENAME = (
+    ("bert.embeddings_project.", "albert.encoder.embedding_hidden_mapping_in."),
+    ("bert.embeddings.", "albert.embeddings."),
+    ("bert.encoder.layer.0.attention.self.", ALBERT_LAYER + "attention."),
+    ("bert.encoder.layer.0.attention.output.dense.", ALBERT_LAYER + "attention.dense."),
+    ("bert.encoder.layer.0.attention.output.LayerNorm.", ALBERT_LAYER + "attention.LayerNorm."),
+    ("bert.encoder.layer.0.intermediate.dense.", ALBERT_LAYER + "ffn."),
+    ("bert.encoder.layer.0.output.dense.", ALBERT_LAYER + "ffn_output."),
+    ("bert.encoder.layer.0.output.LayerNorm.", ALBERT_LAYER + "full_layer_layer_norm."),
+    ("cls.predictions.transform.dense.", "predictions.dense."),
+    ("cls.predictions.transform.LayerNorm.", "predictions.LayerNorm."),
+    ("cls.predictions.bias", "predictions.bias"),
+)
+ELECTRA_RENAME = (
+    ("embeddings.", "electra.embeddings."),
+    ("discriminator.embeddings_project.", "electra.embeddings_project."),
+    ("discriminator.encoder.", "electra.encoder."),
+)
+ELECTRA_GENERATOR_RENAME = (
+    ("embeddings.", "electra.embeddings."),
+    ("generator.embeddings_project.", "electra.embeddings_project."),
+    ("generator.encoder.", "electra.encoder."),
+    ("generator_predictions.transform.dense.", "generator_predictions.dense."),
+    ("generator_predictions.transform.LayerNorm.", "generator_predictions.LayerNorm."),
+    ("generator_predictions.bias", "generator_lm_head.bias"),
+)
+# BertForMaskedLM-style exports carry no pooler / sentence classifier (BertForPreTraining would).
+ENCODER_DROP = ("pooler.", "cls.seq_relationship.")
 
 
-def _rename(key: str, pairs: list[tuple[str, str]]) -> str:
+def _rename(key: str, pairs: tuple[tuple[str, str], ...]) -> str:
     """Rename by the longest matching pair (so a specific prefix wins over a general one)."""
     hits = [(src, dst) for src, dst in pairs if key == src or (src.endswith(".") and key.startswith(src))]
     if not hits:
@@ -260,52 +256,59 @@ def _rename(key: str, pairs: list[tuple[str, str]]) -> str:
     return dst + key[len(src) :]
 
 
-def to_hf_state_dict(state: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
-    drop = DROP.get(family, ())
-    out = {_rename(k, MAPS[family]): v for k, v in state.items() if not (drop and k.startswith(drop))}
-    for theirs, ours in TIED[family].items():
+def to_hf_state_dict(state: dict[str, torch.Tensor], part: HFPart) -> dict[str, torch.Tensor]:
+    """Our state dict -> the keys of `part`'s transformers model (tied copies filled in)."""
+    drop = part.drop
+    out = {_rename(k, part.rename): v for k, v in state.items() if not (drop and k.startswith(drop))}
+    for theirs, ours in part.tied.items():
         out[theirs] = state[ours]
     return out
 
 
-def from_hf_state_dict(state: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
+def from_hf_state_dict(state: dict[str, torch.Tensor], part: HFPart) -> dict[str, torch.Tensor]:
     """The inverse map (transformers keys -> ours); tied copies and position-id buffers are left out."""
-    inverse = [(theirs, ours) for ours, theirs in MAPS[family]]
-    skip = set(TIED[family])
+    inverse = tuple((theirs, ours) for ours, theirs in part.rename)
+    skip = set(part.tied)
     return {
         _rename(k, inverse): v for k, v in state.items() if k not in skip and not k.endswith("position_ids")
     }
 
 
-def _load_into_hf(model: nn.Module, cfg: ModelConfig, family: str, generator: bool = False) -> Any:
-    tf = _transformers()
-    cls_name = "ElectraForMaskedLM" if generator else CLASSES[cfg.family]
-    hf = getattr(tf, cls_name)(hf_config(cfg, generator=generator))
-    if cfg.family == "t5" and not cfg.tie_word_embeddings:
-        # transformers 5 builds T5 with lm_head tied to `shared` always (T5Config forces tie_word_embeddings);
-        # v1.1 unties them: give lm_head its own tensor and drop the pair, so save_pretrained writes both.
+def untie_t5_head(hf: Any, cfg: ModelConfig) -> None:
+    """transformers 5 builds T5 with lm_head tied to `shared` always (T5Config forces tie_word_embeddings); v1.1
+    unties them: give lm_head its own tensor and drop the pair, so save_pretrained writes both."""
+    if not cfg.tie_word_embeddings:
         hf.lm_head.weight = nn.Parameter(hf.lm_head.weight.detach().clone())
         getattr(hf, "all_tied_weights_keys", {}).pop("lm_head.weight", None)
+
+
+def _load_into_hf(model: nn.Module, cfg: ModelConfig, generator: bool = False) -> Any:
+    tf = _transformers()
+    part = _part(cfg, generator)
+    hf = getattr(tf, part.hf_class)(part.config(cfg))
+    fix = adapter_of(cfg).fix_hf_model
+    if fix is not None:
+        fix(hf, cfg)
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    mapped = to_hf_state_dict(state, family)
+    mapped = to_hf_state_dict(state, part)
     missing, unexpected = hf.load_state_dict(mapped, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids") and "pooler" not in k]
     if missing or unexpected:
         raise ExportError(
-            f"{cls_name}: keys without a match: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"{part.hf_class}: keys without a match: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return hf.eval()
 
 
 def export_hf(model: nn.Module, cfg: ModelConfig, out: str | Path) -> list[Path]:
-    """Write `out` (and `out/generator` for ELECTRA) loadable with transformers' from_pretrained; returns them.
-    The tokenizer files are written next to them by data_pipeline/hf_tokenizer.py (`cloze export` does both)."""
+    """Write `out` (and a subdirectory per further part, ELECTRA's `out/generator`) loadable with transformers'
+    from_pretrained; returns them. The tokenizer files are written next to them by data_pipeline/hf_tokenizer.py
+    (`cloze export` does both)."""
     out = Path(out)
     written = []
-    targets = [(out, False)] + ([(out / "generator", True)] if cfg.family == "electra" else [])
-    for path, generator in targets:
-        family = "electra_generator" if generator else cfg.family
-        hf = _load_into_hf(model, cfg, family, generator)
+    for i, part in enumerate(adapter_of(cfg).parts):
+        path = out / part.subdir if part.subdir else out
+        hf = _load_into_hf(model, cfg, generator=i == 1)
         hf.save_pretrained(str(path))
         written.append(path)
     return written
@@ -313,95 +316,208 @@ def export_hf(model: nn.Module, cfg: ModelConfig, out: str | Path) -> list[Path]
 
 def hf_model(model: nn.Module, cfg: ModelConfig, generator: bool = False) -> Any:
     """The transformers model holding `model`'s weights, in memory."""
-    return _load_into_hf(model, cfg, "electra_generator" if generator else cfg.family, generator)
+    return _load_into_hf(model, cfg, generator)
 
 
 def import_hf(hf: Any, cfg: ModelConfig, generator: bool = False) -> dict[str, torch.Tensor]:
     """Our state dict from a transformers model of `cfg.family` (load with model.load_state_dict). ELECTRA: the
     discriminator (ElectraForPreTraining) and, with generator=True, the generator (ElectraForMaskedLM)."""
-    return from_hf_state_dict(dict(hf.state_dict()), "electra_generator" if generator else cfg.family)
+    return from_hf_state_dict(dict(hf.state_dict()), _part(cfg, generator))
 
 
 REVERSE_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
 
+def _activation_from_hf(raw: dict[str, Any], path: str) -> str:
+    """Our activation for an encoder's or BART's config.json (T5 reads its own: t5_activation_from_hf)."""
+    hf_act = raw.get("hidden_act") or raw.get("activation_function") or "gelu"
+    if hf_act not in REVERSE_ACT:
+        raise ExportError(
+            f"{path}/config.json: activation {hf_act!r} is not supported for {raw.get('model_type')}; supported: "
+            f"{', '.join(REVERSE_ACT)}"
+        )
+    return REVERSE_ACT[hf_act]
+
+
+def _common_from_hf(raw: dict[str, Any]) -> dict[str, Any]:
+    return dict(vocab_size=raw["vocab_size"], pad_token_id=raw.get("pad_token_id") or 0)
+
+
+def _encoder_from_hf(raw: dict[str, Any], path: str, family: str, offset: int = 0, **kw: Any) -> ModelConfig:
+    return ModelConfig(
+        family=family,
+        hidden_size=raw["hidden_size"],
+        num_layers=raw["num_hidden_layers"],
+        num_heads=raw["num_attention_heads"],
+        intermediate_size=raw["intermediate_size"],
+        max_position_embeddings=raw["max_position_embeddings"] - offset,
+        type_vocab_size=raw["type_vocab_size"],
+        hidden_dropout=raw.get("hidden_dropout_prob", 0.1),
+        attention_dropout=raw.get("attention_probs_dropout_prob", 0.1),
+        layer_norm_eps=raw.get("layer_norm_eps", 1e-12),
+        activation=_activation_from_hf(raw, path),
+        position_offset=offset,
+        **kw,
+        **_common_from_hf(raw),
+    )
+
+
+def bert_from_hf(raw: dict[str, Any], path: str) -> ModelConfig:
+    return _encoder_from_hf(raw, path, "bert")
+
+
+def roberta_from_hf(raw: dict[str, Any], path: str) -> ModelConfig:
+    return _encoder_from_hf(raw, path, "roberta", offset=(raw.get("pad_token_id") or 0) + 1)
+
+
+def albert_from_hf(raw: dict[str, Any], path: str) -> ModelConfig:
+    return _encoder_from_hf(
+        raw, path, "albert", embedding_size=raw.get("embedding_size", 0), share_layers=True
+    )
+
+
+def t5_from_hf(raw: dict[str, Any], path: str) -> ModelConfig:
+    t5_act, gated = t5_activation_from_hf(raw.get("feed_forward_proj", "relu"), f"{path}/config.json")
+    return ModelConfig(
+        family="t5",
+        hidden_size=raw["d_model"],
+        num_layers=raw["num_layers"],
+        num_decoder_layers=raw.get("num_decoder_layers") or raw["num_layers"],
+        num_heads=raw["num_heads"],
+        d_kv=raw["d_kv"],
+        intermediate_size=raw["d_ff"],
+        layer_norm_eps=raw.get("layer_norm_epsilon", 1e-6),
+        activation=t5_act,
+        gated_ffn=gated,
+        tie_word_embeddings=raw.get("tie_word_embeddings", True) and raw.get("scale_decoder_outputs", True),
+        hidden_dropout=raw.get("dropout_rate", 0.1),
+        attention_dropout=raw.get("dropout_rate", 0.1),
+        relative_attention_num_buckets=raw.get("relative_attention_num_buckets", 32),
+        relative_attention_max_distance=raw.get("relative_attention_max_distance", 128),
+        initializer_factor=raw.get("initializer_factor", 1.0),
+        eos_token_id=raw.get("eos_token_id", 1),
+        **_common_from_hf(raw),
+    )
+
+
+def bart_from_hf(raw: dict[str, Any], path: str) -> ModelConfig:
+    return ModelConfig(
+        family="bart",
+        hidden_size=raw["d_model"],
+        num_layers=raw["encoder_layers"],
+        num_decoder_layers=raw["decoder_layers"],
+        num_heads=raw["encoder_attention_heads"],
+        intermediate_size=raw["encoder_ffn_dim"],
+        max_position_embeddings=raw["max_position_embeddings"],
+        activation=_activation_from_hf(raw, path),
+        layer_norm_eps=1e-5,
+        hidden_dropout=raw.get("dropout", 0.1),
+        attention_dropout=raw.get("attention_dropout", 0.0),
+        initializer_range=raw.get("init_std", 0.02),
+        bos_token_id=raw.get("bos_token_id", 0),
+        eos_token_id=raw.get("eos_token_id", 2),
+        **_common_from_hf(raw),
+    )
+
+
+BERT_HF = HFAdapter(
+    parts=(
+        HFPart(
+            "BertForMaskedLM",
+            bert_config,
+            drop=ENCODER_DROP,
+            tied={
+                "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+                "cls.predictions.decoder.bias": "cls.predictions.bias",
+            },
+        ),
+    ),
+    model_type="bert",
+    from_hf_config=bert_from_hf,
+    bare_prefix="bert.",
+)
+ROBERTA_HF = HFAdapter(
+    parts=(
+        HFPart(
+            "RobertaForMaskedLM",
+            roberta_config,
+            rename=ROBERTA_RENAME,
+            drop=ENCODER_DROP,
+            tied={
+                "lm_head.decoder.weight": "bert.embeddings.word_embeddings.weight",
+                "lm_head.decoder.bias": "cls.predictions.bias",
+            },
+        ),
+    ),
+    model_type="roberta",
+    from_hf_config=roberta_from_hf,
+    bare_prefix="roberta.",
+)
+ALBERT_HF = HFAdapter(
+    parts=(
+        HFPart(
+            "AlbertForMaskedLM",
+            albert_config,
+            rename=ALBERT_RENAME,
+            drop=ENCODER_DROP,
+            tied={
+                "predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+                "predictions.decoder.bias": "cls.predictions.bias",
+            },
+        ),
+    ),
+    model_type="albert",
+    from_hf_config=albert_from_hf,
+    bare_prefix="albert.",
+)
+ELECTRA_HF = HFAdapter(
+    parts=(
+        HFPart(
+            "ElectraForPreTraining",
+            electra_config,
+            rename=ELECTRA_RENAME,
+            drop=("generator.", "generator_predictions."),
+        ),
+        HFPart(
+            "ElectraForMaskedLM",
+            electra_generator_config,
+            rename=ELECTRA_GENERATOR_RENAME,
+            drop=("discriminator.", "discriminator_predictions."),
+            tied={"generator_lm_head.weight": "embeddings.word_embeddings.weight"},
+            subdir="generator",
+        ),
+    ),
+)
+T5_HF = HFAdapter(
+    parts=(HFPart("T5ForConditionalGeneration", t5_config),),
+    model_type="t5",
+    from_hf_config=t5_from_hf,
+    fix_hf_model=untie_t5_head,
+    post_layer_norm_only=False,
+)
+BART_HF = HFAdapter(
+    parts=(
+        HFPart("BartForConditionalGeneration", bart_config, tied={"lm_head.weight": "model.shared.weight"}),
+    ),
+    model_type="bart",
+    from_hf_config=bart_from_hf,
+)
+
+
 def config_from_hf(path: str | Path) -> ModelConfig:
-    """Our ModelConfig for a transformers checkpoint directory (BERT, RoBERTa, ALBERT, T5, BART)."""
+    """Our ModelConfig for a transformers checkpoint directory (every family whose adapter imports: BERT, RoBERTa,
+    ALBERT, T5, BART)."""
     import json
 
     raw = json.loads((Path(path) / "config.json").read_text())
     kind = raw.get("model_type")
-    hf_act = raw.get("hidden_act") or raw.get("activation_function") or "gelu"
-    if kind != "t5" and hf_act not in REVERSE_ACT:
-        raise ExportError(
-            f"{path}/config.json: activation {hf_act!r} is not supported for {kind}; supported: "
-            f"{', '.join(REVERSE_ACT)}"
-        )
-    act = REVERSE_ACT.get(hf_act, "gelu")
-    common = dict(vocab_size=raw["vocab_size"], pad_token_id=raw.get("pad_token_id") or 0)
-    if kind in ("bert", "roberta", "albert"):
-        offset = common["pad_token_id"] + 1 if kind == "roberta" else 0
-        return ModelConfig(
-            family=kind,
-            hidden_size=raw["hidden_size"],
-            num_layers=raw["num_hidden_layers"],
-            num_heads=raw["num_attention_heads"],
-            intermediate_size=raw["intermediate_size"],
-            max_position_embeddings=raw["max_position_embeddings"] - offset,
-            type_vocab_size=raw["type_vocab_size"],
-            hidden_dropout=raw.get("hidden_dropout_prob", 0.1),
-            attention_dropout=raw.get("attention_probs_dropout_prob", 0.1),
-            layer_norm_eps=raw.get("layer_norm_eps", 1e-12),
-            activation=act,
-            position_offset=offset,
-            embedding_size=raw.get("embedding_size", 0) if kind == "albert" else 0,
-            share_layers=kind == "albert",
-            **common,
-        )
-    if kind == "t5":
-        t5_act, gated = t5_activation_from_hf(raw.get("feed_forward_proj", "relu"), f"{path}/config.json")
-        return ModelConfig(
-            family="t5",
-            hidden_size=raw["d_model"],
-            num_layers=raw["num_layers"],
-            num_decoder_layers=raw.get("num_decoder_layers") or raw["num_layers"],
-            num_heads=raw["num_heads"],
-            d_kv=raw["d_kv"],
-            intermediate_size=raw["d_ff"],
-            layer_norm_eps=raw.get("layer_norm_epsilon", 1e-6),
-            activation=t5_act,
-            gated_ffn=gated,
-            tie_word_embeddings=raw.get("tie_word_embeddings", True)
-            and raw.get("scale_decoder_outputs", True),
-            hidden_dropout=raw.get("dropout_rate", 0.1),
-            attention_dropout=raw.get("dropout_rate", 0.1),
-            relative_attention_num_buckets=raw.get("relative_attention_num_buckets", 32),
-            relative_attention_max_distance=raw.get("relative_attention_max_distance", 128),
-            initializer_factor=raw.get("initializer_factor", 1.0),
-            eos_token_id=raw.get("eos_token_id", 1),
-            **common,
-        )
-    if kind == "bart":
-        return ModelConfig(
-            family="bart",
-            hidden_size=raw["d_model"],
-            num_layers=raw["encoder_layers"],
-            num_decoder_layers=raw["decoder_layers"],
-            num_heads=raw["encoder_attention_heads"],
-            intermediate_size=raw["encoder_ffn_dim"],
-            max_position_embeddings=raw["max_position_embeddings"],
-            activation=act,
-            layer_norm_eps=1e-5,
-            hidden_dropout=raw.get("dropout", 0.1),
-            attention_dropout=raw.get("attention_dropout", 0.0),
-            initializer_range=raw.get("init_std", 0.02),
-            bos_token_id=raw.get("bos_token_id", 0),
-            eos_token_id=raw.get("eos_token_id", 2),
-            **common,
-        )
-    raise ExportError(
-        f"{path}/config.json: model_type {kind!r} cannot be imported (bert, roberta, albert, t5, bart)"
-    )
+    spec = family_for_model_type(str(kind))
+    if spec is None or spec.hf is None or spec.hf.from_hf_config is None:
+        from .registry import FAMILIES
+
+        known = [f.hf.model_type for f in FAMILIES.values() if f.hf is not None and f.hf.from_hf_config]
+        raise ExportError(f"{path}/config.json: model_type {kind!r} cannot be imported ({', '.join(known)})")
+    return spec.hf.from_hf_config(raw, str(path))
 
 
 def load_hf(path: str | Path) -> tuple[nn.Module, ModelConfig, list[str]]:
@@ -420,10 +536,11 @@ def load_hf(path: str | Path) -> tuple[nn.Module, ModelConfig, list[str]]:
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_file(str(f)))
-    prefix = {"bert": "bert.", "roberta": "roberta.", "albert": "albert."}.get(cfg.family)
+    adapter = adapter_of(cfg)
+    prefix = adapter.bare_prefix
     if prefix and not any(k.startswith(prefix) for k in state):  # a bare encoder saved without its prefix
         state = {prefix + k: v for k, v in state.items()}
-    ours = from_hf_state_dict(state, cfg.family)
+    ours = from_hf_state_dict(state, adapter.parts[0])
     model = build_model(cfg)
     missing, unexpected = model.load_state_dict(ours, strict=False)
     loaded = {id(p) for k, p in model.named_parameters(remove_duplicate=False) if k in ours}

@@ -23,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import T5_ACTIVATIONS, ModelConfig
+from . import flops, hf
+from .config import T5_ACTIVATIONS, ModelConfig, ModelConfigError
 from .layers import run_blocks
+from .registry import FamilySpec, register_family
 
 
 class T5LayerNorm(nn.Module):
@@ -345,3 +347,32 @@ class T5ForPretraining(nn.Module):
         if self.tied:
             dec = dec * self.config.hidden_size**-0.5  # T5 v1.0 rescales before a tied head
         return Seq2SeqOutput(self.lm_head(dec), enc)
+
+
+def check_t5_config(cfg: ModelConfig) -> None:
+    """T5's feed-forward takes any parameter-free transformers activation (FamilySpec.check_config)."""
+    if cfg.activation not in T5_ACTIVATIONS:
+        raise ModelConfigError(
+            f"model.activation={cfg.activation!r} is not supported for model.family='t5'; choose one of "
+            f"{', '.join(T5_ACTIVATIONS)} (transformers' ACT2FN names; 'prelu' and 'xielu' carry learnable "
+            "parameters and are not supported)"
+        )
+    if cfg.initializer_factor <= 0:
+        raise ModelConfigError(f"model.initializer_factor must be > 0, got {cfg.initializer_factor}")
+
+
+register_family(
+    FamilySpec(
+        name="t5",
+        build=T5ForPretraining,
+        objectives=("t5",),
+        param_count=flops.t5_params,
+        flops_per_token=flops.t5_flops,
+        framing="raw",
+        seq2seq=True,
+        decoder_start="pad",
+        learned_positions=False,
+        check_config=check_t5_config,
+        hf=hf.T5_HF,
+    )
+)

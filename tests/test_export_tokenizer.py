@@ -20,7 +20,7 @@ from data_pipeline.tokenizer import Tokenizer, vocab_of
 from launch.export import RunTokenizer, write_tokenizer
 from modeling import ModelConfig, build_model
 from modeling.hf import export_hf
-from trainer.losses import COMPATIBLE
+from modeling.registry import get_family
 
 transformers = pytest.importorskip("transformers")
 
@@ -43,7 +43,7 @@ PAIRS = [(SENTENCES[0], SENTENCES[1]), (SENTENCES[2], SENTENCES[3])]
 
 def framing_of(family: str, tok: Tokenizer) -> str:
     """The packing kind of the first objective the family trains on (what the writer records in the manifest)."""
-    return str(build_objective(COMPATIBLE[family][0], vocab_of(tok), 64).packing)
+    return str(build_objective(get_family(family).objectives[0], vocab_of(tok), 64).packing)
 
 
 def objective_end(tok: Tokenizer, kind: str) -> list[int]:

@@ -10,7 +10,8 @@ import torch
 
 from data_pipeline.hf_tokenizer import save_hf_tokenizer
 from modeling import ModelConfig, build_model
-from modeling.hf import CLASSES, export_hf, hf_model, import_hf
+from modeling.hf import export_hf, hf_model, import_hf
+from modeling.registry import get_family
 from tests.conftest import tiny_model_config
 
 transformers = pytest.importorskip("transformers")
@@ -187,7 +188,7 @@ def test_export_loads_without_warnings(tmp_path: Path, family: str, monkeypatch)
     cfg = cfg_of(**kw)
     ours = make(cfg)
     dirs = export_hf(ours, cfg, tmp_path / "hf")
-    classes = [CLASSES[cfg.family]] + (["ElectraForMaskedLM"] if family == "electra" else [])
+    classes = [part.hf_class for part in get_family(cfg.family).hf.parts]  # type: ignore[union-attr]
     records: list[logging.LogRecord] = []
 
     class Collect(logging.Handler):

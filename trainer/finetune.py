@@ -39,6 +39,7 @@ from data_pipeline.objectives import (
     ObjectiveError,
     Packed,
     T5Params,
+    Vocab,
     build_objective,
     t5_fitting_lengths,
 )
@@ -48,22 +49,16 @@ from data_pipeline.tasks import LOWER_IS_BETTER, Example, Task, encode_pair
 from data_pipeline.tokenizer import SpecialIds
 from modeling.config import ModelConfig
 from modeling.heads import (
-    ENCODER_FAMILIES,
-    SEQ2SEQ_FAMILIES,
     EncoderForSequenceTask,
     Seq2SeqForSequenceTask,
     mlm_logits,
 )
+from modeling.registry import get_family
 
-FRAMING = {
-    "bert": "encoder",
-    "roberta": "encoder",
-    "albert": "encoder",
-    "electra": "encoder",
-    "t5": "raw",
-    "bart": "bart",
-}
-"""The packing kind each family pretrains with (data_pipeline/packing.py)."""
+
+def framing_of(family: str) -> str:
+    """The packing kind the family pretrains with (data_pipeline/packing.py; its FamilySpec.framing)."""
+    return get_family(family).framing
 
 
 class FinetuneError(InputError):
@@ -139,13 +134,14 @@ class Recipe:
 def check_compatible(backbone: Backbone, task: Task) -> None:
     """The family can do the task type, and the tokenizer is the one the model was trained with."""
     fam, kind = backbone.config.family, task.spec.type
-    ok = {
-        "classification": ENCODER_FAMILIES + SEQ2SEQ_FAMILIES,
-        "regression": ENCODER_FAMILIES,
-        "pseudo_perplexity": ENCODER_FAMILIES,
-        "seq2seq_loss": SEQ2SEQ_FAMILIES,
+    spec = get_family(fam)
+    ok = {  # encoder-decoders generate label words; encoders have an MLM head
+        "classification": True,
+        "regression": not spec.seq2seq,
+        "pseudo_perplexity": not spec.seq2seq,
+        "seq2seq_loss": spec.seq2seq,
     }[kind]
-    if fam not in ok:
+    if not ok:
         why = {
             "regression": "text-to-text models predict label words; give the task discrete labels (classification)",
             "pseudo_perplexity": "pseudo-perplexity needs a masked-LM head; score an encoder-decoder with "
@@ -165,13 +161,13 @@ def check_compatible(backbone: Backbone, task: Task) -> None:
         problems.append(f"its vocabulary has {sp.get_piece_size()} pieces, the model {cfg.vocab_size}")
     if tok.special.pad != cfg.pad_token_id:
         problems.append(f"its pad id is {tok.special.pad}, the model's {cfg.pad_token_id}")
-    if fam == "bart" and (tok.special.bos, tok.special.eos) != (cfg.bos_token_id, cfg.eos_token_id):
+    if spec.framing == "bart" and (tok.special.bos, tok.special.eos) != (cfg.bos_token_id, cfg.eos_token_id):
         problems.append(
             f"its <s>/</s> ids are {tok.special.bos}/{tok.special.eos}, the model's {cfg.bos_token_id}/{cfg.eos_token_id}"
         )
-    if tok.framing != FRAMING[fam]:
+    if tok.framing != spec.framing:
         problems.append(
-            f"it frames text as {tok.framing!r}, a {fam} model was pretrained on {FRAMING[fam]!r}"
+            f"it frames text as {tok.framing!r}, a {fam} model was pretrained on {spec.framing!r}"
         )
     if problems:
         raise FinetuneError(
@@ -179,7 +175,7 @@ def check_compatible(backbone: Backbone, task: Task) -> None:
             + "; ".join(problems)
             + ". Use the tokenizer that wrote the run's shards (RUN_DIR/tokenizer/, or the export's spiece.model)"
         )
-    if task.spec.type == "classification" and fam in SEQ2SEQ_FAMILIES:
+    if task.spec.type == "classification" and spec.seq2seq:
         words = [tuple(sp.encode(task.spec.word(lab))) for lab in task.spec.labels]
         if len(set(words)) != len(words) or any(not w for w in words):
             raise FinetuneError(
@@ -321,7 +317,7 @@ class SequenceTaskRunner:
         self.train_y = [self.enc.label(e) for e in task.train]
         self.dev = [self.enc.ids(e) for e in task.dev]
         self.dev_y = np.asarray([self.enc.label(e) for e in task.dev])
-        self.seq2seq = backbone.config.family in SEQ2SEQ_FAMILIES
+        self.seq2seq = backbone.config.is_seq2seq
         if self.seq2seq:
             self.words = self.enc.label_words()
 
@@ -329,7 +325,7 @@ class SequenceTaskRunner:
         pretrained = copy.deepcopy(self.backbone.model)
         if self.seq2seq:
             tok = self.backbone.tokenizer.special
-            start = tok.pad if self.backbone.config.family == "t5" else tok.eos  # loader.collator_for
+            start = getattr(tok, get_family(self.backbone.config.family).decoder_start)  # loader.collator_for
             return Seq2SeqForSequenceTask(pretrained, start, tok.pad)
         return EncoderForSequenceTask(pretrained, self.task.spec.num_outputs)
 
@@ -418,6 +414,16 @@ def pseudo_perplexity(backbone: Backbone, task: Task, max_len: int, chunk: int =
     return {"pseudo_perplexity": math.exp(-total / max(1, count)), "tokens": float(count)}
 
 
+def _pretraining_objective(name: str, vocab: Vocab, seq_len: int) -> Any:
+    """The family's own objective at `seq_len`; T5's span corruption fits only some lengths: the nearest below."""
+    try:
+        return build_objective(name, vocab, seq_len)
+    except ObjectiveError:
+        if name != "t5":  # objective-specific (no family dispatch): only T5 has lengths it cannot produce
+            raise
+        return build_objective(name, vocab, t5_fitting_lengths(seq_len, T5Params())[0])
+
+
 @torch.no_grad()
 def seq2seq_loss(backbone: Backbone, task: Task, seq_len: int, seed: int = 0) -> dict[str, float]:
     """The pretraining objective's held-out loss on the task's text: the texts are packed as pretraining packs
@@ -429,23 +435,15 @@ def seq2seq_loss(backbone: Backbone, task: Task, seq_len: int, seed: int = 0) ->
     sp = spm.SentencePieceProcessor(model_file=str(tok.model_file))
     st = tok.special
     vocab = st.vocab(cfg.vocab_size, list(tok.sentinel_ids))
-    name = "t5" if cfg.family == "t5" else "bart"
-    if name == "t5":
-        try:
-            objective = build_objective("t5", vocab, seq_len)
-        except ObjectiveError:
-            seq_len = t5_fitting_lengths(seq_len, T5Params())[0]
-            objective = build_objective("t5", vocab, seq_len)
-        length = objective.raw_len
-    else:
-        objective = build_objective("bart", vocab, seq_len)
-        length = seq_len
+    spec = get_family(cfg.family)
+    objective = _pretraining_objective(spec.objectives[0], vocab, seq_len)
+    length = getattr(objective, "raw_len", seq_len)  # T5 corrupts raw_len packed tokens into seq_len ones
     docs = [[sp.encode(ex.text_a)] + ([sp.encode(ex.text_b)] if ex.text_b else []) for ex in task.dev]
     block = pack_block(docs, packer_for(tok.framing, length, vocab))
     if len(block) == 0:
         raise FinetuneError(f"{task.source}: the dev text is shorter than one {length}-token sequence")
     model = backbone.model.eval()
-    start = st.pad if name == "t5" else st.eos
+    start = getattr(st, spec.decoder_start)
     total, count = 0.0, 0
     for i in range(len(block)):
         sample = objective(Packed(block.tokens[i], block.line_ends(i)), np.random.default_rng([seed, i]))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
-import math
 import os
 import signal
 import sys
@@ -21,16 +20,18 @@ import torch
 from data_pipeline.hf_tokenizer import save_run_tokenizer
 from data_pipeline.loader import EvalStream, ShardReader, SkipBudget, StreamSpec, TrainStream, train_loader
 from data_pipeline.manifest import Manifest, read_manifest
+from data_pipeline.objectives import bart_longest_input
 from data_pipeline.sources import InputError
 from modeling import build_model
 from modeling.flops import peak_flops_for, train_flops_per_token
+from modeling.registry import get_family
 
 from . import checkpoint as ckpt
 from . import distributed as D
 from .callbacks import Callback, ConsoleCallback, ProgressCallback, TensorBoardCallback, overriding
 from .config import ConfigError, RunConfig
 from .engine import Engine, checkpoint_mismatch, init_distributed, verify_checkpoint
-from .losses import COMPATIBLE, Task, task_for
+from .losses import Task, task_for
 
 EXIT_REQUEUE = 75
 """Exit code of a run stopped by SIGUSR1/SIGTERM after saving its checkpoint (EX_TEMPFAIL): requeue me."""
@@ -236,17 +237,21 @@ def prepare(cfg: RunConfig, world_size: int) -> tuple[int, Manifest]:
             f"({cfg.data.path}/manifest.json); set model.vocab_size=0 to take it from the dataset"
         )
     longest = max(manifest.seq_len, int(manifest.objective_params.get("target_len", 0)))
-    # BART's insertion noise lengthens the input past seq_len (fairseq add_insertion_noise): ceil(n x ratio) more.
-    longest += math.ceil(manifest.seq_len * float(manifest.objective_params.get("insert_ratio", 0.0) or 0.0))
-    if cfg.model.family != "t5" and longest > cfg.model.max_position_embeddings:
+    # Noise lengthens BART's input past seq_len: the same bound the loader checks samples against.
+    if manifest.packing.get("kind") == "bart":
+        longest = bart_longest_input(
+            manifest.seq_len, manifest.objective_params, int(manifest.packing.get("longest_input", 0))
+        )
+    spec = get_family(cfg.model.family)
+    if spec.learned_positions and longest > cfg.model.max_position_embeddings:
         raise ConfigError(
             f"the dataset's sequences ({longest} tokens) exceed model.max_position_embeddings="
             f"{cfg.model.max_position_embeddings}; raise it"
         )
     family, objective = cfg.model.family, manifest.objective
-    if objective not in COMPATIBLE[family]:
+    if objective not in spec.objectives:
         raise ConfigError(
-            f"model.family={family!r} trains on {', '.join(COMPATIBLE[family])} shards, but {cfg.data.path} holds "
+            f"model.family={family!r} trains on {', '.join(spec.objectives)} shards, but {cfg.data.path} holds "
             f"{objective!r} shards; write matching shards (cloze shards --objective ...) or change model.family"
         )
     cfg.model.sentence_head = bool(
@@ -255,8 +260,8 @@ def prepare(cfg: RunConfig, world_size: int) -> tuple[int, Manifest]:
     cfg.model.pad_token_id = manifest.special_tokens["pad"]
     cfg.model.eos_token_id = manifest.special_tokens["eos"]
     cfg.model.bos_token_id = manifest.special_tokens.get("bos", cfg.model.bos_token_id)
-    if family == "roberta":
-        cfg.model.position_offset = cfg.model.pad_token_id + 1  # RoBERTa's positions start after the pad id
+    if spec.configure is not None:
+        spec.configure(cfg.model)  # e.g. RoBERTa's positions start after the pad id
     cfg.trainer.grad_accum = grad_accum
     return grad_accum, manifest
 
@@ -403,7 +408,7 @@ def fit(cfg: RunConfig, extra_callbacks: list[Callback] | None = None) -> FitRes
         for cb in callbacks:
             cb.on_checkpoint(at, time.perf_counter() - t0, str(path))
 
-    task = task_for(cfg.model.family, cfg.model.rtd_weight)
+    task = task_for(cfg.model)
     task.mask_id = manifest.special_tokens.get("mask")  # MLM metrics split by [MASK] / random / unchanged
 
     def reduce(sums: dict[str, float]) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Losses and their metrics, one task per family. Metrics are sums so that micro-batches and ranks add up.
+"""Losses and their metrics, one task per family (registered in `TASKS`, keyed by model.family). Metrics are sums so that micro-batches and ranks add up.
 
 | task    | families              | batch keys used                                      | metrics (eval adds baseline_accuracy for mlm) |
 |---------|-----------------------|------------------------------------------------------|-----------------------------------------------|
@@ -9,13 +9,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from modeling import MLMOutput
+from modeling import MLMOutput, ModelConfig
+
+from .config import ConfigError
 
 
 @dataclass
@@ -251,26 +255,40 @@ class Seq2SeqTask(Task):
         return {"loss": s["loss_sum"] / n, "seq2seq_accuracy": s["correct"] / n, "target_tokens": s["count"]}
 
 
-def task_for(family: str, rtd_weight: float = 50.0) -> Task:
-    """The family's task; `rtd_weight` (model.rtd_weight) weighs ELECTRA's replaced-token detection loss."""
-    if family in ("bert", "roberta", "albert"):
-        return MLMTask()
-    if family == "electra":
-        return ElectraTask(rtd_weight)
-    if family in ("t5", "bart"):
-        return Seq2SeqTask()
-    raise ValueError(f"no training task for model.family={family!r}")
+TaskFactory = Callable[[ModelConfig], Task]
+"""The model's config -> a fresh training task for it."""
+
+TASKS: dict[str, TaskFactory] = {}
+"""Each registered model family's training task, by family name (the trainer's half of modeling/registry.py:
+losses stay in trainer/, which modeling/ never imports)."""
 
 
-# Which dataset objectives each family trains on (checked before anything starts).
-COMPATIBLE = {
-    "bert": ("mlm", "wwm", "span", "tokens"),
-    "roberta": ("mlm", "wwm", "span", "tokens"),
-    "albert": ("mlm", "wwm", "span", "tokens"),
-    "electra": ("electra", "mlm", "wwm", "span", "tokens"),
-    "t5": ("t5",),
-    "bart": ("bart",),
-}
+def register_task(family: str, factory: TaskFactory) -> None:
+    """The training task of model family `family` (a plugin registers its own family's here too)."""
+    TASKS[family] = factory
+
+
+def task_for(model: ModelConfig | str, rtd_weight: float | None = None) -> Task:
+    """The family's task. `model` is the model's config or just its family name; `rtd_weight` overrides
+    model.rtd_weight (ELECTRA's weight of the replaced-token detection loss)."""
+    cfg = ModelConfig(family=model) if isinstance(model, str) else model
+    if rtd_weight is not None:
+        cfg = dataclasses.replace(cfg, rtd_weight=rtd_weight)
+    factory = TASKS.get(cfg.family)
+    if factory is None:
+        raise ConfigError(
+            f"model.family={cfg.family!r} has no training task; registered: {', '.join(TASKS)} "
+            "(register one with trainer.losses.register_task)"
+        )
+    return factory(cfg)
+
+
+register_task("bert", lambda cfg: MLMTask())
+register_task("roberta", lambda cfg: MLMTask())
+register_task("albert", lambda cfg: MLMTask())
+register_task("electra", lambda cfg: ElectraTask(cfg.rtd_weight))
+register_task("t5", lambda cfg: Seq2SeqTask())
+register_task("bart", lambda cfg: Seq2SeqTask())
 
 
 POSITION_KINDS = {"mask": "[MASK]", "random": "random", "kept": "unchanged"}
