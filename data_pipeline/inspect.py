@@ -11,6 +11,7 @@ import numpy as np
 from .loader import ShardReader
 from .manifest import read_manifest
 from .objectives import IGNORE, SpanParams, span_length_distribution
+from .registry import ObjectiveError, get_objective
 from .sources import InputError
 from .tokenizer import Tokenizer, sha256_file
 
@@ -30,10 +31,19 @@ def render_mlm(tok: Tokenizer, input_ids: list[int], labels: list[int]) -> str:
     return "".join(out).replace("\u2581", " ").strip()
 
 
+def inspect_kind(objective: str) -> str:
+    """How the objective's samples are shown and measured (`ObjectiveSpec.inspect_kind`; '' when unknown)."""
+    try:
+        return get_objective(objective).inspect_kind
+    except ObjectiveError:
+        return ""
+
+
 def render(tok: Tokenizer, objective: str, sample: dict[str, np.ndarray]) -> str:
-    if objective in ("mlm", "wwm", "span", "electra"):
+    kind = inspect_kind(objective)
+    if kind == "masked":
         return render_mlm(tok, sample["input_ids"].tolist(), sample["labels"].tolist())
-    if objective in ("t5", "bart"):
+    if kind in ("t5", "bart"):
         return f"input : {_pieces(tok, sample['input_ids'])}\ntarget: {_pieces(tok, sample['labels'])}"
     return _pieces(tok, sample["input_ids"])
 
@@ -53,9 +63,10 @@ def inspect_dataset(directory: str | Path, n: int = 3, split: str = "train") -> 
         f"{directory}: objective {m.objective} {m.objective_params}, seq_len {m.seq_len}, "
         + ", ".join(f"{k} {v['samples']} samples" for k, v in m.splits.items()),
     ]
-    if m.objective in ("mlm", "wwm", "span", "electra"):
+    kind = inspect_kind(m.objective)
+    if kind == "masked":
         lines.append("legend: [MASK→x] masked, [y→x] replaced by a random token, [=x] kept but predicted")
-    elif m.objective == "t5":
+    elif kind == "t5":
         lines.append(
             "legend: <extra_id_k> in the input marks a dropped span; the target lists each span after its sentinel"
         )
@@ -75,31 +86,32 @@ def inspect_dataset(directory: str | Path, n: int = 3, split: str = "train") -> 
 
 # ---- measured corruption statistics (`cloze inspect --stats`) ----------------------------------------------------
 
-ENCODER = ("mlm", "wwm", "span", "electra")
-
 
 def reference_values(objective: str, params: dict[str, Any]) -> dict[str, float]:
     """What the reference recipe asks for, from the manifest's objective_params (keys as in `dataset_stats`)."""
-    if objective in ENCODER:
-        mask_prob = float(params.get("mask_prob", 0.85 if objective == "electra" else 0.8))
-        random_prob = float(params.get("random_prob", 0.0 if objective == "electra" else 0.1))
+    kind = inspect_kind(objective)
+    if kind == "masked":
+        spec = get_objective(objective)
+        default = spec.params() if spec.params is not None else None  # its dataclass defaults (electra: 85/0)
+        mask_prob = float(params.get("mask_prob", getattr(default, "mask_prob", 0.8)))
+        random_prob = float(params.get("random_prob", getattr(default, "random_prob", 0.1)))
         ref = {
-            "rate": float(params.get("rate", 0.15)),
+            "rate": float(params.get("rate", getattr(default, "rate", 0.15))),
             "mask_share": mask_prob,
             "random_share": random_prob,
             "kept_share": 1.0 - mask_prob - random_prob,
         }
-        if objective == "span":
+        if spec.params is not None and issubclass(spec.params, SpanParams):
             known = {k: params[k] for k in ("geometric_p", "max_span", "min_span") if k in params}
             lens, probs = span_length_distribution(SpanParams(**known))
             ref["drawn_span_words"] = float((lens * probs).sum())
         return ref
-    if objective == "t5":
+    if kind == "t5":
         return {
             "noise_density": float(params.get("noise_density", 0.15)),
             "mean_span_length": float(params.get("mean_noise_span_length", 3.0)),
         }
-    if objective == "bart":
+    if kind == "bart":
         return {"mask_ratio": float(params.get("mask_ratio", 0.3))}
     return {}
 
@@ -124,6 +136,7 @@ def dataset_stats(directory: str | Path, split: str = "train", max_samples: int 
     special[list(m.special_tokens.values()) + list(m.sentinel_ids)] = True
     st = m.special_tokens
     reader = ShardReader(d, m, split)
+    kind = inspect_kind(m.objective)
     acc: dict[str, float] = {}
 
     def add(key: str, v: float) -> None:
@@ -138,7 +151,7 @@ def dataset_stats(directory: str | Path, split: str = "train", max_samples: int 
                 seen += 1
                 s = reader.read(shard, i)
                 x, y = s["input_ids"].astype(np.int64), s["labels"].astype(np.int64)
-                if m.objective in ENCODER:
+                if kind == "masked":
                     orig = np.where(y != IGNORE, y, x)
                     chosen = y != IGNORE
                     add("maskable", float((~special[orig]).sum()))
@@ -150,12 +163,12 @@ def dataset_stats(directory: str | Path, split: str = "train", max_samples: int 
                         add("runs", 1)
                         add("run_tokens", float(b - a))
                         add("run_words", float(max(1, int(word_start[orig[a:b]].sum()))))
-                elif m.objective == "t5":
+                elif kind == "t5":
                     sentinels = np.isin(y[:-1], m.sentinel_ids)
                     add("noise", float((~sentinels).sum()))
                     add("spans", float(sentinels.sum()))
                     add("raw", float(len(x) - 1 - sentinels.sum() + (~sentinels).sum()))
-                elif m.objective == "bart":
+                elif kind == "bart":
                     n_in = int((x != st["pad"]).sum())
                     body_in = x[1 : n_in - 1]
                     gone = (len(y) - 2) - int((body_in != st["mask"]).sum())
@@ -167,7 +180,7 @@ def dataset_stats(directory: str | Path, split: str = "train", max_samples: int 
     finally:
         reader.close()
     out: dict[str, float] = {"samples": float(seen)}
-    if m.objective in ENCODER and acc.get("chosen"):
+    if kind == "masked" and acc.get("chosen"):
         c = acc["chosen"]
         out.update(
             rate=c / acc["maskable"],
@@ -177,9 +190,9 @@ def dataset_stats(directory: str | Path, split: str = "train", max_samples: int 
             mean_span_tokens=acc["run_tokens"] / acc["runs"],
             mean_span_words=acc["run_words"] / acc["runs"],
         )
-    elif m.objective == "t5" and acc.get("raw"):
+    elif kind == "t5" and acc.get("raw"):
         out.update(noise_density=acc["noise"] / acc["raw"], mean_span_length=acc["noise"] / acc["spans"])
-    elif m.objective == "bart" and acc.get("body"):
+    elif kind == "bart" and acc.get("body"):
         out.update(
             masked_token_share=acc["gone"] / acc["body"],
             mean_span_tokens=acc["gone"] / max(acc["masks"], 1.0),

@@ -39,9 +39,20 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .manifest import Manifest, ShardEntry, read_manifest
-from .objectives import IGNORE, bart_longest_input
+from .objectives import IGNORE
+from .registry import ObjectiveError, ObjectiveSpec, get_objective, objective_names
 from .sources import InputError
 from .tarshard import sample_crc
+
+
+def objective_of(manifest: Manifest) -> ObjectiveSpec:
+    """The registered spec of the manifest's objective; an unknown one is an InputError naming the manifest."""
+    try:
+        return get_objective(manifest.objective)
+    except ObjectiveError as e:
+        raise InputError(
+            f"manifest.json objective: {e}; rebuild the dataset or register the objective"
+        ) from None
 
 
 class SampleCheck:
@@ -52,18 +63,15 @@ class SampleCheck:
     def __init__(self, manifest: Manifest) -> None:
         n, p = manifest.seq_len, manifest.objective_params
         self.vocab = int(manifest.tokenizer["vocab_size"])
-        kind = manifest.packing.get("kind", "encoder")
-        # member -> (shortest, longest) length
-        self.lengths: dict[str, tuple[int, int]] = {"input_ids": (n, n)}
-        if manifest.objective != "tokens":
-            self.lengths["labels"] = (n, n)
-        if kind == "raw":  # t5: targets of exactly target_len
-            self.lengths["labels"] = (int(p.get("target_len", 0)) or 1, int(p.get("target_len", 0)) or 10**9)
-        elif kind == "bart":  # never cut: zero-length spans and insertion noise lengthen the input (bounded)
-            self.lengths["input_ids"] = (
-                n,
-                bart_longest_input(n, p, int(manifest.packing.get("longest_input", 0))),
-            )
+        spec = objective_of(manifest)
+        # member -> (shortest, longest) length; the objective bounds them (t5: targets of exactly target_len;
+        # bart: never cut, zero-length spans and insertion noise lengthen the input, bounded)
+        self.lengths: dict[str, tuple[int, int]] = {
+            "input_ids": (n, spec.longest_input(n, p, int(manifest.packing.get("longest_input", 0))))
+        }
+        labels = spec.labels_length(n, p)
+        if labels is not None:
+            self.lengths["labels"] = labels
         if manifest.build.get("sentence_task"):
             self.lengths["token_type_ids"] = (n, n)
             self.lengths["sentence_label"] = (1, 1)
@@ -313,12 +321,10 @@ class Collator:
 
 
 def collator_for(manifest: Manifest) -> Collator:
-    kind = manifest.packing.get("kind", "encoder")
+    start = objective_of(manifest).decoder_start  # T5: the decoder starts from pad; BART: from </s>
     st = manifest.special_tokens
-    if kind == "raw":  # T5: the decoder starts from pad
-        return Collator(st["pad"], True, st["pad"])
-    if kind == "bart":  # BART: the decoder starts from </s>
-        return Collator(st["pad"], True, st["eos"])
+    if start:
+        return Collator(st["pad"], True, st[start])
     return Collator(st["pad"])
 
 
@@ -329,12 +335,17 @@ class DynamicMasking:
     def __init__(
         self, directory: Path, manifest: Manifest, objective: str, options: dict[str, Any] | None = None
     ):
-        from .objectives import DYNAMIC, Packed, build_objective
+        from .objectives import Packed, build_objective
         from .tokenizer import Tokenizer, vocab_of
 
-        if objective not in DYNAMIC:
+        try:
+            dynamic = get_objective(objective).dynamic
+        except ObjectiveError:
+            dynamic = False
+        if not dynamic:
             raise InputError(
-                f"data.objective={objective!r} cannot mask on the fly; choose one of {', '.join(DYNAMIC)}"
+                f"data.objective={objective!r} cannot mask on the fly; choose one of "
+                + ", ".join(objective_names(lambda s: s.dynamic))
             )
         self.packed = Packed
         self.objective = build_objective(
@@ -372,7 +383,7 @@ class TrainStream(IterableDataset):
         self.split = split
         self.collate = collator_for(self.manifest)
         self.dynamic: DynamicMasking | None = None
-        if self.manifest.objective == "tokens":
+        if objective_of(self.manifest).clean:
             self.dynamic = DynamicMasking(self.dir, self.manifest, objective or "mlm", objective_options)
         elif objective and objective != self.manifest.objective:
             raise InputError(
@@ -459,7 +470,7 @@ class EvalStream(IterableDataset):
         self.collate = collator_for(self.manifest)
         self.dynamic = (
             DynamicMasking(self.dir, self.manifest, objective or "mlm", objective_options)
-            if self.manifest.objective == "tokens"
+            if objective_of(self.manifest).clean
             else None
         )
         self.total = sum(s.samples for s in self.manifest.shards_of("valid"))

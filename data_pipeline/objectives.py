@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from cloze_errors import ClozeError
+from .registry import ObjectiveError, ObjectiveSpec, get_objective, register_objective
 
 IGNORE = -100
 SPLIT_CODES = {"train": 0, "valid": 1}
@@ -39,10 +39,7 @@ def sample_rng(seed: int, *ids: int) -> np.random.Generator:
     return np.random.default_rng([seed, *ids])
 
 
-class ObjectiveError(ClozeError, ValueError):
-    """Objective parameters that cannot work; the message names the option."""
-
-    same_on_every_rank = True
+__all__ = ["ObjectiveError", "ObjectiveSpec", "get_objective", "register_objective"]  # re-exported
 
 
 @dataclass
@@ -74,6 +71,19 @@ class Packed:
 
     tokens: np.ndarray
     line_ends: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+def _encoder_spec(name: str, cls: type, params: type, sentence_pairs: bool) -> ObjectiveSpec:
+    """An encoder (BERT-style) objective: [CLS]-packed sequences, labels -100 where nothing is asked."""
+    return ObjectiveSpec(
+        name=name,
+        params=params,
+        build=lambda vocab, seq_len, o: cls(vocab, params(**o)),
+        packing="encoder",
+        dynamic=True,
+        sentence_pairs=sentence_pairs,
+        inspect_kind="masked",
+    )
 
 
 # ---- BERT-style masking ---------------------------------------------------------------------------------------
@@ -186,6 +196,9 @@ class MLM:
         return {"input_ids": inputs, "labels": labels}
 
 
+register_objective(_encoder_spec("mlm", MLM, MLMParams, sentence_pairs=True))
+
+
 @dataclass
 class ElectraParams(MLMParams):
     """ELECTRA's generator input: of the chosen tokens 85% become [MASK], 15% stay unchanged, none random
@@ -208,6 +221,9 @@ class Electra(MLM):
 
     def params(self) -> dict[str, Any]:
         return {**asdict(self.p), "generator_input": "mlm"}
+
+
+register_objective(_encoder_spec("electra", Electra, ElectraParams, sentence_pairs=False))
 
 
 @dataclass
@@ -250,6 +266,9 @@ class WholeWordMLM(MLM):
             if total >= budget:
                 break
         return sorted(chosen, key=lambda w: int(w[0]))
+
+
+register_objective(_encoder_spec("wwm", WholeWordMLM, WWMParams, sentence_pairs=True))
 
 
 @dataclass
@@ -351,6 +370,9 @@ class SpanMLM(MLM):
         # merged spans: maximal runs of masked positions
         edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
         return [np.arange(a, b) for a, b in zip(edges[::2], edges[1::2])]
+
+
+register_objective(_encoder_spec("span", SpanMLM, SpanParams, sentence_pairs=True))
 
 
 # ---- T5 span corruption ---------------------------------------------------------------------------------------
@@ -475,6 +497,26 @@ class T5SpanCorruption:
             "input_ids": np.concatenate([inp.astype(np.int32), eos]),
             "labels": np.concatenate([tgt, eos]),
         }
+
+
+def _t5_labels_length(seq_len: int, params: dict[str, Any]) -> tuple[int, int]:
+    """T5 targets are exactly target_len (recorded in objective_params)."""
+    target_len = int(params.get("target_len", 0))
+    return (target_len or 1, target_len or 10**9)
+
+
+register_objective(
+    ObjectiveSpec(
+        name="t5",
+        params=T5Params,
+        build=lambda vocab, seq_len, o: T5SpanCorruption(vocab, seq_len, T5Params(**o)),
+        packing="raw",
+        packed_length=lambda objective, seq_len: int(objective.raw_len),
+        labels_length=_t5_labels_length,
+        decoder_start="pad",
+        inspect_kind="t5",
+    )
+)
 
 
 def t5_reconstruct(inputs: np.ndarray, targets: np.ndarray, sentinel_ids: list[int], eos: int) -> np.ndarray:
@@ -678,29 +720,38 @@ class BartDenoising:
         return {"input_ids": inputs, "labels": tokens.astype(np.int32)}
 
 
-# ---- registry -------------------------------------------------------------------------------------------------
+register_objective(
+    ObjectiveSpec(
+        name="bart",
+        params=BartParams,
+        build=lambda vocab, seq_len, o: BartDenoising(vocab, BartParams(**o)),
+        packing="bart",
+        longest_input=bart_longest_input,
+        decoder_start="eos",
+        inspect_kind="bart",
+    )
+)
 
-STATIC = ("mlm", "wwm", "span", "electra", "t5", "bart")
-DYNAMIC = ("mlm", "wwm", "span", "electra")
-OBJECTIVES = (*STATIC, "tokens")
+
+# ---- clean tokens, corrupted on the fly by the loader ---------------------------------------------------------
+
+register_objective(
+    ObjectiveSpec(
+        name="tokens",
+        params=None,
+        build=None,
+        packing="encoder",
+        labels_length=lambda seq_len, params: None,
+    )
+)
 
 
 def build_objective(name: str, vocab: Vocab, seq_len: int, options: dict[str, Any] | None = None) -> Any:
     """The objective `name` with `options` (its dataclass fields) applied."""
-    o = dict(options or {})
+    spec = get_objective(name)
+    if spec.build is None:
+        raise ObjectiveError(f"--objective {name!r} writes clean tokens; there is no objective to build")
     try:
-        if name == "mlm":
-            return MLM(vocab, MLMParams(**o))
-        if name == "electra":
-            return Electra(vocab, ElectraParams(**o))
-        if name == "wwm":
-            return WholeWordMLM(vocab, WWMParams(**o))
-        if name == "span":
-            return SpanMLM(vocab, SpanParams(**o))
-        if name == "t5":
-            return T5SpanCorruption(vocab, seq_len, T5Params(**o))
-        if name == "bart":
-            return BartDenoising(vocab, BartParams(**o))
+        return spec.build(vocab, seq_len, dict(options or {}))
     except TypeError as e:
         raise ObjectiveError(f"objective {name}: {e}") from None
-    raise ObjectiveError(f"--objective {name!r} is not supported; choose one of {', '.join(OBJECTIVES)}")

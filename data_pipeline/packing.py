@@ -14,7 +14,7 @@ kept with each sequence (BART's sentence permutation uses them).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,14 +36,19 @@ class Packer:
         self.separator = separator
 
 
+PACKINGS: dict[str, Callable[[int, Vocab], Packer]] = {
+    "encoder": lambda length, vocab: Packer(length, [vocab.cls], [], vocab.sep),
+    "raw": lambda length, vocab: Packer(length, [], [], None),  # T5 reduce_concat_tokens: no separator
+    "bart": lambda length, vocab: Packer(length, [vocab.bos], [vocab.eos], vocab.eos),
+}
+"""Packing kind (an `ObjectiveSpec.packing`, manifest packing.kind) -> its layout; a plugin may add one."""
+
+
 def packer_for(kind: str, length: int, vocab: Vocab) -> Packer:
-    if kind == "encoder":
-        return Packer(length, [vocab.cls], [], vocab.sep)
-    if kind == "raw":
-        return Packer(length, [], [], None)  # T5 reduce_concat_tokens: no separator
-    if kind == "bart":
-        return Packer(length, [vocab.bos], [vocab.eos], vocab.eos)
-    raise ValueError(f"unknown packing {kind!r}")
+    layout = PACKINGS.get(kind)
+    if layout is None:
+        raise ValueError(f"unknown packing {kind!r}; known: {', '.join(PACKINGS)}")
+    return layout(length, vocab)
 
 
 @dataclass

@@ -39,8 +39,9 @@ from typing import Any
 import numpy as np
 
 from .manifest import MANIFEST, Manifest, ShardEntry, atomic_write, read_manifest
-from .objectives import OBJECTIVES, SPLIT_CODES, T5SpanCorruption, build_objective, sample_rng
+from .objectives import SPLIT_CODES, build_objective, sample_rng
 from .packing import PackedBlock, PairBlock, pack_block, packer_for, pair_block
+from .registry import ObjectiveError, get_objective, objective_names
 from .sources import (
     InputError,
     SourceOptions,
@@ -73,10 +74,10 @@ class ShardOptions:
     sources: SourceOptions = field(default_factory=SourceOptions)
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise InputError(
-                f"--objective {self.objective!r} is not supported; choose one of {', '.join(OBJECTIVES)}"
-            )
+        try:
+            spec = get_objective(self.objective)
+        except ObjectiveError as e:
+            raise InputError(str(e)) from None
         if not 0.0 <= self.valid_fraction < 1.0:
             raise InputError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
         if self.docs_per_block < 1:
@@ -85,13 +86,12 @@ class ShardOptions:
             raise InputError(f"--dupe-factor must be >= 1, got {self.dupe_factor}")
         if self.sentence_task not in ("", "sop", "nsp"):
             raise InputError(f"--sentence-task {self.sentence_task!r}: use sop or nsp")
-        if self.sentence_task and self.objective not in ("mlm", "wwm", "span", "tokens"):
+        if self.sentence_task and not spec.sentence_pairs:
+            pairs = ", ".join(objective_names(lambda s: s.sentence_pairs))
+            raise InputError(f"--sentence-task {self.sentence_task} goes with an encoder objective ({pairs})")
+        if self.dupe_factor > 1 and spec.clean:
             raise InputError(
-                f"--sentence-task {self.sentence_task} goes with an encoder objective (mlm, wwm, span, tokens)"
-            )
-        if self.dupe_factor > 1 and self.objective == "tokens":
-            raise InputError(
-                "--dupe-factor applies to static masking; `--objective tokens` is masked anew every epoch"
+                f"--dupe-factor applies to static masking; `--objective {self.objective}` is masked anew every epoch"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,13 +200,10 @@ def _init_worker(tokenizer_path: str, opts: dict[str, Any]) -> None:
     tok = Tokenizer(tokenizer_path)
     o = ShardOptions(**{**opts, "sources": SourceOptions(**opts["sources"])})
     vocab = vocab_of(tok)
-    objective = (
-        None
-        if o.objective == "tokens"
-        else build_objective(o.objective, vocab, o.seq_len, o.objective_options)
-    )
-    kind = "encoder" if objective is None else objective.packing
-    length = objective.raw_len if isinstance(objective, T5SpanCorruption) else o.seq_len
+    spec = get_objective(o.objective)
+    objective = None if spec.clean else build_objective(o.objective, vocab, o.seq_len, o.objective_options)
+    kind = spec.packing
+    length = o.seq_len if spec.packed_length is None else spec.packed_length(objective, o.seq_len)
     _worker.update(tok=tok, opts=o, vocab=vocab, objective=objective, kind=kind, length=length)
 
 
@@ -327,12 +324,12 @@ def write_shards(
     files = resolve_inputs(inputs)  # every input checked before anything is written
     check_inputs(files, opts.sources)
     tok = Tokenizer(tokenizer)
-    if opts.objective != "tokens":
+    if not get_objective(opts.objective).clean:
         build_objective(
             opts.objective, vocab_of(tok), opts.seq_len, opts.objective_options
         )  # validates options
     else:
-        packer_for("encoder", opts.seq_len, vocab_of(tok))
+        packer_for(get_objective(opts.objective).packing, opts.seq_len, vocab_of(tok))
     out = Path(out)
     if (out / MANIFEST).exists():
         raise InputError(
@@ -544,7 +541,8 @@ def _merge(out: Path) -> Manifest:
     atomic_write(out / MODEL_FILE, tok.path.read_bytes())
     meta = tokenizer_meta(tok.info)
     objective_params: dict[str, Any] = {}
-    if opts["objective"] != "tokens":
+    spec = get_objective(opts["objective"])
+    if not spec.clean:
         objective_params = build_objective(
             opts["objective"], vocab_of(tok), opts["seq_len"], opts["objective_options"]
         ).params()
@@ -564,9 +562,7 @@ def _merge(out: Path) -> Manifest:
             # The longest input written: BART's noise makes inputs longer than seq_len by an amount no formula
             # bounds (every zero-length span inserts a mask); the loader and the model's positions check this.
             "longest_input": max((int(r.get("longest_input", 0)) for r in records), default=0),
-            "kind": "encoder"
-            if opts["objective"] in ("tokens", "mlm", "wwm", "span", "electra")
-            else ("raw" if opts["objective"] == "t5" else "bart"),
+            "kind": spec.packing,
         },
         source_stats=stats,
         inputs=plan["inputs"],

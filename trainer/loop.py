@@ -18,9 +18,16 @@ import numpy as np
 import torch
 
 from data_pipeline.hf_tokenizer import save_run_tokenizer
-from data_pipeline.loader import EvalStream, ShardReader, SkipBudget, StreamSpec, TrainStream, train_loader
+from data_pipeline.loader import (
+    EvalStream,
+    ShardReader,
+    SkipBudget,
+    StreamSpec,
+    TrainStream,
+    objective_of,
+    train_loader,
+)
 from data_pipeline.manifest import Manifest, read_manifest
-from data_pipeline.objectives import bart_longest_input
 from data_pipeline.sources import InputError
 from modeling import build_model
 from modeling.flops import peak_flops_for, train_flops_per_token
@@ -236,12 +243,13 @@ def prepare(cfg: RunConfig, world_size: int) -> tuple[int, Manifest]:
             f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {vocab} "
             f"({cfg.data.path}/manifest.json); set model.vocab_size=0 to take it from the dataset"
         )
-    longest = max(manifest.seq_len, int(manifest.objective_params.get("target_len", 0)))
-    # Noise lengthens BART's input past seq_len: the same bound the loader checks samples against.
-    if manifest.packing.get("kind") == "bart":
-        longest = bart_longest_input(
+    # The longest input a sample holds (BART's noise lengthens it past seq_len): the bound the loader checks too.
+    longest = max(
+        objective_of(manifest).longest_input(
             manifest.seq_len, manifest.objective_params, int(manifest.packing.get("longest_input", 0))
-        )
+        ),
+        int(manifest.objective_params.get("target_len", 0)),
+    )
     spec = get_family(cfg.model.family)
     if spec.learned_positions and longest > cfg.model.max_position_embeddings:
         raise ConfigError(
