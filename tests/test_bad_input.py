@@ -4,6 +4,7 @@ too small for the options, config errors under torchrun, kill -9 of a multi-work
 from __future__ import annotations
 
 import errno
+import functools
 import gzip
 import json
 import os
@@ -156,6 +157,7 @@ def test_disk_full_names_the_path_keeps_the_work_and_the_rerun_resumes(
     seen: list[dict[str, float]] = []
     real_write_shards = writer.write_shards
 
+    @functools.wraps(real_write_shards)  # the CLI reads its flag defaults from write_shards' signature
     def recording(*a, progress, **kw):
         def both(p):
             seen.append(p)
