@@ -78,13 +78,33 @@ def test_prepare_asks_the_family_spec(dataset_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_toy_family_trains_5_steps_on_2_ranks_through_cloze_train(dataset_dir: Path, tmp_path: Path) -> None:
+def test_toy_family_and_toy_objective_train_5_steps_on_2_ranks_through_cloze_train(
+    tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 13's test: a family and an objective registered from a test module (tests/toy_family.py), with no
+    production file changed. The shards are written here with the toy objective; `--plugin` registers both on
+    every rank of `cloze train`."""
+    from data_pipeline.manifest import read_manifest
+    from data_pipeline.writer import ShardOptions, write_shards
+    from tests.conftest import write_stdlib_corpus
+    from tests.toy_family import TOY_NTH, register_objective_too, unregister_objective_too
+
+    register_objective_too()
+    try:
+        data = tmp_path / "shards"
+        opts = ShardOptions(objective=TOY_NTH.name, seq_len=64, valid_fraction=0.05, docs_per_block=400)
+        write_shards(
+            [str(write_stdlib_corpus(tmp_path / "c.txt", 400))], tokenizer_dir, data, opts, workers=1
+        )
+    finally:
+        unregister_objective_too()
+    assert read_manifest(data).objective == "toy-nth"
     run = tmp_path / "run"
     proc = torchrun_cloze(
         [
             "train",
             "configs/tiny-bert.yaml",
-            f"data.path={dataset_dir}",
+            f"data.path={data}",
             f"run_dir={run}",
             "model.preset=toy",  # the toy family's own preset (family=toy), added by register_family
             "trainer.max_steps=5",
@@ -98,4 +118,5 @@ def test_toy_family_trains_5_steps_on_2_ranks_through_cloze_train(dataset_dir: P
     losses = read_scalars(run / "tensorboard", "train/loss")
     assert sorted(losses) == [1, 2, 3, 4, 5], losses
     assert all(v == v and v > 0 for v in losses.values()), losses  # finite, positive cross-entropy
-    assert "family: toy" in (run / "config.yaml").read_text()
+    text = (run / "config.yaml").read_text()
+    assert "family: toy" in text

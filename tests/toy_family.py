@@ -1,4 +1,5 @@
-"""A toy model family registered from outside the package: `cloze train --plugin tests.toy_family model.preset=toy`.
+"""A toy model family and a toy objective registered from outside the package:
+`cloze train --plugin tests.toy_family model.preset=toy` on shards written with objective `toy-nth`.
 
 It shows (and tests/test_registry.py checks) that a family is one model + one `FamilySpec` + one training task,
 with no production file changed: the plugin module is imported on every rank before the config is loaded, and
@@ -8,11 +9,15 @@ GELU MLP -> logits tied to the embedding), trained on the same MLM shards as BER
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from data_pipeline.objectives import IGNORE, Packed, Vocab
+from data_pipeline.registry import ObjectiveSpec, objective_names, register_objective, unregister_objective
 from modeling import MLMOutput, ModelConfig
 from modeling.encoder import select_labelled
 from modeling.registry import FAMILIES, FamilySpec, register_family
@@ -81,7 +86,7 @@ class ToyTask(Task):
 TOY = FamilySpec(
     name="toy",
     build=ToyForPretraining,
-    objectives=("mlm", "wwm", "span"),
+    objectives=("mlm", "wwm", "span", "toy-nth"),
     param_count=toy_params,
     flops_per_token=toy_flops,
     presets={
@@ -90,6 +95,50 @@ TOY = FamilySpec(
         )
     },
 )
+
+
+@dataclass
+class ToyNthParams:
+    every: int = 5
+    """Every `every`-th position after [CLS] is masked and predicted."""
+
+
+class ToyNth:
+    """The toy objective: mask every n-th token (no reference; it only exercises the registries)."""
+
+    def __init__(self, vocab: Vocab, params: ToyNthParams) -> None:
+        self.vocab, self.p = vocab, params
+
+    def params(self) -> dict[str, Any]:
+        return asdict(self.p)
+
+    def __call__(self, seq: Packed, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        tokens = seq.tokens
+        labels = np.full(len(tokens), IGNORE, dtype=np.int32)
+        labels[:: self.p.every][1:] = tokens[:: self.p.every][1:]
+        inputs = tokens.astype(np.int32, copy=True)
+        inputs[labels != IGNORE] = self.vocab.mask
+        return {"input_ids": inputs, "labels": labels}
+
+
+TOY_NTH = ObjectiveSpec(
+    name="toy-nth",
+    params=ToyNthParams,
+    build=lambda vocab, seq_len, o: ToyNth(vocab, ToyNthParams(**o)),
+    packing="encoder",
+    inspect_kind="masked",
+)
+
+
+def register_objective_too() -> None:
+    """Register the toy objective (idempotent). Not done at import: tests that list the built-in objectives must
+    not see it; the plugin entry point and the test that writes its shards call this."""
+    if TOY_NTH.name not in objective_names():
+        register_objective(TOY_NTH)
+
+
+def unregister_objective_too() -> None:
+    unregister_objective(TOY_NTH.name)
 
 
 def register() -> None:
@@ -104,8 +153,10 @@ register()
 
 
 def callbacks() -> list[Callback]:
-    """`--plugin tests.toy_family`: registering at import is the plugin's whole job; it adds no callbacks."""
+    """`--plugin tests.toy_family`: registering is the plugin's whole job (the family at import, the objective
+    here, on every rank); it adds no callbacks."""
+    register_objective_too()
     return []
 
 
-__all__ = ["TOY", "ToyForPretraining", "ToyTask", "callbacks", "register"]
+__all__ = ["TOY", "TOY_NTH", "ToyForPretraining", "ToyNth", "ToyTask", "callbacks", "register"]
