@@ -515,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="directory for tokenizer.model and tokenizer.json")
     t.set_defaults(fn=_cmd_tokenizer)
 
+    from data_pipeline.registry import objective_names
+
     sd, wd = _defaults(ShardOptions), _defaults(write_shards)
     mlm, t5 = MLMParams(), T5Params()
     s = sub.add_parser(
@@ -528,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--objective",
         default=sd["objective"],
-        help="mlm, wwm, span, electra, t5, bart, or tokens (mask on the fly; default %(default)s)",
+        help=f"one of the registered objectives: {', '.join(objective_names())} (tokens: clean tokens, masked on "
+        "the fly; default %(default)s)",
     )
     s.add_argument(
         "--seq-len",

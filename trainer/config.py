@@ -529,7 +529,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     """Load a run config from YAML and apply dotted `key=value` overrides."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist; pass a YAML file such as configs/tiny-bert.yaml")
+        raise ConfigError(
+            f"config file {p} does not exist; pass a YAML file, or the name of a shipped recipe (the stem of a "
+            "file in configs/, e.g. tiny-bert or bert-base)"
+        )
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
