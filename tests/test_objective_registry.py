@@ -4,11 +4,10 @@ file changed, and data_pipeline/ holds no comparison of an objective's name outs
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from data_pipeline.inspect import inspect_dataset
 from data_pipeline.loader import SampleCheck, ShardReader, collator_for
 from data_pipeline.manifest import read_manifest
-from data_pipeline.objectives import IGNORE, Packed, Vocab
+from data_pipeline.objectives import IGNORE
 from data_pipeline.registry import (
     ObjectiveError,
     ObjectiveSpec,
@@ -28,6 +27,7 @@ from data_pipeline.registry import (
 from data_pipeline.sources import InputError
 from data_pipeline.writer import ShardOptions, write_shards
 from tests.conftest import write_stdlib_corpus
+from tests.toy_family import TOY_NTH
 
 BUILT_IN = "mlm, electra, wwm, span, t5, bart, tokens"
 
@@ -47,37 +47,8 @@ def test_unknown_objective_lists_the_registered_ones():
 # ---- a toy objective, registered here and nowhere else ------------------------------------------------------------
 
 
-@dataclass
-class EveryNthParams:
-    every: int = 5
-    """Every `every`-th position after [CLS] is masked and predicted."""
-
-
-class EveryNth:
-    """Toy objective for the registry test: masks every n-th token (no reference; it only exercises the plumbing)."""
-
-    def __init__(self, vocab: Vocab, params: EveryNthParams) -> None:
-        self.vocab, self.p = vocab, params
-
-    def params(self) -> dict[str, Any]:
-        return asdict(self.p)
-
-    def __call__(self, seq: Packed, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        tokens = seq.tokens
-        labels = np.full(len(tokens), IGNORE, dtype=np.int32)
-        labels[:: self.p.every][1:] = tokens[:: self.p.every][1:]
-        inputs = tokens.astype(np.int32, copy=True)
-        inputs[labels != IGNORE] = self.vocab.mask
-        return {"input_ids": inputs, "labels": labels}
-
-
-TOY = ObjectiveSpec(
-    name="every-nth",
-    params=EveryNthParams,
-    build=lambda vocab, seq_len, o: EveryNth(vocab, EveryNthParams(**o)),
-    packing="encoder",
-    inspect_kind="masked",
-)
+# The toy objective of tests/toy_family.py (mask every n-th token), under a name of its own for this module.
+TOY = dataclasses.replace(TOY_NTH, name="every-nth")
 
 
 @pytest.fixture
