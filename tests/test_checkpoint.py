@@ -172,7 +172,7 @@ def test_usr1_to_one_rank_saves_on_all_ranks_and_exits_for_requeue(
     import os
     import signal
 
-    from trainer.loop import EXIT_REQUEUE
+    from trainer.components import EXIT_REQUEUE
 
     run = tmp_path / "run"
     proc, rank1 = _start_until(dataset_dir, run, 11)

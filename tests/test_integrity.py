@@ -19,7 +19,7 @@ from data_pipeline.loader import ShardReader, SkipBudget, StreamSpec, TrainStrea
 from data_pipeline.manifest import VERSION, LegacyFormatWarning, read_manifest
 from data_pipeline.sources import InputError
 from data_pipeline.tarshard import ShardTarWriter
-from trainer.loop import most_frequent_label
+from trainer.components import most_frequent_label
 
 from .conftest import run_cloze
 

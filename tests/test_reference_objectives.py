@@ -518,7 +518,7 @@ def test_bart_longest_input_is_recorded_and_is_what_loader_and_model_check(
     every sample up to it, and `prepare` sizes the model's positions by it."""
     from data_pipeline.loader import SampleCheck
     from trainer.config import ConfigError, RunConfig
-    from trainer.loop import prepare
+    from trainer.state import prepare
 
     d = _build(
         tmp_path, corpus_file, tokenizer_dir, "bart", mask_ratio=0.4, poisson_lambda=0.2, insert_ratio=0.1
@@ -568,7 +568,7 @@ def test_bart_insertion_shards_are_longer_and_collate(tmp_path, corpus_file, tok
     assert batch["labels"].shape == (8, 128)
     # The trainer refuses a model whose positions cannot hold the grown input (not an index error mid-run).
     from trainer.config import ConfigError, RunConfig
-    from trainer.loop import prepare
+    from trainer.state import prepare
 
     def config(max_positions: int) -> RunConfig:
         cfg = RunConfig()

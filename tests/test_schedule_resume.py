@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from trainer.config import OptimizerConfig
-from trainer.loop import run_schedule, saved_schedule
+from trainer.checkpointer import run_schedule, saved_schedule
 
 from .conftest import read_scalars, run_cloze
 

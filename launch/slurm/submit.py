@@ -88,7 +88,7 @@ def submit_pretrain(
 ) -> Submitted:
     """Render <run_dir>/slurm/pretrain.sbatch for `cfg` (loaded from `config_path` + `overrides`) and submit it.
     `plugins` (`cloze submit --plugin`) go on the job's `cloze train` command line as `--plugin` flags."""
-    from trainer.loop import EXIT_REQUEUE
+    from trainer.components import EXIT_REQUEUE
 
     s = cfg.slurm
     tasks = s.tasks_per_node or s.gpus_per_node or 1
