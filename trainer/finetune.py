@@ -497,58 +497,66 @@ def finetune(
     }
     t0 = time.perf_counter()
     if spec.type in ("pseudo_perplexity", "seq2seq_loss"):
-        with deterministic(0):
-            if spec.type == "pseudo_perplexity":
-                scores = pseudo_perplexity(
-                    backbone, task, min(recipe.max_len, backbone.config.max_position_embeddings)
-                )
-            else:
-                scores = seq2seq_loss(backbone, task, recipe.max_len)
-        result.update(seeds={"0": scores}, mean=scores, std={k: 0.0 for k in scores}, lower_is_better=True)
-        say(f"{spec.name}: {spec.metric} {scores[spec.metric]:.4f}")
+        result.update(_score(backbone, task, recipe, say))
     else:
-        if not recipe.lr:
-            raise FinetuneError(f"recipe lr is empty: a {spec.type} task needs at least one learning rate")
-        runner = SequenceTaskRunner(backbone, task, recipe)
-        result["majority"] = task.majority_score()
-        per_lr: dict[str, Any] = {}
-        seen, seconds = 0, 0.0
-        for lr in recipe.lr:
-            runs: dict[str, RunResult] = {}
-            for seed in range(recipe.seeds):
-                r = runner.run(lr, seed)
-                runs[str(seed)] = r
-                seen += r.train_examples_seen
-                seconds += r.seconds
-                say(
-                    f"{spec.name}: lr {lr:g} seed {seed}: "
-                    + "  ".join(f"{k} {v:.4f}" for k, v in r.metrics.items())
-                    + f"  ({r.seconds:.1f}s)"
-                )
-            mean, std = _mean_std([r.metrics for r in runs.values()])
-            per_lr[f"{lr:g}"] = {
-                "seeds": {s: r.metrics for s, r in runs.items()},
-                "curves": {s: r.curve for s, r in runs.items()},
-                "mean": mean,
-                "std": std,
-            }
-        sign = -1.0 if spec.metric in LOWER_IS_BETTER else 1.0
-        best = max(per_lr, key=lambda k: sign * per_lr[k]["mean"][spec.metric])
-        result.update(
-            lr=per_lr,
-            best_lr=float(best),
-            seeds=per_lr[best]["seeds"],
-            mean=per_lr[best]["mean"],
-            std=per_lr[best]["std"],
-            lower_is_better=spec.metric in LOWER_IS_BETTER,
-            train_examples_per_s=seen / seconds if seconds else 0.0,
-        )
-        m, s = result["mean"][spec.metric], result["std"][spec.metric]
-        say(f"{spec.name}: {spec.metric} {m:.4f} +/- {s:.4f} (lr {best}, {recipe.seeds} seeds)")
+        result.update(_sweep(backbone, task, recipe, say))
     result["seconds"] = time.perf_counter() - t0
     if out is not None:
         write_results(result, Path(out))
     return result
+
+
+def _score(backbone: Backbone, task: Task, recipe: Recipe, say: Any) -> dict[str, Any]:
+    """A scoring task (no training): pseudo-perplexity (encoders) or the pretraining objective's loss (seq2seq)."""
+    spec = task.spec
+    with deterministic(0):
+        if spec.type == "pseudo_perplexity":
+            scores = pseudo_perplexity(
+                backbone, task, min(recipe.max_len, backbone.config.max_position_embeddings)
+            )
+        else:
+            scores = seq2seq_loss(backbone, task, recipe.max_len)
+    say(f"{spec.name}: {spec.metric} {scores[spec.metric]:.4f}")
+    return dict(seeds={"0": scores}, mean=scores, std={k: 0.0 for k in scores}, lower_is_better=True)
+
+
+def _sweep(backbone: Backbone, task: Task, recipe: Recipe, say: Any) -> dict[str, Any]:
+    """Every (lr, seed) of the recipe; the best lr by its mean over seeds, with the majority-class baseline."""
+    spec = task.spec
+    if not recipe.lr:
+        raise FinetuneError(f"recipe lr is empty: a {spec.type} task needs at least one learning rate")
+    runner = SequenceTaskRunner(backbone, task, recipe)
+    per_lr: dict[str, Any] = {}
+    seen, seconds = 0, 0.0
+    for lr in recipe.lr:
+        runs: dict[str, RunResult] = {}
+        for seed in range(recipe.seeds):
+            r = runs[str(seed)] = runner.run(lr, seed)
+            seen += r.train_examples_seen
+            seconds += r.seconds
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in r.metrics.items())
+            say(f"{spec.name}: lr {lr:g} seed {seed}: {shown}  ({r.seconds:.1f}s)")
+        mean, std = _mean_std([r.metrics for r in runs.values()])
+        per_lr[f"{lr:g}"] = {
+            "seeds": {s: r.metrics for s, r in runs.items()},
+            "curves": {s: r.curve for s, r in runs.items()},
+            "mean": mean,
+            "std": std,
+        }
+    sign = -1.0 if spec.metric in LOWER_IS_BETTER else 1.0
+    best = max(per_lr, key=lambda k: sign * per_lr[k]["mean"][spec.metric])
+    m, sd = per_lr[best]["mean"][spec.metric], per_lr[best]["std"][spec.metric]
+    say(f"{spec.name}: {spec.metric} {m:.4f} +/- {sd:.4f} (lr {best}, {recipe.seeds} seeds)")
+    return dict(
+        majority=task.majority_score(),
+        lr=per_lr,
+        best_lr=float(best),
+        seeds=per_lr[best]["seeds"],
+        mean=per_lr[best]["mean"],
+        std=per_lr[best]["std"],
+        lower_is_better=spec.metric in LOWER_IS_BETTER,
+        train_examples_per_s=seen / seconds if seconds else 0.0,
+    )
 
 
 def write_results(result: dict[str, Any], out: Path) -> None:
