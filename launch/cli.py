@@ -70,6 +70,9 @@ def _cmd_shards(args: argparse.Namespace) -> int:
     missing = [f"--{k}" for k in ("input", "tokenizer", "out") if not getattr(args, k)]
     if missing:  # not argparse-required, so that `cloze shards merge DIR` parses
         raise InputError(f"{', '.join(missing)} required (or: cloze shards merge DIR)")
+    from trainer.callbacks import load_plugins
+
+    load_plugins(args.plugin)  # registers a plugin's objectives (register_objective) before the writer asks
     options = _parse_opts(args.opt)
     if args.mask_rate is not None:
         options["rate"] = args.mask_rate
@@ -427,16 +430,15 @@ def _add_trusted_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_plugin_flag(p: argparse.ArgumentParser, where: str = "") -> None:
-    p.add_argument(
-        "--plugin",
-        action="append",
-        default=[],
-        metavar="MODULE[:ATTR]",
-        help="import MODULE on every rank and train with the callbacks MODULE.ATTR() returns (default ATTR: "
-        "callbacks; repeatable; docs/training.md). Only from the command line: never read from a config, run "
-        "directory or checkpoint, so a resumed run loads only the plugins its own command names" + where,
-    )
+PLUGIN_HELP = (
+    "import MODULE on every rank and train with the callbacks MODULE.ATTR() returns (default ATTR: callbacks; "
+    "repeatable; docs/training.md). Only from the command line: never read from a config, run directory or "
+    "checkpoint, so a resumed run loads only the plugins its own command names"
+)
+
+
+def _add_plugin_flag(p: argparse.ArgumentParser, where: str = "", text: str = PLUGIN_HELP) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE[:ATTR]", help=text + where)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -527,6 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--input", nargs="+", help="files, directories, globs (.gz too), builtin:stdlib-docs (required)"
     )
     s.add_argument("--tokenizer", help="directory holding tokenizer.model (required)")
+    _add_plugin_flag(
+        s,
+        text="import MODULE and call MODULE.ATTR() (default ATTR: callbacks; repeatable) before writing, so the "
+        "objectives it registers (data_pipeline.registry.register_objective) can be named by --objective; "
+        "docs/extending.md",
+    )
     s.add_argument(
         "--objective",
         default=sd["objective"],

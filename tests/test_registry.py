@@ -13,7 +13,7 @@ import pytest
 from modeling import ModelConfig, ModelConfigError, build_model
 from modeling.flops import param_count, train_flops_per_token
 from modeling.registry import FAMILIES, FamilySpec, get_family, register_family
-from tests.conftest import read_scalars, torchrun_cloze
+from tests.conftest import read_scalars, run_cloze, torchrun_cloze
 from trainer.config import ConfigError, load_config
 from trainer.losses import task_for
 
@@ -63,13 +63,21 @@ def test_toy_family_builds_counts_and_has_a_task() -> None:
 
 def test_prepare_asks_the_family_spec(dataset_dir: Path) -> None:
     """prepare() checks the shards' objective against FamilySpec.objectives and runs FamilySpec.configure
-    (RoBERTa: positions start after the pad id) instead of branching on the family's name."""
-    from trainer.loop import prepare
+    (RoBERTa: positions start after the pad id) instead of branching on the family's name. What the dataset and
+    the family decide lands in the run state's copy of the config; the loaded config is left as it was."""
+    import dataclasses
+
+    from trainer.state import prepare
 
     common = [f"data.path={dataset_dir}", "model.type_vocab_size=1"]
     cfg = load_config("configs/tiny-bert.yaml", [*common, "model.family=roberta"])
-    _, manifest = prepare(cfg, world_size=2)
-    assert cfg.model.position_offset == manifest.special_tokens["pad"] + 1 > 0
+    loaded = dataclasses.asdict(cfg)
+    state = prepare(cfg, world_size=2)
+    assert state.cfg.model.position_offset == state.manifest.special_tokens["pad"] + 1 > 0
+    assert state.cfg.model.vocab_size == state.manifest.tokenizer["vocab_size"]
+    assert state.cfg.trainer.grad_accum == state.grad_accum >= 1
+    assert dataclasses.asdict(cfg) == loaded  # never mutated
+    assert cfg.model.vocab_size == 0 and cfg.model.position_offset != state.cfg.model.position_offset
     cfg = load_config("configs/tiny-bert.yaml", [*common, "model.family=t5"])
     with pytest.raises(
         ConfigError, match=r"model.family='t5' trains on t5 shards, but .* holds 'mlm' shards"
@@ -82,22 +90,20 @@ def test_toy_family_and_toy_objective_train_5_steps_on_2_ranks_through_cloze_tra
     tokenizer_dir: Path, tmp_path: Path
 ) -> None:
     """Issue 13's test: a family and an objective registered from a test module (tests/toy_family.py), with no
-    production file changed. The shards are written here with the toy objective; `--plugin` registers both on
-    every rank of `cloze train`."""
+    production file changed. `cloze shards --plugin` writes shards with the toy objective; `cloze train --plugin`
+    registers both on every rank and trains the toy family on them."""
     from data_pipeline.manifest import read_manifest
-    from data_pipeline.writer import ShardOptions, write_shards
     from tests.conftest import write_stdlib_corpus
-    from tests.toy_family import TOY_NTH, register_objective_too, unregister_objective_too
+    from tests.toy_family import TOY_NTH
 
-    register_objective_too()
-    try:
-        data = tmp_path / "shards"
-        opts = ShardOptions(objective=TOY_NTH.name, seq_len=64, valid_fraction=0.05, docs_per_block=400)
-        write_shards(
-            [str(write_stdlib_corpus(tmp_path / "c.txt", 400))], tokenizer_dir, data, opts, workers=1
-        )
-    finally:
-        unregister_objective_too()
+    data = tmp_path / "shards"
+    corpus = write_stdlib_corpus(tmp_path / "c.txt", 400)
+    proc = run_cloze(
+        ["shards", "--input", str(corpus), "--tokenizer", str(tokenizer_dir), "--out", str(data)]
+        + ["--objective", TOY_NTH.name, "--seq-len", "64", "--valid-fraction", "0.05", "--quiet"]
+        + ["--plugin", "tests.toy_family"]
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert read_manifest(data).objective == "toy-nth"
     run = tmp_path / "run"
     proc = torchrun_cloze(
