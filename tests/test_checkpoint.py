@@ -52,8 +52,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory, dataset_dir: Path) -> Pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rank", ["0", "1"])
-def test_crash_in_the_middle_of_a_save(tmp_path: Path, dataset_dir: Path, reference: Path, rank: str) -> None:
+def test_crash_in_the_middle_of_a_save(tmp_path: Path, dataset_dir: Path, reference: Path) -> None:
+    """A rank dies while writing its checkpoint files: rank 1 in the first save (nothing committed), rank 0 in a
+    later one (the earlier checkpoint stays `latest`); the relaunch resumes exactly. Each rank crashes once."""
     run = tmp_path / "run"
     ck = run / "checkpoints"
     crashed = train(
@@ -63,7 +64,7 @@ def test_crash_in_the_middle_of_a_save(tmp_path: Path, dataset_dir: Path, refere
         "trainer.stop_after_steps=10",
         "--plugin",
         "tests.faults",
-        **{CRASH_ENV: rank},
+        **{CRASH_ENV: "1"},
     )
     assert crashed.returncode != 0
     # The save at step 5 crashed: nothing committed, `latest` never written, the partial tag left aside.
@@ -80,7 +81,7 @@ def test_crash_in_the_middle_of_a_save(tmp_path: Path, dataset_dir: Path, refere
         "trainer.stop_after_steps=14",
         "--plugin",
         "tests.faults",
-        **{CRASH_ENV: rank},
+        **{CRASH_ENV: "0"},
     )
     assert crashed.returncode != 0
     latest = (ck / "latest").read_text().strip()
