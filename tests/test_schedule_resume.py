@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import OptimizerConfig
 from trainer.checkpointer import run_schedule, saved_schedule
+from trainer.config import OptimizerConfig
 
 from .conftest import read_scalars, run_cloze
 
