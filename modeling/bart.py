@@ -8,43 +8,23 @@ the logits the tests compare against). Special ids are carried, not derived: `bo
 (fairseq / transformers: <s> 0, <pad> 1, </s> 2); </s> is the decoder's start token, as in fairseq.
 
 Shapes: B batch, S encoder length, T decoder length, D model width, V vocabulary.
-Names equal transformers' BartForConditionalGeneration (model.shared, model.encoder.layers.i.self_attn.q_proj...).
+Blocks are modeling/layers.py's `Attention` (fused qkv; cross-attention q + fused kv) and `FeedForward`; the adapter
+at the bottom maps them onto transformers' BartForConditionalGeneration (model.encoder.layers.i.self_attn.q_proj...).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import flops, hf
 from .config import ModelConfig
 from .encoder import TiedEmbedding
-from .layers import activation_fn, init_bert_weights, run_blocks
-from .registry import FamilySpec, register_family
-from .t5 import Seq2SeqOutput, additive_mask
+from .layers import Attention, FeedForward, activation_fn, init_bert_weights, run_blocks, sdpa_mask
+from .registry import FamilySpec, HFAdapter, HFPart, register_family
+from .t5 import Seq2SeqOutput
 
 POSITION_OFFSET = 2  # fairseq's learned positions start at 2 (padding_idx + 1)
-
-
-class BartAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        D = cfg.hidden_size
-        self.heads, self.head_dim = cfg.num_heads, D // cfg.num_heads
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(D, D) for _ in range(4))
-        self.dropout = cfg.attention_dropout
-
-    def forward(self, x: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        B, Tq, D = x.shape
-        Tk = kv.shape[1]
-        q = self.q_proj(x).view(B, Tq, self.heads, self.head_dim).transpose(1, 2)  # (B, N, Tq, K)
-        k = self.k_proj(kv).view(B, Tk, self.heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(kv).view(B, Tk, self.heads, self.head_dim).transpose(1, 2)
-        ctx = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.out_proj(ctx.transpose(1, 2).reshape(B, Tq, D))
 
 
 class BartLayer(nn.Module):
@@ -52,16 +32,17 @@ class BartLayer(nn.Module):
 
     def __init__(self, cfg: ModelConfig, is_decoder: bool) -> None:
         super().__init__()
-        D, eps = cfg.hidden_size, cfg.layer_norm_eps
-        self.self_attn = BartAttention(cfg)
-        self.self_attn_layer_norm = nn.LayerNorm(D, eps=eps)
-        self.encoder_attn = BartAttention(cfg) if is_decoder else None
-        self.encoder_attn_layer_norm = nn.LayerNorm(D, eps=eps) if is_decoder else None
-        self.fc1 = nn.Linear(D, cfg.intermediate_size)
-        self.fc2 = nn.Linear(cfg.intermediate_size, D)
-        self.final_layer_norm = nn.LayerNorm(D, eps=eps)
+        D, N, eps, p = cfg.hidden_size, cfg.num_heads, cfg.layer_norm_eps, cfg.attention_dropout
+        self.self_attn = Attention(D, N, dropout=p, causal=is_decoder)
+        self.self_attn_norm = nn.LayerNorm(D, eps=eps)
+        self.cross_attn = Attention(D, N, dropout=p, cross=True) if is_decoder else None
+        self.cross_attn_norm = nn.LayerNorm(D, eps=eps) if is_decoder else None
+        act = activation_fn(cfg.activation)
+        self.ffn = FeedForward(
+            D, cfg.intermediate_size, act, cfg.hidden_dropout, inner_dropout=cfg.hidden_dropout
+        )
+        self.ffn_norm = nn.LayerNorm(D, eps=eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
-        self.act = activation_fn(cfg.activation)
 
     def forward(
         self,
@@ -70,11 +51,11 @@ class BartLayer(nn.Module):
         enc: torch.Tensor | None,
         enc_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        h = self.self_attn_layer_norm(h + self.dropout(self.self_attn(h, h, mask)))
-        if self.encoder_attn is not None and self.encoder_attn_layer_norm is not None:
+        h = self.self_attn_norm(h + self.dropout(self.self_attn(h, mask)))  # (B, T, D)
+        if self.cross_attn is not None and self.cross_attn_norm is not None:
             assert enc is not None
-            h = self.encoder_attn_layer_norm(h + self.dropout(self.encoder_attn(h, enc, enc_mask)))
-        return self.final_layer_norm(h + self.dropout(self.fc2(self.dropout(self.act(self.fc1(h))))))
+            h = self.cross_attn_norm(h + self.dropout(self.cross_attn(h, enc_mask, enc)))
+        return self.ffn_norm(h + self.ffn(h))
 
 
 class BartStack(nn.Module):
@@ -97,15 +78,12 @@ class BartStack(nn.Module):
         enc: torch.Tensor | None = None,
         enc_keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        B, T = ids.shape
+        T = ids.shape[1]
         positions = torch.arange(POSITION_OFFSET, T + POSITION_OFFSET, device=ids.device)
         h = self.embed_tokens(ids) + self.embed_positions(positions)  # (B, T, D)
         h = self.dropout(self.layernorm_embedding(h))
-        needs_mask = self.is_decoder or keep is not None
-        mask = additive_mask(keep, B, T, T, self.is_decoder, ids.device, h.dtype) if needs_mask else None
-        enc_mask = None
-        if self.is_decoder and enc_keep is not None and enc is not None:
-            enc_mask = additive_mask(enc_keep, B, T, enc.shape[1], False, ids.device, h.dtype)
+        mask = sdpa_mask(keep, T, self.is_decoder, h.dtype)  # None (decoder: is_causal) or (B, 1, 1, T)
+        enc_mask = sdpa_mask(enc_keep, T, False, h.dtype) if self.is_decoder else None  # (B, 1, 1, S)
         return run_blocks(
             list(self.layers),
             h,
@@ -145,6 +123,35 @@ class BartForPretraining(nn.Module):
         return Seq2SeqOutput(logits, enc)
 
 
+# ---- transformers adapter: BartForConditionalGeneration (modeling/hf.py applies the tables) ------------------------
+
+_OURS, _THEIRS = "model.*.layers.*.", "model.*.layers.*."
+BART_HF = HFAdapter(
+    parts=(
+        HFPart(
+            "BartForConditionalGeneration",
+            hf.bart_config,
+            rename=(
+                (_OURS + "self_attn.out.", _THEIRS + "self_attn.out_proj."),
+                (_OURS + "self_attn_norm.", _THEIRS + "self_attn_layer_norm."),
+                (_OURS + "cross_attn.q.", _THEIRS + "encoder_attn.q_proj."),
+                (_OURS + "cross_attn.out.", _THEIRS + "encoder_attn.out_proj."),
+                (_OURS + "cross_attn_norm.", _THEIRS + "encoder_attn_layer_norm."),
+                (_OURS + "ffn.up.", _THEIRS + "fc1."),
+                (_OURS + "ffn.down.", _THEIRS + "fc2."),
+                (_OURS + "ffn_norm.", _THEIRS + "final_layer_norm."),
+            ),
+            fuse=(
+                (_OURS + "self_attn.qkv.", tuple(_THEIRS + f"self_attn.{n}_proj." for n in "qkv")),
+                (_OURS + "cross_attn.kv.", tuple(_THEIRS + f"encoder_attn.{n}_proj." for n in "kv")),
+            ),
+            tied={"lm_head.weight": "model.shared.weight"},
+        ),
+    ),
+    model_type="bart",
+    from_hf_config=hf.bart_from_hf,
+)
+
 register_family(
     FamilySpec(
         name="bart",
@@ -155,6 +162,6 @@ register_family(
         framing="bart",
         seq2seq=True,
         decoder_start="eos",
-        hf=hf.BART_HF,
+        hf=BART_HF,
     )
 )

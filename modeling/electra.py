@@ -5,8 +5,8 @@
     corrupted input -> embeddings (shared) -> discriminator blocks -> per-token "replaced?" logit
 
 Loss = generator MLM loss + rtd_weight x binary cross-entropy of the discriminator (mean over real tokens).
-Replacements are sampled from the generator's softmax without gradient. Names map to transformers'
-ElectraForPreTraining (discriminator) and ElectraForMaskedLM (generator) in modeling/hf.py.
+Replacements are sampled from the generator's softmax without gradient. The adapter at the bottom maps our keys onto
+transformers' ElectraForPreTraining (discriminator) and ElectraForMaskedLM (generator) (modeling/hf.py applies it).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from torch import nn
 
 from . import flops, hf
 from .config import ModelConfig
-from .encoder import BertEmbeddings, BertModel, MLMPredictions, select_labelled
+from .encoder import BertEmbeddings, BertModel, MLMPredictions, bert_layer_names, select_labelled
 from .layers import activation_fn, init_bert_weights
-from .registry import FamilySpec, register_family
+from .registry import FamilySpec, HFAdapter, HFPart, register_family
 
 
 class DiscriminatorHead(nn.Module):
@@ -124,6 +124,46 @@ class ElectraForPretraining(nn.Module):
         return self.generator_predictions(h, self.embeddings.word_embeddings)
 
 
+# ---- transformers adapter: two exports, the discriminator (the model an import reads) and the generator -----------
+
+_DISC_LAYERS, _DISC_FUSE = bert_layer_names("discriminator.encoder.layer.*.", "electra.encoder.layer.*.")
+_GEN_LAYERS, _GEN_FUSE = bert_layer_names("generator.encoder.layer.*.", "electra.encoder.layer.*.")
+ELECTRA_RENAME = (
+    ("embeddings.", "electra.embeddings."),
+    ("discriminator.embeddings_project.", "electra.embeddings_project."),
+    ("discriminator.encoder.", "electra.encoder."),
+    *_DISC_LAYERS,
+)
+ELECTRA_GENERATOR_RENAME = (
+    ("embeddings.", "electra.embeddings."),
+    ("generator.embeddings_project.", "electra.embeddings_project."),
+    ("generator.encoder.", "electra.encoder."),
+    ("generator_predictions.transform.dense.", "generator_predictions.dense."),
+    ("generator_predictions.transform.LayerNorm.", "generator_predictions.LayerNorm."),
+    ("generator_predictions.bias", "generator_lm_head.bias"),
+    *_GEN_LAYERS,
+)
+ELECTRA_HF = HFAdapter(
+    parts=(
+        HFPart(
+            "ElectraForPreTraining",
+            hf.electra_config,
+            rename=ELECTRA_RENAME,
+            fuse=_DISC_FUSE,
+            drop=("generator.", "generator_predictions."),
+        ),
+        HFPart(
+            "ElectraForMaskedLM",
+            hf.electra_generator_config,
+            rename=ELECTRA_GENERATOR_RENAME,
+            fuse=_GEN_FUSE,
+            drop=("discriminator.", "discriminator_predictions."),
+            tied={"generator_lm_head.weight": "embeddings.word_embeddings.weight"},
+            subdir="generator",
+        ),
+    ),
+)
+
 register_family(
     FamilySpec(
         name="electra",
@@ -131,6 +171,6 @@ register_family(
         objectives=("electra", "mlm", "wwm", "span", "tokens"),
         param_count=flops.electra_params,
         flops_per_token=flops.electra_flops,
-        hf=hf.ELECTRA_HF,
+        hf=ELECTRA_HF,
     )
 )

@@ -2,8 +2,9 @@
 
 Read top to bottom: embeddings -> blocks -> encoder -> MLM head -> the pretraining model.
 Shapes: B batch, T sequence length, H hidden size, E embedding size, M masked positions in the batch, V vocabulary.
-Module and parameter names equal transformers' BertForMaskedLM, so BERT export is the identity map and RoBERTa,
-ALBERT and ELECTRA exports are key maps (modeling/hf.py).
+Blocks are built from modeling/layers.py's `Attention` (one fused qkv projection) and `FeedForward`; the adapters at
+the bottom of this file split and rename them onto transformers' BertForMaskedLM, RobertaForMaskedLM and
+AlbertForMaskedLM at export / import (modeling/hf.py).
 
     BERT     post-LN blocks, learned positions, 2 token types
     RoBERTa  the same blocks; one token type; position ids offset by pad + 1
@@ -22,16 +23,8 @@ from torch.utils.checkpoint import checkpoint
 
 from . import flops, hf
 from .config import ModelConfig
-from .layers import (
-    FFNOutput,
-    Intermediate,
-    MultiHeadSelfAttention,
-    activation_fn,
-    init_bert_weights,
-    padding_mask_to_sdpa,
-    run_blocks,
-)
-from .registry import FamilySpec, register_family
+from .layers import Attention, FeedForward, activation_fn, init_bert_weights, run_blocks, sdpa_mask
+from .registry import FamilySpec, HFAdapter, HFPart, register_family
 
 
 class TiedEmbedding(nn.Embedding):
@@ -71,32 +64,26 @@ class BertLayer(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        H, eps = cfg.hidden_size, cfg.layer_norm_eps
         self.pre_ln = cfg.pre_layer_norm
-        self.attention = MultiHeadSelfAttention(
-            cfg.hidden_size, cfg.num_heads, cfg.attention_dropout, cfg.hidden_dropout, cfg.layer_norm_eps
-        )
-        self.intermediate = Intermediate(cfg.hidden_size, cfg.intermediate_size)
-        self.output = FFNOutput(
-            cfg.intermediate_size, cfg.hidden_size, cfg.layer_norm_eps, cfg.hidden_dropout
-        )
-        self.act = activation_fn(cfg.activation)
+        self.attention = Attention(H, cfg.num_heads, dropout=cfg.attention_dropout)
+        self.attention_norm = nn.LayerNorm(H, eps=eps)
+        self.ffn = FeedForward(H, cfg.intermediate_size, activation_fn(cfg.activation), cfg.hidden_dropout)
+        self.ffn_norm = nn.LayerNorm(H, eps=eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
         self.checkpoint_attention = False  # set by the encoder for selective checkpointing
-
-    def ffn(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output.dropout(self.output.dense(self.act(self.intermediate.dense(x))))
 
     def attend(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if self.checkpoint_attention and self.training:
-            return checkpoint(self.attention.attend, h, mask, use_reentrant=False)
-        return self.attention.attend(h, mask)
+            return checkpoint(self.attention, h, mask, use_reentrant=False)
+        return self.attention(h, mask)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        attn_ln, ffn_ln = self.attention.output.LayerNorm, self.output.LayerNorm
         if self.pre_ln:
-            h = h + self.attend(attn_ln(h), mask)
-            return h + self.ffn(ffn_ln(h))
-        h = attn_ln(h + self.attend(h, mask))  # (B, T, H)
-        return ffn_ln(h + self.ffn(h))
+            h = h + self.dropout(self.attend(self.attention_norm(h), mask))
+            return h + self.ffn(self.ffn_norm(h))
+        h = self.attention_norm(h + self.dropout(self.attend(h, mask)))  # (B, T, H)
+        return self.ffn_norm(h + self.ffn(h))
 
 
 class BertEncoder(nn.Module):
@@ -147,7 +134,7 @@ class BertModel(nn.Module):
     def encode(self, e: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Blocks over embeddings e: (B, T, E) -> (B, T, H)."""
         h = self.embeddings_project(e) if self.embeddings_project is not None else e
-        return self.encoder(h, padding_mask_to_sdpa(attention_mask, h.dtype))
+        return self.encoder(h, sdpa_mask(attention_mask, h.shape[1], False, h.dtype))
 
     def forward(
         self,
@@ -265,10 +252,116 @@ def _roberta_positions(cfg: ModelConfig) -> None:
     cfg.position_offset = cfg.pad_token_id + 1
 
 
+# ---- transformers adapter: our keys -> transformers' (modeling/hf.py applies the tables) ---------------------------
+
+
+def bert_layer_names(
+    ours: str, theirs: str
+) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, tuple[str, ...]], ...]]:
+    """(renames, fuses) of one `BertLayer` under `ours` onto transformers' BertLayer under `theirs` (BERT, RoBERTa,
+    ELECTRA: `attention.self.query`, `attention.output.dense`, `intermediate.dense`, `output.LayerNorm`, ...)."""
+    rename = (
+        (ours + "attention.out.", theirs + "attention.output.dense."),
+        (ours + "attention_norm.", theirs + "attention.output.LayerNorm."),
+        (ours + "ffn.up.", theirs + "intermediate.dense."),
+        (ours + "ffn.down.", theirs + "output.dense."),
+        (ours + "ffn_norm.", theirs + "output.LayerNorm."),
+    )
+    qkv = tuple(theirs + f"attention.self.{n}." for n in ("query", "key", "value"))
+    return rename, ((ours + "attention.qkv.", qkv),)
+
+
+LAYER = "bert.encoder.layer.*."
+BERT_LAYER_RENAME, BERT_LAYER_FUSE = bert_layer_names(LAYER, LAYER)
+ROBERTA_LAYER_RENAME, ROBERTA_LAYER_FUSE = bert_layer_names(LAYER, "roberta.encoder.layer.*.")
+ROBERTA_RENAME = (
+    ("bert.", "roberta."),
+    ("cls.predictions.transform.dense.", "lm_head.dense."),
+    ("cls.predictions.transform.LayerNorm.", "lm_head.layer_norm."),
+    ("cls.predictions.bias", "lm_head.bias"),
+    *ROBERTA_LAYER_RENAME,
+)
+ALBERT_LAYER = "albert.encoder.albert_layer_groups.0.albert_layers.0."  # the one shared layer
+ALBERT_RENAME = (
+    ("bert.embeddings_project.", "albert.encoder.embedding_hidden_mapping_in."),
+    ("bert.embeddings.", "albert.embeddings."),
+    ("bert.encoder.layer.0.attention.out.", ALBERT_LAYER + "attention.dense."),
+    ("bert.encoder.layer.0.attention_norm.", ALBERT_LAYER + "attention.LayerNorm."),
+    ("bert.encoder.layer.0.ffn.up.", ALBERT_LAYER + "ffn."),
+    ("bert.encoder.layer.0.ffn.down.", ALBERT_LAYER + "ffn_output."),
+    ("bert.encoder.layer.0.ffn_norm.", ALBERT_LAYER + "full_layer_layer_norm."),
+    ("cls.predictions.transform.dense.", "predictions.dense."),
+    ("cls.predictions.transform.LayerNorm.", "predictions.LayerNorm."),
+    ("cls.predictions.bias", "predictions.bias"),
+)
+ALBERT_FUSE = (
+    (
+        "bert.encoder.layer.0.attention.qkv.",
+        tuple(ALBERT_LAYER + f"attention.{n}." for n in ("query", "key", "value")),
+    ),
+)
+# BertForMaskedLM-style exports carry no pooler / sentence classifier (BertForPreTraining would).
+ENCODER_DROP = ("pooler.", "cls.seq_relationship.")
+
+BERT_HF = HFAdapter(
+    parts=(
+        HFPart(
+            "BertForMaskedLM",
+            hf.bert_config,
+            rename=BERT_LAYER_RENAME,
+            fuse=BERT_LAYER_FUSE,
+            drop=ENCODER_DROP,
+            tied={
+                "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+                "cls.predictions.decoder.bias": "cls.predictions.bias",
+            },
+        ),
+    ),
+    model_type="bert",
+    from_hf_config=hf.bert_from_hf,
+    bare_prefix="bert.",
+)
+ROBERTA_HF = HFAdapter(
+    parts=(
+        HFPart(
+            "RobertaForMaskedLM",
+            hf.roberta_config,
+            rename=ROBERTA_RENAME,
+            fuse=ROBERTA_LAYER_FUSE,
+            drop=ENCODER_DROP,
+            tied={
+                "lm_head.decoder.weight": "bert.embeddings.word_embeddings.weight",
+                "lm_head.decoder.bias": "cls.predictions.bias",
+            },
+        ),
+    ),
+    model_type="roberta",
+    from_hf_config=hf.roberta_from_hf,
+    bare_prefix="roberta.",
+)
+ALBERT_HF = HFAdapter(
+    parts=(
+        HFPart(
+            "AlbertForMaskedLM",
+            hf.albert_config,
+            rename=ALBERT_RENAME,
+            fuse=ALBERT_FUSE,
+            drop=ENCODER_DROP,
+            tied={
+                "predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+                "predictions.decoder.bias": "cls.predictions.bias",
+            },
+        ),
+    ),
+    model_type="albert",
+    from_hf_config=hf.albert_from_hf,
+    bare_prefix="albert.",
+)
+
 for _name, _adapter, _configure in (
-    ("bert", hf.BERT_HF, None),
-    ("roberta", hf.ROBERTA_HF, _roberta_positions),
-    ("albert", hf.ALBERT_HF, None),
+    ("bert", BERT_HF, None),
+    ("roberta", ROBERTA_HF, _roberta_positions),
+    ("albert", ALBERT_HF, None),
 ):
     register_family(
         FamilySpec(

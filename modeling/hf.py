@@ -1,7 +1,9 @@
 """Hugging Face transformers interoperability: export every family, import checkpoints to continue pretraining.
 
-Export = a transformers config from ours + a key map of the state dict, loaded into the transformers class and
-saved with its own `save_pretrained` (config.json + model.safetensors). Import is the inverse map.
+Export = a transformers config from ours + the family's adapter applied to the state dict (its `HFPart` tables,
+declared beside the model: fused projections such as `qkv` split into transformers' query/key/value, keys renamed,
+tied copies filled in), loaded into the transformers class and saved with its own `save_pretrained` (config.json +
+model.safetensors). Import is the inverse (split projections concatenated back).
 
 | family  | transformers class(es)                                        |
 |---------|---------------------------------------------------------------|
@@ -25,6 +27,7 @@ so an untied T5 v1.1 export, like google/t5-v1_1-* itself, loads with transforme
 from __future__ import annotations
 
 from pathlib import Path
+import re
 from typing import Any
 
 import torch
@@ -207,71 +210,88 @@ def t5_activation_from_hf(feed_forward_proj: str, where: str) -> tuple[str, bool
     return act, gated
 
 
-# ---- key maps: (ours, theirs) pairs; a name ending in "." renames a prefix, otherwise one exact key ---------
-# Each family's adapter (its FamilySpec.hf, registered beside its model file) is built here from these tables.
+# ---- key maps -----------------------------------------------------------------------------------------------------
+# Each family declares its adapter (HFAdapter with HFPart rename / fuse / drop / tied tables) beside its model file
+# (encoder.py, electra.py, t5.py, bart.py); these functions apply the tables.
 
-ALBERT_LAYER = "albert.encoder.albert_layer_groups.0.albert_layers.0."
-ROBERTA_RENAME = (
-    ("bert.", "roberta."),
-    ("cls.predictions.transform.dense.", "lm_head.dense."),
-    ("cls.predictions.transform.LayerNorm.", "lm_head.layer_norm."),
-    ("cls.predictions.bias", "lm_head.bias"),
-)
-ALBERT_RENAME = (
-    ("bert.embeddings_project.", "albert.encoder.embedding_hidden_mapping_in."),
-    ("bert.embeddings.", "albert.embeddings."),
-    ("bert.encoder.layer.0.attention.self.", ALBERT_LAYER + "attention."),
-    ("bert.encoder.layer.0.attention.output.dense.", ALBERT_LAYER + "attention.dense."),
-    ("bert.encoder.layer.0.attention.output.LayerNorm.", ALBERT_LAYER + "attention.LayerNorm."),
-    ("bert.encoder.layer.0.intermediate.dense.", ALBERT_LAYER + "ffn."),
-    ("bert.encoder.layer.0.output.dense.", ALBERT_LAYER + "ffn_output."),
-    ("bert.encoder.layer.0.output.LayerNorm.", ALBERT_LAYER + "full_layer_layer_norm."),
-    ("cls.predictions.transform.dense.", "predictions.dense."),
-    ("cls.predictions.transform.LayerNorm.", "predictions.LayerNorm."),
-    ("cls.predictions.bias", "predictions.bias"),
-)
-ELECTRA_RENAME = (
-    ("embeddings.", "electra.embeddings."),
-    ("discriminator.embeddings_project.", "electra.embeddings_project."),
-    ("discriminator.encoder.", "electra.encoder."),
-)
-ELECTRA_GENERATOR_RENAME = (
-    ("embeddings.", "electra.embeddings."),
-    ("generator.embeddings_project.", "electra.embeddings_project."),
-    ("generator.encoder.", "electra.encoder."),
-    ("generator_predictions.transform.dense.", "generator_predictions.dense."),
-    ("generator_predictions.transform.LayerNorm.", "generator_predictions.LayerNorm."),
-    ("generator_predictions.bias", "generator_lm_head.bias"),
-)
-# BertForMaskedLM-style exports carry no pooler / sentence classifier (BertForPreTraining would).
-ENCODER_DROP = ("pooler.", "cls.seq_relationship.")
+
+def _pattern(name: str) -> re.Pattern[str]:
+    """A rename/fuse name as a regex: '*' = one dotted component; a name ending in '.' matches as a prefix."""
+    body = re.escape(name).replace(r"\*", r"([^.]+)")
+    return re.compile(body if name.endswith(".") else body + "$")
+
+
+def _fill(name: str, groups: tuple[str, ...]) -> str:
+    """`name` with its '*'s replaced by `groups`, in order."""
+    for g in groups:
+        name = name.replace("*", g, 1)
+    return name
+
+
+def _match(key: str, names: Any) -> tuple[str, tuple[str, ...], str] | None:
+    """(the longest of `names` that matches `key`, its '*' values, the rest of the key), or None."""
+    best: tuple[str, tuple[str, ...], str] | None = None
+    for name in names:
+        m = _pattern(name).match(key)
+        if m and (best is None or len(name) > len(best[0])):
+            best = (name, m.groups(), key[m.end() :])
+    return best
 
 
 def _rename(key: str, pairs: tuple[tuple[str, str], ...]) -> str:
     """Rename by the longest matching pair (so a specific prefix wins over a general one)."""
-    hits = [(src, dst) for src, dst in pairs if key == src or (src.endswith(".") and key.startswith(src))]
-    if not hits:
+    table = dict(pairs)
+    hit = _match(key, table)
+    if hit is None:
         return key
-    src, dst = max(hits, key=lambda p: len(p[0]))
-    return dst + key[len(src) :]
+    src, groups, rest = hit
+    return _fill(table[src], groups) + rest
 
 
 def to_hf_state_dict(state: dict[str, torch.Tensor], part: HFPart) -> dict[str, torch.Tensor]:
-    """Our state dict -> the keys of `part`'s transformers model (tied copies filled in)."""
-    drop = part.drop
-    out = {_rename(k, part.rename): v for k, v in state.items() if not (drop and k.startswith(drop))}
-    for theirs, ours in part.tied.items():
-        out[theirs] = state[ours]
+    """Our state dict -> the keys of `part`'s transformers model: fused projections split, keys renamed, tied
+    copies filled in."""
+    drop, fuse = part.drop, dict(part.fuse)
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        if drop and k.startswith(drop):
+            continue
+        hit = _match(k, fuse) if fuse else None
+        if hit is None:
+            out[_rename(k, part.rename)] = v
+            continue
+        src, groups, rest = hit
+        theirs = fuse[src]
+        if v.shape[0] % len(theirs):
+            raise ExportError(
+                f"{k}: dim 0 of {tuple(v.shape)} does not split into {len(theirs)} for {theirs}"
+            )
+        for name, chunk in zip(theirs, v.chunk(len(theirs), dim=0), strict=True):
+            out[_fill(name, groups) + rest] = chunk.clone()
+    for theirs_key, ours in part.tied.items():
+        out[theirs_key] = state[ours]
     return out
 
 
 def from_hf_state_dict(state: dict[str, torch.Tensor], part: HFPart) -> dict[str, torch.Tensor]:
-    """The inverse map (transformers keys -> ours); tied copies and position-id buffers are left out."""
+    """The inverse map (transformers keys -> ours): split projections concatenated back, keys renamed; tied copies
+    and position-id buffers are left out."""
+    state = {k: v for k, v in state.items() if k not in part.tied and not k.endswith("position_ids")}
+    out: dict[str, torch.Tensor] = {}
+    for ours, theirs in part.fuse:
+        first = _pattern(theirs[0])
+        for k in [k for k in state if first.match(k)]:
+            m = first.match(k)
+            assert m is not None
+            groups, rest = m.groups(), k[m.end() :]
+            names = [_fill(t, groups) + rest for t in theirs]
+            absent = [n for n in names if n not in state]
+            if absent:
+                raise ExportError(f"{k} is one of {len(names)} fused projections, but {absent} is missing")
+            out[_fill(ours, groups) + rest] = torch.cat([state.pop(n) for n in names], dim=0)
     inverse = tuple((theirs, ours) for ours, theirs in part.rename)
-    skip = set(part.tied)
-    return {
-        _rename(k, inverse): v for k, v in state.items() if k not in skip and not k.endswith("position_ids")
-    }
+    out.update({_rename(k, inverse): v for k, v in state.items()})
+    return out
 
 
 def untie_t5_head(hf: Any, cfg: ModelConfig) -> None:
@@ -418,90 +438,6 @@ def bart_from_hf(raw: dict[str, Any], path: str) -> ModelConfig:
         eos_token_id=raw.get("eos_token_id", 2),
         **_common_from_hf(raw),
     )
-
-
-BERT_HF = HFAdapter(
-    parts=(
-        HFPart(
-            "BertForMaskedLM",
-            bert_config,
-            drop=ENCODER_DROP,
-            tied={
-                "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
-                "cls.predictions.decoder.bias": "cls.predictions.bias",
-            },
-        ),
-    ),
-    model_type="bert",
-    from_hf_config=bert_from_hf,
-    bare_prefix="bert.",
-)
-ROBERTA_HF = HFAdapter(
-    parts=(
-        HFPart(
-            "RobertaForMaskedLM",
-            roberta_config,
-            rename=ROBERTA_RENAME,
-            drop=ENCODER_DROP,
-            tied={
-                "lm_head.decoder.weight": "bert.embeddings.word_embeddings.weight",
-                "lm_head.decoder.bias": "cls.predictions.bias",
-            },
-        ),
-    ),
-    model_type="roberta",
-    from_hf_config=roberta_from_hf,
-    bare_prefix="roberta.",
-)
-ALBERT_HF = HFAdapter(
-    parts=(
-        HFPart(
-            "AlbertForMaskedLM",
-            albert_config,
-            rename=ALBERT_RENAME,
-            drop=ENCODER_DROP,
-            tied={
-                "predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
-                "predictions.decoder.bias": "cls.predictions.bias",
-            },
-        ),
-    ),
-    model_type="albert",
-    from_hf_config=albert_from_hf,
-    bare_prefix="albert.",
-)
-ELECTRA_HF = HFAdapter(
-    parts=(
-        HFPart(
-            "ElectraForPreTraining",
-            electra_config,
-            rename=ELECTRA_RENAME,
-            drop=("generator.", "generator_predictions."),
-        ),
-        HFPart(
-            "ElectraForMaskedLM",
-            electra_generator_config,
-            rename=ELECTRA_GENERATOR_RENAME,
-            drop=("discriminator.", "discriminator_predictions."),
-            tied={"generator_lm_head.weight": "embeddings.word_embeddings.weight"},
-            subdir="generator",
-        ),
-    ),
-)
-T5_HF = HFAdapter(
-    parts=(HFPart("T5ForConditionalGeneration", t5_config),),
-    model_type="t5",
-    from_hf_config=t5_from_hf,
-    fix_hf_model=untie_t5_head,
-    post_layer_norm_only=False,
-)
-BART_HF = HFAdapter(
-    parts=(
-        HFPart("BartForConditionalGeneration", bart_config, tied={"lm_head.weight": "model.shared.weight"}),
-    ),
-    model_type="bart",
-    from_hf_config=bart_from_hf,
-)
 
 
 def config_from_hf(path: str | Path) -> ModelConfig:

@@ -1,10 +1,16 @@
-"""Primitives shared by the model families: attention through SDPA, feed-forward, initialisation.
+"""Primitives shared by the model families: one attention module, one mask builder, one feed-forward, initialisation.
 
-Parameter names follow Hugging Face transformers' BERT modules (`attention.self.query`, `output.LayerNorm`, ...)
-so that export to transformers is a key map, not surgery.
+Every family (BERT / RoBERTa / ALBERT / ELECTRA in encoder.py and electra.py, T5, BART) builds its blocks from
+`Attention` and `FeedForward`. The module tree is ours, not transformers': q/k/v are one fused projection (`qkv`,
+or `q` + `kv` for cross-attention), and a family's transformers adapter (its `HFAdapter`, declared beside its model)
+splits and renames them at the export/import boundary (modeling/hf.py).
+
+Shapes: B batch, Tq query length, Tk key length, D model width, N heads, K head width, F FFN width.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,77 +28,139 @@ def activation_fn(name: str):  # noqa: ANN201 - returns a tensor function
     raise ValueError(f"unknown activation {name!r}")
 
 
-class SelfAttentionProjections(nn.Module):
-    """The q/k/v projections (named as transformers' `BertSelfAttention`)."""
+def sdpa_mask(
+    keep: torch.Tensor | None,
+    q_len: int,
+    causal: bool,
+    dtype: torch.dtype,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """The additive SDPA mask: 0 where attending is allowed, the dtype's most negative number elsewhere.
 
-    def __init__(self, hidden: int) -> None:
-        super().__init__()
-        self.query = nn.Linear(hidden, hidden)
-        self.key = nn.Linear(hidden, hidden)
-        self.value = nn.Linear(hidden, hidden)
+    keep: (B, Tk) with 1 = attend, 0 = padding, or None; causal: a query attends to keys at or before its position
+    (self-attention, Tk = Tq); bias: an additive (B|1, N, Tq, Tk) term added on top (T5's relative positions).
+    Returns (B|1, 1|N, 1|Tq, Tk), or None when nothing is masked and there is no bias, so that SDPA takes its fast
+    path (a causal `Attention` then passes `is_causal` itself: flash kernels apply on GPU).
+    """
+    if keep is None and (bias is None or not causal):
+        return None if bias is None else bias.to(dtype)  # causality alone is the attention's is_causal
+    ref = keep if keep is not None else bias
+    assert ref is not None
+    allowed = (
+        torch.ones(q_len, q_len, dtype=torch.bool, device=ref.device).tril()[None, None] if causal else None
+    )
+    if keep is not None:
+        pad = keep.to(torch.bool)[:, None, None, :]  # (B, 1, 1, Tk)
+        allowed = pad if allowed is None else allowed & pad  # (B|1, 1, 1|Tq, Tk)
+    assert allowed is not None
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=ref.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )
+    return mask if bias is None else bias.to(dtype) + mask
 
 
-class AttentionOutput(nn.Module):
-    def __init__(self, hidden: int, eps: float, dropout: float) -> None:
-        super().__init__()
-        self.dense = nn.Linear(hidden, hidden)
-        self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
-        self.dropout = nn.Dropout(dropout)
+class Attention(nn.Module):
+    """Multi-head attention through one `F.scaled_dot_product_attention` call, with its projections.
 
+    Self-attention projects q, k, v with one fused `qkv` Linear(D, 3*N*K) (one matmul instead of three, forward and
+    backward); cross-attention (`cross=True`) projects q from x with `q` and k, v from the other sequence with one
+    fused `kv` Linear(D, 2*N*K). `out` projects back to D.
 
-class MultiHeadSelfAttention(nn.Module):
-    """Bidirectional multi-head self-attention; one SDPA call, no loop over heads.
+    scale: None = 1/sqrt(K) (BERT, BART); T5 uses 1.0. bias: projections with biases (T5 has none). causal: with no
+    explicit mask, SDPA's `is_causal` (a mask from `sdpa_mask(..., causal=True)` already carries causality).
+    dropout: on the attention probabilities, inside SDPA, while training.
 
-    On GPU, SDPA dispatches to flash / memory-efficient kernels when there is no explicit mask; with a padding
-    mask it uses the memory-efficient kernel.
+    References: huggingface/transformers models/bert/modeling_bert.py (BertSelfAttention), models/t5/modeling_t5.py
+    (T5Attention), models/bart/modeling_bart.py (BartAttention), whose logits the tests compare against; the fused
+    projection as in Lightning-AI/litgpt litgpt/model.py (CausalSelfAttention's one `qkv` Linear).
     """
 
     def __init__(
-        self, hidden: int, heads: int, attn_dropout: float, hidden_dropout: float, eps: float
+        self,
+        hidden: int,
+        heads: int,
+        head_dim: int | None = None,
+        *,
+        bias: bool = True,
+        scale: float | None = None,
+        dropout: float = 0.0,
+        causal: bool = False,
+        cross: bool = False,
     ) -> None:
         super().__init__()
         self.heads = heads
-        self.head_dim = hidden // heads
-        self.attn_dropout = attn_dropout
-        # `self` is the name transformers uses for this submodule; it maps 1:1 on export.
-        self.self = SelfAttentionProjections(hidden)
-        self.output = AttentionOutput(hidden, eps, hidden_dropout)
+        self.head_dim = head_dim or hidden // heads
+        inner = heads * self.head_dim
+        self.scale, self.dropout, self.causal, self.cross = scale, dropout, causal, cross
+        if cross:
+            self.q = nn.Linear(hidden, inner, bias=bias)
+            self.kv = nn.Linear(hidden, 2 * inner, bias=bias)
+        else:
+            self.qkv = nn.Linear(hidden, 3 * inner, bias=bias)
+        self.out = nn.Linear(inner, hidden, bias=bias)
 
-    def attend(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Attention without the output projection's residual/norm. x: (B, T, H) -> (B, T, H)."""
-        B, T, H = x.shape
-        proj = self.self
-        # (B, T, H) -> (B, heads, T, head_dim)
-        q = proj.query(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
-        k = proj.key(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
-        v = proj.value(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, kv: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: (B, Tq, D); mask: additive (B|1, 1|N, 1|Tq, Tk) or None; kv: (B, Tk, D) for cross-attention."""
+        B, Tq, _ = x.shape
+        N, K = self.heads, self.head_dim
+        if self.cross:
+            assert kv is not None, "cross-attention needs kv"
+            q = self.q(x).view(B, Tq, N, K).transpose(1, 2)  # (B, N, Tq, K)
+            k, v = self.kv(kv).view(B, kv.shape[1], 2, N, K).permute(2, 0, 3, 1, 4)  # 2 x (B, N, Tk, K)
+        else:
+            q, k, v = self.qkv(x).view(B, Tq, 3, N, K).permute(2, 0, 3, 1, 4)  # 3 x (B, N, Tq, K)
         ctx = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
-        )  # (B, heads, T, head_dim)
-        ctx = ctx.transpose(1, 2).reshape(B, T, H)
-        return self.output.dropout(self.output.dense(ctx))
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=self.causal and mask is None,
+            scale=self.scale,
+        )  # (B, N, Tq, K)
+        return self.out(ctx.transpose(1, 2).reshape(B, Tq, N * K))  # (B, Tq, D)
 
 
-class Intermediate(nn.Module):
-    def __init__(self, hidden: int, inner: int) -> None:
+class FeedForward(nn.Module):
+    """dropout(down(inner_dropout(act(up(x))))); gated: act(gate) * up, both from one fused `gate_up`
+    Linear(D, 2F) whose first F rows are the gate (T5 v1.1's act(x wi_0) * (x wi_1))."""
+
+    def __init__(
+        self,
+        hidden: int,
+        inner: int,
+        act: Callable[[torch.Tensor], torch.Tensor],
+        dropout: float,
+        *,
+        inner_dropout: float = 0.0,
+        bias: bool = True,
+        gated: bool = False,
+    ) -> None:
         super().__init__()
-        self.dense = nn.Linear(hidden, inner)
-
-
-class FFNOutput(nn.Module):
-    def __init__(self, inner: int, hidden: int, eps: float, dropout: float) -> None:
-        super().__init__()
-        self.dense = nn.Linear(inner, hidden)
-        self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
+        self.gated = gated
+        self.gate_up = nn.Linear(hidden, 2 * inner, bias=bias) if gated else None
+        self.up = None if gated else nn.Linear(hidden, inner, bias=bias)
+        self.down = nn.Linear(inner, hidden, bias=bias)
+        self.act = act
+        self.inner_dropout = nn.Dropout(inner_dropout)
         self.dropout = nn.Dropout(dropout)
 
+    @property
+    def in_proj(self) -> nn.Linear:
+        """The input projection: `gate_up` (gated) or `up`."""
+        proj = self.gate_up if self.gate_up is not None else self.up
+        assert proj is not None
+        return proj
 
-def padding_mask_to_sdpa(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """(B, T) with 1 = attend, 0 = padding  ->  additive (B, 1, 1, T) mask for SDPA, or None if no padding."""
-    if attention_mask is None:
-        return None
-    keep = attention_mask.to(torch.bool)[:, None, None, :]
-    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up is not None:
+            gate, up = self.gate_up(x).chunk(2, dim=-1)  # 2 x (B, T, F)
+            inner = self.act(gate) * up
+        else:
+            inner = self.act(self.in_proj(x))  # (B, T, F)
+        return self.dropout(self.down(self.inner_dropout(inner)))  # (B, T, D)
 
 
 def init_bert_weights(module: nn.Module, std: float) -> None:

@@ -31,7 +31,12 @@ class HFPart:
     config: Callable[[ModelConfig], Any]
     """Our config -> the transformers config object of the same architecture."""
     rename: tuple[tuple[str, str], ...] = ()
-    """(ours, theirs) key renames; a name ending in '.' renames a prefix, otherwise one exact key."""
+    """(ours, theirs) key renames; a name ending in '.' renames a prefix, otherwise one exact key; a '*' stands for
+    one dotted component (a layer index) and is carried over, in order, to the '*'s of the other name. The longest
+    matching pattern wins."""
+    fuse: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(ours, (theirs, ...)) fused projections, patterns as in `rename`: export splits our tensor along dim 0 into
+    equal chunks named theirs in order (e.g. 'qkv.' -> 'query.', 'key.', 'value.'); import concatenates them back."""
     drop: tuple[str, ...] = ()
     """Prefixes of our keys this transformers model does not hold."""
     tied: dict[str, str] = field(default_factory=dict)

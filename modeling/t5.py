@@ -9,7 +9,9 @@ numerics are tested against, huggingface/transformers src/transformers/models/t5
 activations of src/transformers/activations.py (ACT2FN).
 
 Shapes: B batch, S encoder length, T decoder length, D model width, N heads, K head width, F FFN width, V vocabulary.
-Names equal transformers' T5ForConditionalGeneration (shared, encoder.block.i.layer.j..., lm_head).
+Blocks are modeling/layers.py's `Attention` (fused qkv; cross-attention q + fused kv) and `FeedForward` (v1.1: one
+fused wi_0|wi_1 projection); the adapter at the bottom maps them onto transformers' T5ForConditionalGeneration
+(encoder.block.i.layer.j.SelfAttention.q, ...).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +26,8 @@ from torch import nn
 
 from . import flops, hf
 from .config import T5_ACTIVATIONS, ModelConfig, ModelConfigError
-from .layers import run_blocks
-from .registry import FamilySpec, register_family
+from .layers import Attention, FeedForward, run_blocks, sdpa_mask
+from .registry import FamilySpec, HFAdapter, HFPart, register_family
 
 
 class T5LayerNorm(nn.Module):
@@ -67,66 +68,6 @@ def relative_position_bucket(
     return buckets + torch.where(is_small, rel, large)
 
 
-class T5Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, has_bias_table: bool, bidirectional: bool) -> None:
-        super().__init__()
-        inner = cfg.num_heads * cfg.head_dim
-        self.q = nn.Linear(cfg.hidden_size, inner, bias=False)
-        self.k = nn.Linear(cfg.hidden_size, inner, bias=False)
-        self.v = nn.Linear(cfg.hidden_size, inner, bias=False)
-        self.o = nn.Linear(inner, cfg.hidden_size, bias=False)
-        self.dropout = cfg.attention_dropout
-        self.bidirectional = bidirectional
-        self.buckets, self.max_distance = (
-            cfg.relative_attention_num_buckets,
-            cfg.relative_attention_max_distance,
-        )
-        self.relative_attention_bias = nn.Embedding(self.buckets, cfg.num_heads) if has_bias_table else None
-        self.heads, self.head_dim = cfg.num_heads, cfg.head_dim
-
-    def position_bias(self, q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
-        """(1, N, q_len, k_len) from this layer's bias table."""
-        assert self.relative_attention_bias is not None
-        rel = torch.arange(k_len, device=device)[None, :] - torch.arange(q_len, device=device)[:, None]
-        buckets = relative_position_bucket(rel, self.bidirectional, self.buckets, self.max_distance)
-        return self.relative_attention_bias(buckets).permute(2, 0, 1)[None]
-
-    def forward(self, x: torch.Tensor, kv: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """x: (B, Tq, D) queries; kv: (B, Tk, D) keys/values; bias: additive (B|1, N, Tq, Tk)."""
-        B, Tq, _ = x.shape
-        Tk = kv.shape[1]
-        q = self.q(x).view(B, Tq, self.heads, self.head_dim).transpose(1, 2)  # (B, N, Tq, K)
-        k = self.k(kv).view(B, Tk, self.heads, self.head_dim).transpose(1, 2)
-        v = self.v(kv).view(B, Tk, self.heads, self.head_dim).transpose(1, 2)
-        ctx = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0, scale=1.0
-        )  # T5 does not scale scores
-        return self.o(ctx.transpose(1, 2).reshape(B, Tq, self.heads * self.head_dim))
-
-
-class T5SelfAttentionLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, has_bias_table: bool, bidirectional: bool) -> None:
-        super().__init__()
-        self.SelfAttention = T5Attention(cfg, has_bias_table, bidirectional)
-        self.layer_norm = T5LayerNorm(cfg.hidden_size, cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout)
-
-    def forward(self, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        x = self.layer_norm(h)
-        return h + self.dropout(self.SelfAttention(x, x, bias))
-
-
-class T5CrossAttentionLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.EncDecAttention = T5Attention(cfg, False, True)
-        self.layer_norm = T5LayerNorm(cfg.hidden_size, cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout)
-
-    def forward(self, h: torch.Tensor, enc: torch.Tensor, enc_mask: torch.Tensor) -> torch.Tensor:
-        return h + self.dropout(self.EncDecAttention(self.layer_norm(h), enc, enc_mask))
-
-
 def _tanh_gelu(x: torch.Tensor) -> torch.Tensor:
     """transformers' NewGELUActivation (gelu_new): the tanh approximation, written out."""
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
@@ -165,114 +106,89 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 assert set(ACTIVATIONS) == set(T5_ACTIVATIONS)
 
 
-class T5DenseGatedAct(nn.Module):
-    """T5 v1.1: wo(act(x wi_0) * (x wi_1)) (transformers' T5DenseGatedActDense, feed_forward_proj='gated-<act>')."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.wi_0 = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.wi_1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.wo = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-        self.dropout = nn.Dropout(cfg.hidden_dropout)
-        self.act = ACTIVATIONS[cfg.activation]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.wo(self.dropout(self.act(self.wi_0(x)) * self.wi_1(x)))  # (B, T, F) -> (B, T, D)
-
-
-class T5DenseAct(nn.Module):
-    """T5 v1.0: wo(act(x wi)) (transformers' T5DenseActDense, feed_forward_proj='<act>', 'relu' for T5 v1.0)."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.wi = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.wo = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-        self.dropout = nn.Dropout(cfg.hidden_dropout)
-        self.act = ACTIVATIONS[cfg.activation]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.wo(self.dropout(self.act(self.wi(x))))  # (B, T, F) -> (B, T, D)
-
-
-class T5FFLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.DenseReluDense: nn.Module = T5DenseGatedAct(cfg) if cfg.gated_ffn else T5DenseAct(cfg)
-        self.layer_norm = T5LayerNorm(cfg.hidden_size, cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.dropout(self.DenseReluDense(self.layer_norm(h)))
-
-
 class T5Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, is_decoder: bool, has_bias_table: bool) -> None:
+    """Pre-RMSNorm residual sublayers: self-attention, [decoder: cross-attention], feed-forward (gated in v1.1:
+    act(x wi_0) * (x wi_1), transformers' T5DenseGatedActDense; plain in v1.0: act(x wi), T5DenseActDense)."""
+
+    def __init__(self, cfg: ModelConfig, is_decoder: bool) -> None:
         super().__init__()
-        self.is_decoder = is_decoder
-        parts: list[nn.Module] = [T5SelfAttentionLayer(cfg, has_bias_table, bidirectional=not is_decoder)]
-        if is_decoder:
-            parts.append(T5CrossAttentionLayer(cfg))
-        parts.append(T5FFLayer(cfg))
-        self.layer = nn.ModuleList(parts)
+        D, N, K, eps = cfg.hidden_size, cfg.num_heads, cfg.head_dim, cfg.layer_norm_eps
+        p = cfg.attention_dropout  # no biases; T5 does not scale scores (scale 1.0)
+        self.self_attn = Attention(D, N, K, bias=False, scale=1.0, dropout=p, causal=is_decoder)
+        self.self_attn_norm = T5LayerNorm(D, eps)
+        self.cross_attn = (
+            Attention(D, N, K, bias=False, scale=1.0, dropout=p, cross=True) if is_decoder else None
+        )
+        self.cross_attn_norm = T5LayerNorm(D, eps) if is_decoder else None
+        self.ffn = FeedForward(
+            D,
+            cfg.intermediate_size,
+            ACTIVATIONS[cfg.activation],
+            cfg.hidden_dropout,
+            inner_dropout=cfg.hidden_dropout,
+            bias=False,
+            gated=cfg.gated_ffn,
+        )
+        self.ffn_norm = T5LayerNorm(D, eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
 
     def forward(
-        self, h: torch.Tensor, bias: torch.Tensor, enc: torch.Tensor | None, enc_mask: torch.Tensor | None
+        self,
+        h: torch.Tensor,
+        mask: torch.Tensor | None,
+        enc: torch.Tensor | None,
+        enc_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        h = self.layer[0](h, bias)
-        if self.is_decoder:
-            assert enc is not None and enc_mask is not None
-            h = self.layer[1](h, enc, enc_mask)
-        return self.layer[-1](h)
-
-
-def additive_mask(
-    keep: torch.Tensor | None, B: int, q_len: int, k_len: int, causal: bool, device, dtype
-) -> torch.Tensor:
-    """(B|1, 1, q_len, k_len): 0 where attending is allowed, a large negative number elsewhere."""
-    allowed = torch.ones(1, 1, q_len, k_len, dtype=torch.bool, device=device)
-    if causal:
-        allowed = allowed & torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril()[None, None]
-    if keep is not None:
-        allowed = allowed & keep.bool()[:, None, None, :]
-    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
-        ~allowed, torch.finfo(dtype).min
-    )
+        h = h + self.dropout(self.self_attn(self.self_attn_norm(h), mask))  # (B, T, D)
+        if self.cross_attn is not None and self.cross_attn_norm is not None:
+            assert enc is not None
+            h = h + self.dropout(self.cross_attn(self.cross_attn_norm(h), enc_mask, enc))
+        return h + self.ffn(self.ffn_norm(h))
 
 
 class T5Stack(nn.Module):
+    """Embeddings -> blocks -> final RMSNorm. The relative position bias is one table per stack (transformers keeps
+    it in the first block's self-attention), computed once per forward and shared by every layer."""
+
     def __init__(self, cfg: ModelConfig, is_decoder: bool, embed_tokens: nn.Embedding) -> None:
         super().__init__()
         self.is_decoder = is_decoder
         self.embed_tokens = embed_tokens
+        self.buckets, self.max_distance = (
+            cfg.relative_attention_num_buckets,
+            cfg.relative_attention_max_distance,
+        )
+        self.relative_attention_bias = nn.Embedding(self.buckets, cfg.num_heads)
         layers = cfg.decoder_layers if is_decoder else cfg.num_layers
-        self.block = nn.ModuleList(T5Block(cfg, is_decoder, has_bias_table=(i == 0)) for i in range(layers))
+        self.block = nn.ModuleList(T5Block(cfg, is_decoder) for _ in range(layers))
         self.final_layer_norm = T5LayerNorm(cfg.hidden_size, cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
         self.checkpointing = cfg.activation_checkpointing
         self.checkpoint_every = cfg.checkpoint_every
 
+    def position_bias(self, T: int, device: torch.device) -> torch.Tensor:
+        """(1, N, T, T) additive bias of key position j for query position i (bidirectional in the encoder)."""
+        rel = torch.arange(T, device=device)[None, :] - torch.arange(T, device=device)[:, None]
+        buckets = relative_position_bucket(rel, not self.is_decoder, self.buckets, self.max_distance)
+        return self.relative_attention_bias(buckets).permute(2, 0, 1)[None]
+
     def forward(
         self,
         ids: torch.Tensor,
-        mask: torch.Tensor | None,
+        keep: torch.Tensor | None,
         enc: torch.Tensor | None = None,
         enc_keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        B, T = ids.shape
+        T = ids.shape[1]
         h = self.dropout(self.embed_tokens(ids))  # (B, T, D)
-        first = cast(T5SelfAttentionLayer, cast(T5Block, self.block[0]).layer[0]).SelfAttention
-        # The position bias is computed once, by the first layer's table, and shared by every layer of the stack.
-        bias = first.position_bias(T, T, ids.device) + additive_mask(
-            mask, B, T, T, self.is_decoder, ids.device, h.dtype
-        )
-        enc_mask = None
-        if self.is_decoder:
-            assert enc is not None
-            enc_mask = additive_mask(enc_keep, B, T, enc.shape[1], False, ids.device, h.dtype)
+        mask = sdpa_mask(
+            keep, T, self.is_decoder, h.dtype, self.position_bias(T, ids.device)
+        )  # (B|1, N, T, T)
+        enc_mask = sdpa_mask(enc_keep, T, False, h.dtype) if self.is_decoder else None  # (B, 1, 1, S)
         h = run_blocks(
             list(self.block),
             h,
-            bias,
+            mask,
             enc,
             enc_mask,
             checkpoint_every=self.checkpoint_every,
@@ -321,20 +237,17 @@ class T5ForPretraining(nn.Module):
         for m in self.modules():
             if isinstance(m, T5LayerNorm):
                 nn.init.constant_(m.weight, f * 1.0)
-            elif isinstance(m, T5Attention):
-                nn.init.normal_(m.q.weight, std=f * (D * K) ** -0.5)
-                nn.init.normal_(m.k.weight, std=f * D**-0.5)
-                nn.init.normal_(m.v.weight, std=f * D**-0.5)
-                nn.init.normal_(m.o.weight, std=f * (N * K) ** -0.5)
-                if m.relative_attention_bias is not None:
-                    nn.init.normal_(m.relative_attention_bias.weight, std=f * D**-0.5)
-            elif isinstance(m, T5DenseGatedAct):
-                nn.init.normal_(m.wi_0.weight, std=f * D**-0.5)
-                nn.init.normal_(m.wi_1.weight, std=f * D**-0.5)
-                nn.init.normal_(m.wo.weight, std=f * F_**-0.5)
-            elif isinstance(m, T5DenseAct):
-                nn.init.normal_(m.wi.weight, std=f * D**-0.5)
-                nn.init.normal_(m.wo.weight, std=f * F_**-0.5)
+            elif isinstance(m, Attention):
+                q, kv = (m.q.weight, m.kv.weight) if m.cross else m.qkv.weight.split((N * K, 2 * N * K))
+                with torch.no_grad():  # q is scaled by the head width too (Mesh TF folds 1/sqrt(K) into it)
+                    nn.init.normal_(q, std=f * (D * K) ** -0.5)
+                    nn.init.normal_(kv, std=f * D**-0.5)
+                nn.init.normal_(m.out.weight, std=f * (N * K) ** -0.5)
+            elif isinstance(m, FeedForward):
+                nn.init.normal_(m.in_proj.weight, std=f * D**-0.5)
+                nn.init.normal_(m.down.weight, std=f * F_**-0.5)
+            elif isinstance(m, T5Stack):
+                nn.init.normal_(m.relative_attention_bias.weight, std=f * D**-0.5)
 
     def forward(
         self,
@@ -361,6 +274,53 @@ def check_t5_config(cfg: ModelConfig) -> None:
         raise ModelConfigError(f"model.initializer_factor must be > 0, got {cfg.initializer_factor}")
 
 
+# ---- transformers adapter: T5ForConditionalGeneration (encoder block: layer.0 self-attention, layer.1 FFN; decoder
+# block: layer.0 self, layer.1 cross, layer.2 FFN); modeling/hf.py applies the tables.
+
+
+def _t5_names(stack: str, ffn_index: int) -> tuple[list[tuple[str, str]], list[tuple[str, tuple[str, ...]]]]:
+    ours, theirs = f"{stack}.block.*.", f"{stack}.block.*.layer."
+    rename = [
+        (
+            f"{stack}.relative_attention_bias.",
+            f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.",
+        ),
+        (ours + "self_attn.out.", theirs + "0.SelfAttention.o."),
+        (ours + "self_attn_norm.", theirs + "0.layer_norm."),
+        (ours + "ffn.up.", theirs + f"{ffn_index}.DenseReluDense.wi."),
+        (ours + "ffn.down.", theirs + f"{ffn_index}.DenseReluDense.wo."),
+        (ours + "ffn_norm.", theirs + f"{ffn_index}.layer_norm."),
+    ]
+    fuse = [
+        (ours + "self_attn.qkv.", tuple(theirs + f"0.SelfAttention.{n}." for n in "qkv")),
+        (ours + "ffn.gate_up.", tuple(theirs + f"{ffn_index}.DenseReluDense.{n}." for n in ("wi_0", "wi_1"))),
+    ]
+    if stack == "decoder":
+        rename += [
+            (ours + "cross_attn.q.", theirs + "1.EncDecAttention.q."),
+            (ours + "cross_attn.out.", theirs + "1.EncDecAttention.o."),
+            (ours + "cross_attn_norm.", theirs + "1.layer_norm."),
+        ]
+        fuse.append((ours + "cross_attn.kv.", tuple(theirs + f"1.EncDecAttention.{n}." for n in "kv")))
+    return rename, fuse
+
+
+_ENC, _DEC = _t5_names("encoder", 1), _t5_names("decoder", 2)
+T5_HF = HFAdapter(
+    parts=(
+        HFPart(
+            "T5ForConditionalGeneration",
+            hf.t5_config,
+            rename=(*_ENC[0], *_DEC[0]),
+            fuse=(*_ENC[1], *_DEC[1]),
+        ),
+    ),
+    model_type="t5",
+    from_hf_config=hf.t5_from_hf,
+    fix_hf_model=hf.untie_t5_head,
+    post_layer_norm_only=False,
+)
+
 register_family(
     FamilySpec(
         name="t5",
@@ -373,6 +333,6 @@ register_family(
         decoder_start="pad",
         learned_positions=False,
         check_config=check_t5_config,
-        hf=hf.T5_HF,
+        hf=T5_HF,
     )
 )

@@ -249,3 +249,26 @@ def test_bart_carries_its_special_ids(tmp_path: Path) -> None:
     )
     ours = cfg_of(**SEQ2SEQ["bart"], bos_token_id=2, eos_token_id=3)
     assert hf_model(make(ours), ours).config.bos_token_id == 2
+
+
+def test_fused_projections_split_on_export_and_concatenate_on_import() -> None:
+    """Our one qkv tensor is transformers' query/key/value, in that order (rows); import concatenates them back, and a
+    missing one is an error naming it."""
+    from modeling.hf import ExportError, from_hf_state_dict, to_hf_state_dict
+
+    cfg = cfg_of(family="bert")
+    ours = make(cfg)
+    part = get_family("bert").hf.parts[0]  # type: ignore[union-attr]
+    state = ours.state_dict()
+    qkv = state["bert.encoder.layer.1.attention.qkv.weight"]  # (3H, H)
+    theirs = to_hf_state_dict(state, part)
+    prefix = "bert.encoder.layer.1.attention.self."
+    for i, name in enumerate(("query", "key", "value")):
+        torch.testing.assert_close(theirs[prefix + name + ".weight"], qkv.chunk(3)[i])
+    assert not [k for k in theirs if ".qkv." in k]
+    back = from_hf_state_dict(theirs, part)
+    assert set(back) == set(state)
+    torch.testing.assert_close(back["bert.encoder.layer.1.attention.qkv.weight"], qkv)
+    del theirs[prefix + "value.bias"]
+    with pytest.raises(ExportError, match=r"value\.bias"):
+        from_hf_state_dict(theirs, part)

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from modeling import ModelConfig, build_model
 from modeling.flops import param_count
+from modeling.hf import to_hf_state_dict
+from modeling.registry import get_family
 from tests.conftest import tiny_model_config as tiny
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,14 +48,11 @@ def test_logits_equal_transformers_bert_for_masked_lm() -> None:
         attn_implementation="eager",
     )
     hf = transformers.BertForMaskedLM(hf_cfg).eval()
-    missing, unexpected = hf.load_state_dict(ours.state_dict(), strict=False)
+    # our fused qkv split (and keys renamed) by the family's adapter, the tied decoder filled in
+    state = to_hf_state_dict(ours.state_dict(), get_family("bert").hf.parts[0])  # type: ignore[union-attr]
+    missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
-    assert set(missing) <= {
-        "cls.predictions.decoder.weight",
-        "cls.predictions.decoder.bias",
-        "bert.embeddings.position_ids",
-    }
-    hf.tie_weights()
+    assert set(missing) <= {"bert.embeddings.position_ids"}, missing
     ids, _ = batch(cfg)
     mask = torch.ones_like(ids)
     mask[1, 10:] = 0  # padding in one row
@@ -169,3 +168,42 @@ def test_flops_per_token_is_six_times_the_matmul_weights() -> None:
     matmul += model.bert.embeddings.word_embeddings.weight.numel()
     attention = 3 * cfg.num_layers * 2 * 2 * 1 * cfg.hidden_size  # seq_len 1
     assert train_flops_per_token(cfg, 1, mask_fraction=1.0) == pytest.approx(6 * matmul + attention, rel=1e-9)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_t5", "tiny_bart"])
+def test_every_family_attends_with_the_one_attention_module(preset: str) -> None:
+    """One attention module (fused qkv; cross-attention q + fused kv), whatever the family."""
+    from torch import nn
+
+    from modeling.layers import Attention
+
+    model = build_model(ModelConfig.from_preset(preset, vocab_size=97))
+    attention = [
+        m for m in model.modules() if "attention" in type(m).__name__.lower() or isinstance(m, Attention)
+    ]
+    assert attention and all(type(m) is Attention for m in attention), {type(m).__name__ for m in attention}
+    for m in attention:
+        fused = m.kv if m.cross else m.qkv
+        assert (
+            isinstance(fused, nn.Linear)
+            and fused.out_features == (2 if m.cross else 3) * m.heads * m.head_dim
+        )
+
+
+def test_sdpa_mask_is_none_when_nothing_is_masked_and_combines_padding_with_causal() -> None:
+    from modeling.layers import sdpa_mask
+
+    keep = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    assert sdpa_mask(None, 4, False, torch.float32) is None
+    assert sdpa_mask(None, 4, True, torch.float32) is None  # the attention's is_causal (flash kernels on GPU)
+    pad = sdpa_mask(keep, 4, False, torch.float32)
+    assert pad is not None and pad.shape == (2, 1, 1, 4)
+    both = sdpa_mask(keep, 4, True, torch.float32)
+    assert both is not None and both.shape == (2, 1, 4, 4)
+    allowed = torch.ones(4, 4).tril().bool() & keep.bool()[:, None, :]  # (B, Tq, Tk)
+    torch.testing.assert_close(both[:, 0] == 0, allowed)
+    bias = torch.randn(1, 3, 4, 4)
+    with_bias = sdpa_mask(None, 4, True, torch.float32, bias)  # T5's decoder: relative bias + causal
+    assert with_bias is not None
+    torch.testing.assert_close(with_bias.tril(), bias.tril())
+    assert (with_bias.triu(1) < -1e30).sum() == 3 * 6

@@ -12,7 +12,8 @@ import torch
 
 from modeling import ModelConfig, ModelConfigError, build_model
 from modeling.config import T5_ACTIVATIONS
-from modeling.hf import ExportError, config_from_hf, export_hf, hf_config, hf_model, load_hf
+from modeling.hf import ExportError, config_from_hf, export_hf, hf_config, hf_model, load_hf, to_hf_state_dict
+from modeling.registry import get_family
 from tests.conftest import tiny_model_config
 
 transformers = pytest.importorskip("transformers")
@@ -68,7 +69,7 @@ def test_every_activation_trains_exports_and_imports_like_transformers(tmp_path:
         ours = build_model(cfg)
         with torch.no_grad():  # scale up so that every activation sees its whole range (clipping, saturation)
             for name, p in ours.named_parameters():
-                if "DenseReluDense.wi" in name:
+                if ".ffn.up." in name or ".ffn.gate_up." in name:  # transformers' DenseReluDense.wi*
                     p.mul_(4.0)
         hf = hf_model(ours, cfg)  # transformers' T5 built from the config we export
         assert hf.config.is_gated_act == gated
@@ -89,10 +90,12 @@ def test_every_activation_trains_exports_and_imports_like_transformers(tmp_path:
         loss_fn(got.flatten(0, 1), labels.flatten()).backward()
         loss_fn(expected.flatten(0, 1), labels.flatten()).backward()
         hf_params = dict(hf.named_parameters())
-        for name, p in ours.named_parameters():
+        # our gradients under transformers' names (the fused wi_0|wi_1 split by the adapter)
+        grads = _as_hf({n: p.grad for n, p in ours.named_parameters() if p.grad is not None}, cfg)
+        for name, grad in grads.items():
             if "DenseReluDense" in name:
                 torch.testing.assert_close(
-                    p.grad, hf_params[name].grad, msg=f"{activation} gated={gated}: {name}"
+                    grad, hf_params[name].grad, msg=f"{activation} gated={gated}: {name}"
                 )
 
 
@@ -140,11 +143,13 @@ def test_unsupported_activation_is_an_error_naming_it(tmp_path: Path) -> None:
             config_from_hf(tmp_path)
 
 
-def _weight_stats(model: torch.nn.Module) -> dict[str, tuple[float, float]]:
-    return {
-        n: (p.detach().float().std().item(), p.detach().float().mean().item())
-        for n, p in model.named_parameters()
-    }
+def _as_hf(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Our tensors under transformers' names (the T5 adapter splits fused projections)."""
+    return to_hf_state_dict(state, get_family("t5").hf.parts[0])  # type: ignore[union-attr]
+
+
+def _weight_stats(params: dict[str, torch.Tensor]) -> dict[str, tuple[float, float]]:
+    return {n: (p.detach().float().std().item(), p.detach().float().mean().item()) for n, p in params.items()}
 
 
 @pytest.mark.parametrize(
@@ -170,9 +175,9 @@ def test_init_equals_transformers_t5_init(kw: dict) -> None:
     )
     cfg = ModelConfig(**{**base, **kw})
     torch.manual_seed(0)
-    ours = _weight_stats(build_model(cfg))
+    ours = _weight_stats(_as_hf(dict(build_model(cfg).named_parameters()), cfg))
     torch.manual_seed(1)
-    theirs = _weight_stats(transformers.T5ForConditionalGeneration(hf_config(cfg)))
+    theirs = _weight_stats(dict(transformers.T5ForConditionalGeneration(hf_config(cfg)).named_parameters()))
     if not cfg.tie_word_embeddings:  # transformers 5 ties lm_head to `shared` at init: same std as `shared`
         theirs.setdefault("lm_head.weight", theirs["shared.weight"])
     assert set(ours) <= set(theirs), set(ours) - set(theirs)
