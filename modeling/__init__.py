@@ -8,6 +8,8 @@ from torch import nn
 
 from .bart import BartForPretraining
 from .config import PRESETS, ModelConfig, ModelConfigError
+from .deberta import DebertaForPretraining
+from .distilbert import DistilBertForPretraining, DistillationModel
 from .electra import ElectraForPretraining, ElectraOutput
 from .encoder import BertForPretraining, MLMOutput
 from .registry import FamilySpec, get_family, register_family
@@ -29,6 +31,9 @@ __all__ = [
     "ModelConfigError",
     "BertForPretraining",
     "MLMOutput",
+    "DebertaForPretraining",
+    "DistilBertForPretraining",
+    "DistillationModel",
     "ElectraForPretraining",
     "ElectraOutput",
     "T5ForPretraining",

@@ -10,7 +10,7 @@ Size presets live here, in code; run recipes (YAML in configs/) name a preset an
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cloze_errors import ClozeError
@@ -27,7 +27,8 @@ class ModelConfig:
     """Architecture of an encoder (BERT family)."""
 
     family: str = "bert"
-    """Model family: 'bert', 'roberta', 'albert' (encoders), 'electra' (generator + discriminator), 't5', 'bart'
+    """Model family: 'bert', 'roberta', 'albert' (encoders), 'electra' (generator + discriminator), 'deberta'
+    (v2/v3), 'deberta_v1', 'distilbert' (a student, distilled when model.teacher is set), 't5', 'bart'
     (encoder-decoders), or one a plugin registered (modeling/registry.py)."""
     preset: str = ""
     """Name of the size preset the other fields started from ('' = none). See `PRESETS`."""
@@ -94,7 +95,12 @@ class ModelConfig:
     generator_fraction: float = 0.25
     """ELECTRA: the generator's hidden size, heads and FFN width as a fraction of the discriminator's."""
     rtd_weight: float = 50.0
-    """ELECTRA: weight of the replaced-token-detection loss against the generator's MLM loss."""
+    """ELECTRA: weight of the replaced-token-detection loss against the generator's MLM loss (ELECTRA: 50;
+    DeBERTa-v3 RTD, family 'deberta_rtd': its presets and configs/tiny-deberta-rtd.yaml set 10, the reference's
+    `rtd_lambda`)."""
+    generator_layers: int = 0
+    """DeBERTa-v3 RTD (family 'deberta_rtd'): the generator's blocks; 0 = num_layers // 2 (the reference's
+    rtd_*.json: half depth, same width)."""
     # encoder-decoders
     num_decoder_layers: int = 0
     """T5/BART decoder blocks (0 = num_layers)."""
@@ -106,6 +112,58 @@ class ModelConfig:
     """T5: distances beyond this share the last bucket."""
     tie_word_embeddings: bool = True
     """Tie the LM head to the input embeddings (BERT, BART; T5 v1.1 unties them)."""
+    # DeBERTa (modeling/deberta.py; names and meanings as in transformers' DebertaV2Config). Read by
+    # family 'deberta' (v2/v3) and 'deberta_v1' only; the defaults are DeBERTa-v3's.
+    relative_attention: bool = True
+    """DeBERTa: disentangled attention over relative positions (c2p / p2c terms, `pos_att_type`)."""
+    position_buckets: int = 256
+    """DeBERTa: log-bucketed relative positions: distances up to position_buckets/2 keep their own bucket, longer
+    ones share log-spaced buckets up to max_relative_positions (v2/v3: 256). 0 = no bucketing (v1; transformers'
+    -1); must be <= the effective max_relative_positions."""
+    max_relative_positions: int = -1
+    """DeBERTa: the longest relative distance with its own embedding (-1 = max_position_embeddings, as the v3
+    configs write it)."""
+    share_att_key: bool = True
+    """DeBERTa v2/v3: the relative-position projections reuse the content query/key projections; false = their own
+    `pos_key_proj` / `pos_query_proj` (v1: `pos_proj` / `pos_q_proj`, always separate)."""
+    pos_att_type: str = "p2c|c2p"
+    """DeBERTa: the disentangled terms, '|'-separated: 'c2p' (content to position), 'p2c' (position to content);
+    '' = none. Scores are scaled by 1/sqrt(head_dim * (1 + number of terms))."""
+    position_biased_input: bool = False
+    """DeBERTa: add absolute position embeddings to the input (false for v1-base/v2/v3: positions enter only through
+    relative attention and the Enhanced Mask Decoder)."""
+    norm_rel_ebd: str = "layer_norm"
+    """DeBERTa v2/v3: 'layer_norm' = LayerNorm the relative embedding table before use; 'none' (v1)."""
+    conv_kernel_size: int = 0
+    """DeBERTa v2: kernel of the convolution layer (tanh, one group) after the first block; 0 = none (v3). Odd."""
+    enhanced_mask_decoder: bool = True
+    """DeBERTa MLM pretraining: the Enhanced Mask Decoder of microsoft/DeBERTa (apps/models/masked_language_model.py,
+    on by default there): absolute positions are added to the last block's input, which then runs the last block
+    twice more (shared weights) as queries over it; the MLM head reads that. It only acts when
+    position_biased_input is false (as in the reference). transformers' *ForMaskedLM has no EMD: its logits equal
+    ours with this false (the encoder path)."""
+
+    # DistilBERT distillation (modeling/distilbert.py, trainer/losses.py DistillTask). Read by family 'distilbert'
+    # only; the defaults are the reference's training command (transformers examples/research_projects/distillation
+    # README: train.py --alpha_ce 5.0 --alpha_mlm 2.0 --alpha_cos 1.0 --temperature 2.0 --mlm).
+    teacher: str = ""
+    """DistilBERT: the frozen teacher, a cloze run directory (its config.yaml + newest checkpoint) or a transformers
+    directory of BertForMaskedLM / RobertaForMaskedLM (config.json + *.safetensors). '' = no teacher: the student
+    trains with MLM alone (as after an import from DistilBertForMaskedLM)."""
+    student_layers: list[int] = field(default_factory=lambda: [0, 2, 4, 7, 9, 11])
+    """DistilBERT: the teacher's blocks the student's blocks start from, in order (one per student block: its
+    length must equal model.num_layers); the reference's choice for 12 -> 6 (scripts/extract_distilbert.py)."""
+    alpha_ce: float = 5.0
+    """DistilBERT: weight of the distillation loss T^2 x KL(teacher/T || student/T)."""
+    alpha_mlm: float = 2.0
+    """DistilBERT: weight of the student's masked-LM cross-entropy."""
+    alpha_cos: float = 1.0
+    """DistilBERT: weight of the cosine loss between the student's and the teacher's last hidden states."""
+    temperature: float = 2.0
+    """DistilBERT: softmax temperature T of the distillation loss (> 0)."""
+    restrict_ce_to_mask: bool = False
+    """DistilBERT: the distillation loss over the masked positions only; false = over every non-pad token (the
+    reference's default)."""
 
     def __post_init__(self) -> None:
         from .registry import get_family  # registry imports this module

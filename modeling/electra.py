@@ -53,6 +53,57 @@ class ElectraOutput:
     """(B, T) bool, positions that are not padding."""
 
 
+@dataclass
+class Replaced:
+    """The discriminator's input: the generator's samples put in at the masked positions."""
+
+    input_ids: torch.Tensor
+    """(B, T) the corrupted ids."""
+    labels: torch.Tensor
+    """(B, T) float, 1 where the corrupted id differs from the original (a sample equal to it is not replaced)."""
+    real: torch.Tensor
+    """(B, T) bool, positions that are not padding."""
+
+
+@torch.no_grad()
+def sample_replacements(
+    gen_logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+) -> Replaced:
+    """One sample from the generator's softmax per masked position, without gradient (google-research/electra
+    pretrain/pretrain_helpers.py `sample_from_softmax` without the Gumbel trick; microsoft/DeBERTa
+    apps/tasks/rtd_task.py `make_electra_data` / `topk_sampling(topk=1)`: torch.multinomial). gen_logits: (M, V)
+    in the order of `select_labelled` (row-major over the positions where labels != -100)."""
+    idx = (labels.reshape(-1) != -100).nonzero().squeeze(1)  # (M,)
+    sampled = torch.multinomial(F.softmax(gen_logits.float(), dim=-1), 1).squeeze(1) if idx.numel() else idx
+    corrupted = input_ids.reshape(-1).clone()
+    corrupted[idx] = sampled
+    corrupted = corrupted.view_as(input_ids)
+    original = torch.where(labels != -100, labels, input_ids)
+    real = (
+        attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+    )
+    return Replaced(corrupted, (corrupted != original).float(), real)
+
+
+def electra_output(
+    gen_logits: torch.Tensor,
+    targets: torch.Tensor,
+    rtd_logits: torch.Tensor,
+    replaced: Replaced,
+    rtd_weight: float,
+) -> ElectraOutput:
+    """The joint loss gen_loss + rtd_weight x rtd_loss (token means: cross-entropy over the masked positions,
+    binary cross-entropy over the non-padding ones)."""
+    gen_loss = F.cross_entropy(gen_logits.float(), targets) if targets.numel() else gen_logits.sum() * 0.0
+    real = replaced.real
+    rtd_loss = F.binary_cross_entropy_with_logits(rtd_logits.float()[real], replaced.labels[real])
+    loss = gen_loss + rtd_weight * rtd_loss
+    return ElectraOutput(loss, gen_loss, rtd_loss, gen_logits, targets, rtd_logits, replaced.labels, real)
+
+
 class ElectraForPretraining(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -77,31 +128,14 @@ class ElectraForPretraining(nn.Module):
         h_gen = self.generator.encode(
             self.embeddings(input_ids, token_type_ids), attention_mask
         )  # (B, T, Hg)
-        selected, targets, idx = select_labelled(h_gen, labels)  # (M, Hg), (M,)
+        selected, targets, _ = select_labelled(h_gen, labels)  # (M, Hg), (M,)
         gen_logits = self.generator_predictions(selected, words)  # (M, V)
-        gen_loss = F.cross_entropy(gen_logits.float(), targets) if targets.numel() else gen_logits.sum() * 0.0
-        # Replacements sampled from the generator, without gradient.
-        with torch.no_grad():
-            sampled = (
-                torch.multinomial(F.softmax(gen_logits.float(), dim=-1), 1).squeeze(1)
-                if targets.numel()
-                else targets
-            )
-            corrupted = input_ids.reshape(-1).clone()
-            corrupted[idx] = sampled
-            corrupted = corrupted.view_as(input_ids)
-            original = torch.where(labels != -100, labels, input_ids)
-            rtd_labels = (corrupted != original).float()  # (B, T)
-            real = (
-                attention_mask.bool()
-                if attention_mask is not None
-                else torch.ones_like(input_ids, dtype=torch.bool)
-            )
-        h = self.discriminator.encode(self.embeddings(corrupted, token_type_ids), attention_mask)  # (B, T, H)
+        replaced = sample_replacements(gen_logits, input_ids, labels, attention_mask)
+        h = self.discriminator.encode(
+            self.embeddings(replaced.input_ids, token_type_ids), attention_mask
+        )  # (B, T, H)
         rtd_logits = self.discriminator_predictions(h)  # (B, T)
-        rtd_loss = F.binary_cross_entropy_with_logits(rtd_logits.float()[real], rtd_labels[real])
-        loss = gen_loss + self.config.rtd_weight * rtd_loss
-        return ElectraOutput(loss, gen_loss, rtd_loss, gen_logits, targets, rtd_logits, rtd_labels, real)
+        return electra_output(gen_logits, targets, rtd_logits, replaced, self.config.rtd_weight)
 
     def discriminator_logits(
         self,

@@ -13,6 +13,7 @@ model.safetensors). Import is the inverse (split projections concatenated back).
 | electra | ElectraForPreTraining (discriminator) + ElectraForMaskedLM (generator, in generator/) |
 | t5      | T5ForConditionalGeneration                                    |
 | bart    | BartForConditionalGeneration                                  |
+| distilbert | DistilBertForMaskedLM (a distillation run: the student; adapter in modeling/distilbert.py) |
 
 transformers is imported lazily (it is a dev / export dependency, not needed to train).
 
@@ -26,8 +27,8 @@ so an untied T5 v1.1 export, like google/t5-v1_1-* itself, loads with transforme
 
 from __future__ import annotations
 
-from pathlib import Path
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -80,7 +81,7 @@ def hf_config(cfg: ModelConfig, generator: bool = False) -> Any:
     return _part(cfg, generator).config(cfg)
 
 
-def _encoder_kwargs(cfg: ModelConfig, c: ModelConfig | None = None) -> dict[str, Any]:
+def encoder_kwargs(cfg: ModelConfig, c: ModelConfig | None = None) -> dict[str, Any]:
     """The BertConfig-style arguments every encoder family shares; `c` gives the widths (ELECTRA's generator)."""
     c = c or cfg
     return dict(
@@ -104,7 +105,7 @@ def _common(cfg: ModelConfig) -> dict[str, Any]:
 
 def bert_config(cfg: ModelConfig) -> Any:
     return _transformers().BertConfig(
-        max_position_embeddings=cfg.max_position_embeddings, **_encoder_kwargs(cfg)
+        max_position_embeddings=cfg.max_position_embeddings, **encoder_kwargs(cfg)
     )
 
 
@@ -112,7 +113,7 @@ def roberta_config(cfg: ModelConfig) -> Any:
     if cfg.position_offset != cfg.pad_token_id + 1:
         raise ExportError(f"roberta needs model.position_offset = pad id + 1 = {cfg.pad_token_id + 1}")
     return _transformers().RobertaConfig(
-        max_position_embeddings=cfg.max_position_embeddings + cfg.position_offset, **_encoder_kwargs(cfg)
+        max_position_embeddings=cfg.max_position_embeddings + cfg.position_offset, **encoder_kwargs(cfg)
     )
 
 
@@ -123,7 +124,7 @@ def albert_config(cfg: ModelConfig) -> Any:
         num_hidden_groups=1,
         inner_group_num=1,
         classifier_dropout_prob=0.1,
-        **_encoder_kwargs(cfg),
+        **encoder_kwargs(cfg),
     )
 
 
@@ -131,7 +132,7 @@ def electra_config(cfg: ModelConfig, generator: bool = False) -> Any:
     return _transformers().ElectraConfig(
         embedding_size=cfg.emb_size,
         max_position_embeddings=cfg.max_position_embeddings,
-        **_encoder_kwargs(cfg, cfg.generator() if generator else cfg),
+        **encoder_kwargs(cfg, cfg.generator() if generator else cfg),
     )
 
 
@@ -348,7 +349,7 @@ def import_hf(hf: Any, cfg: ModelConfig, generator: bool = False) -> dict[str, t
 REVERSE_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
 
-def _activation_from_hf(raw: dict[str, Any], path: str) -> str:
+def activation_from_hf(raw: dict[str, Any], path: str) -> str:
     """Our activation for an encoder's or BART's config.json (T5 reads its own: t5_activation_from_hf)."""
     hf_act = raw.get("hidden_act") or raw.get("activation_function") or "gelu"
     if hf_act not in REVERSE_ACT:
@@ -375,7 +376,7 @@ def _encoder_from_hf(raw: dict[str, Any], path: str, family: str, offset: int = 
         hidden_dropout=raw.get("hidden_dropout_prob", 0.1),
         attention_dropout=raw.get("attention_probs_dropout_prob", 0.1),
         layer_norm_eps=raw.get("layer_norm_eps", 1e-12),
-        activation=_activation_from_hf(raw, path),
+        activation=activation_from_hf(raw, path),
         position_offset=offset,
         **kw,
         **_common_from_hf(raw),
@@ -429,7 +430,7 @@ def bart_from_hf(raw: dict[str, Any], path: str) -> ModelConfig:
         num_heads=raw["encoder_attention_heads"],
         intermediate_size=raw["encoder_ffn_dim"],
         max_position_embeddings=raw["max_position_embeddings"],
-        activation=_activation_from_hf(raw, path),
+        activation=activation_from_hf(raw, path),
         layer_norm_eps=1e-5,
         hidden_dropout=raw.get("dropout", 0.1),
         attention_dropout=raw.get("attention_dropout", 0.0),

@@ -26,6 +26,7 @@ RECIPES = {
     "electra-base": ("electra", "AdamW"),
     "t5-base": ("t5", "Adafactor"),
     "bart-base": ("bart", "AdamW"),
+    "distilbert": ("mlm", "AdamW"),  # distilled from DISTIL_TEACHER (the fixture saves it)
 }
 SHARDS = {
     "nsp": dict(objective="mlm", sentence_task="nsp"),
@@ -34,7 +35,10 @@ SHARDS = {
     "electra": dict(objective="electra"),
     "t5": dict(objective="t5"),
     "bart": dict(objective="bart"),
+    "mlm": dict(objective="mlm"),
 }
+DISTIL_TEACHER = "distil-teacher"
+"""Beside the shards: a random transformers BertForMaskedLM of the TINY shape, configs/distilbert.yaml's teacher."""
 TINY = [
     "model.hidden_size=32",
     "model.num_layers=2",
@@ -51,6 +55,7 @@ def overrides(recipe: str, data: Path, run: Path) -> list[str]:
         "albert-base": ["model.embedding_size=16"],
         "electra-small": ["model.embedding_size=16"],
         "t5-base": ["model.d_kv=16"],
+        "distilbert": ["model.student_layers=[0,1]", f"model.teacher={data.parent / DISTIL_TEACHER}"],
     }.get(recipe, [])
     precision = ["deepspeed.precision=fp32"] if recipe == "albert-base" else []  # fp16 needs a GPU
     return [
@@ -108,6 +113,23 @@ def _run_all(spec_file: Path) -> None:
     (spec_file.parent / "results.json").write_text(json.dumps(results))
 
 
+def save_distil_teacher(path: Path, shards: Path) -> None:
+    """A BertForMaskedLM of the TINY shape with the shards' vocabulary and pad id (configs/distilbert.yaml's teacher)."""
+    import transformers
+
+    manifest = json.loads((shards / "manifest.json").read_text())
+    cfg = transformers.BertConfig(
+        vocab_size=manifest["tokenizer"]["vocab_size"],
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=manifest["special_tokens"]["pad"],
+    )
+    transformers.BertForMaskedLM(cfg).save_pretrained(str(path))
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> dict[str, Any]:
     from data_pipeline.sources import stdlib_docstrings
@@ -125,6 +147,7 @@ def results(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> di
             ShardOptions(seq_len=64, docs_per_block=300, valid_fraction=0.05, **opts),  # type: ignore[arg-type]
             workers=1,
         )
+    save_distil_teacher(root / DISTIL_TEACHER, root / "mlm")
     spec = {r: overrides(r, root / shards, root / f"run-{r}") for r, (shards, _) in RECIPES.items()}
     (root / "spec.json").write_text(json.dumps(spec))
     proc = subprocess.run(

@@ -18,6 +18,8 @@ import deepspeed
 import torch
 from torch import nn
 
+from modeling import distilbert
+
 from . import checkpoint as ckpt
 from .config import ConfigError, RunConfig
 from .distributed import DistInfo
@@ -280,6 +282,26 @@ def consolidated_state_dict(ckpt_root: str | Path, tag: str, zero_stage: int) ->
     return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_root), tag=tag)
 
 
+def read_run_weights(run: Path) -> dict[str, torch.Tensor]:
+    """A cloze run directory's newest checkpoint as one fp32 state dict, verified first (DistilBERT's teacher:
+    modeling/distilbert.py `read_run_weights`, which modeling/ cannot fill itself: it never imports deepspeed)."""
+    import yaml
+
+    raw = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    root = run / "checkpoints"
+    tag = ckpt.find_resume(root) if root.is_dir() else None
+    if not tag:
+        raise ConfigError(
+            f"model.teacher={str(run)!r}: {root} holds no complete checkpoint; train the teacher first"
+        )
+    verify_checkpoint(root / tag, trusted=False)
+    stage = int((raw.get("deepspeed") or {}).get("zero_stage", 0))
+    return consolidated_state_dict(root, tag, stage)
+
+
+distilbert.read_run_weights = read_run_weights
+
+
 def _safe_globals() -> list[Any]:
     """The non-tensor objects DeepSpeed pickles into its checkpoints (ZeRO 0-3, fp32/bf16/fp16)."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
@@ -361,7 +383,9 @@ def checkpoint_mismatch(
     saved_state = meta.get("client_state", {})
     shapes = _saved_shapes(tag_dir)
     if shapes is not None:
-        ours = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        # Trained parameters only: DeepSpeed's param_shapes lists the optimizer's, and a frozen module (DistilBERT's
+        # teacher, modeling/distilbert.py) is rebuilt from its own source by every run.
+        ours = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
         changed = [k for k in ours if k in shapes and shapes[k] != ours[k]]
         missing = [k for k in ours if k not in shapes]
         buffers = set(model.state_dict())  # a full `module` state dict also holds buffers and tied copies

@@ -2,9 +2,10 @@
 
 | task    | families              | batch keys used                                      | metrics (eval adds baseline_accuracy for mlm) |
 |---------|-----------------------|------------------------------------------------------|-----------------------------------------------|
-| mlm     | bert, roberta, albert | input_ids, labels, attention_mask?                   | loss, mlm_accuracy                            |
-| electra | electra               | input_ids, labels, attention_mask?                   | loss, gen_loss, rtd_loss, mlm_accuracy, rtd_accuracy, replaced_fraction |
+| mlm     | bert, roberta, albert, deberta, deberta_v1 | input_ids, labels, attention_mask? | loss, mlm_accuracy             |
+| electra | electra, deberta_rtd  | input_ids, labels, attention_mask?                   | loss, gen_loss, rtd_loss, mlm_accuracy, rtd_accuracy, replaced_fraction |
 | seq2seq | t5, bart              | input_ids, decoder_input_ids, labels, attention_mask? | loss, seq2seq_accuracy                        |
+| distill | distilbert with model.teacher (without: mlm) | input_ids, labels, attention_mask? | loss, ce_loss, mlm_loss, cos_loss, mlm_accuracy, teacher_mlm_accuracy |
 """
 
 from __future__ import annotations
@@ -255,6 +256,92 @@ class Seq2SeqTask(Task):
         return {"loss": s["loss_sum"] / n, "seq2seq_accuracy": s["correct"] / n, "target_tokens": s["count"]}
 
 
+class DistillTask(Task):
+    """DistilBERT's distillation loss (transformers examples/research_projects/distillation/distiller.py `step`):
+
+        alpha_ce x T^2 x KL(softmax(teacher/T) || softmax(student/T))   over the non-pad tokens (or the masked ones)
+      + alpha_mlm x cross-entropy of the student at the masked positions
+      + alpha_cos x (1 - cos(student's, teacher's last hidden state))  over the non-pad tokens
+
+    The reference averages each term over its rows in one batch (KLDivLoss 'batchmean', CrossEntropyLoss and
+    CosineEmbeddingLoss 'mean'). Here, as every cloze task does, each term is its sum over this micro-batch divided
+    by the global count of its rows (`counts`: 'count' masked, 'ce_count' distillation rows, 'cos_count' non-pad),
+    so that a token weighs the same on every micro-batch and rank; with one micro-batch on one rank it is the
+    reference's value (tests/test_distilbert.py). The reference's own on-the-fly masking (token-frequency-smoothed,
+    exponent 0.7) is not ported: the student reads the dataset's masking (data_pipeline/objectives.py)."""
+
+    name = "distill"
+    keys = ("input_ids", "labels", "attention_mask")
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        self.alpha_ce, self.alpha_mlm, self.alpha_cos = cfg.alpha_ce, cfg.alpha_mlm, cfg.alpha_cos
+        self.temperature = cfg.temperature
+        self.restrict_ce_to_mask = cfg.restrict_ce_to_mask
+
+    def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        masked = float((batch["labels"] != -100).sum())
+        mask = batch.get("attention_mask")
+        real = float(mask.sum()) if mask is not None else float(batch["input_ids"].numel())
+        return {"count": masked, "ce_count": masked if self.restrict_ce_to_mask else real, "cos_count": real}
+
+    def __call__(
+        self,
+        forward: Any,
+        batch: dict[str, torch.Tensor],
+        baseline_id: int | None = None,
+        norm: dict[str, float] | None = None,
+    ) -> LossResult:
+        out = forward(**_inputs(batch, self.keys))
+        T = self.temperature
+        s_ce, t_ce = out.student_ce.float(), out.teacher_ce.float()  # (R, V)
+        ce_sum = F.kl_div(F.log_softmax(s_ce / T, -1), F.softmax(t_ce / T, -1), reduction="sum") * T**2
+        logits, targets = out.logits.float(), out.targets  # (M, V), (M,)
+        mlm_sum = F.cross_entropy(logits, targets, reduction="sum")
+        s_h, t_h = out.student_hidden.float(), out.teacher_hidden.float()  # (C, H)
+        cos_sum = F.cosine_embedding_loss(s_h, t_h, s_h.new_ones(s_h.shape[0]), reduction="sum")
+        m, r, c = float(targets.numel()), float(s_ce.shape[0]), float(s_h.shape[0])
+        loss = (
+            self.alpha_ce * ce_sum / _denominator(norm, "ce_count", r)
+            + self.alpha_mlm * mlm_sum / _denominator(norm, "count", m)
+            + self.alpha_cos * cos_sum / _denominator(norm, "cos_count", c)
+        )
+        with torch.no_grad():
+            sums = {
+                "ce_loss_sum": ce_sum.item(),
+                "mlm_loss_sum": mlm_sum.item(),
+                "cos_loss_sum": cos_sum.item(),
+                "count": m,
+                "ce_count": r,
+                "cos_count": c,
+                "correct": float((logits.argmax(-1) == targets).sum()),
+                "teacher_correct": float((out.teacher_logits.argmax(-1) == targets).sum()),
+            }
+            if baseline_id is not None:
+                sums["baseline_correct"] = float((targets == baseline_id).sum())
+            sums.update(position_kind_sums(batch, logits, targets, self.mask_id, baseline_id))
+        return LossResult(loss, sums)
+
+    def summarize(self, s: dict[str, float]) -> dict[str, float]:
+        m, r, c = (max(s.get(k, 0.0), 1.0) for k in ("count", "ce_count", "cos_count"))
+        out = {
+            "ce_loss": s["ce_loss_sum"] / r,
+            "mlm_loss": s["mlm_loss_sum"] / m,
+            "cos_loss": s["cos_loss_sum"] / c,
+            "mlm_accuracy": s["correct"] / m,
+            "teacher_mlm_accuracy": s["teacher_correct"] / m,
+            "masked_tokens": s.get("count", 0.0),
+        }
+        out["loss"] = (
+            self.alpha_ce * out["ce_loss"]
+            + self.alpha_mlm * out["mlm_loss"]
+            + self.alpha_cos * out["cos_loss"]
+        )
+        if "baseline_correct" in s:
+            out["baseline_accuracy"] = s["baseline_correct"] / m
+        out.update(position_kind_metrics(s))
+        return out
+
+
 TaskFactory = Callable[[ModelConfig], Task]
 """The model's config -> a fresh training task for it."""
 
@@ -287,8 +374,12 @@ register_task("bert", lambda cfg: MLMTask())
 register_task("roberta", lambda cfg: MLMTask())
 register_task("albert", lambda cfg: MLMTask())
 register_task("electra", lambda cfg: ElectraTask(cfg.rtd_weight))
+register_task("deberta", lambda cfg: MLMTask())
+register_task("deberta_v1", lambda cfg: MLMTask())
+register_task("deberta_rtd", lambda cfg: ElectraTask(cfg.rtd_weight))  # DeBERTa-v3 RTD returns ElectraOutput
 register_task("t5", lambda cfg: Seq2SeqTask())
 register_task("bart", lambda cfg: Seq2SeqTask())
+register_task("distilbert", lambda cfg: DistillTask(cfg) if cfg.teacher else MLMTask())
 
 
 POSITION_KINDS = {"mask": "[MASK]", "random": "random", "kept": "unchanged"}
