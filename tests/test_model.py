@@ -207,3 +207,48 @@ def test_sdpa_mask_is_none_when_nothing_is_masked_and_combines_padding_with_caus
     assert with_bias is not None
     torch.testing.assert_close(with_bias.tril(), bias.tril())
     assert (with_bias.triu(1) < -1e30).sum() == 3 * 6
+
+
+def _module_imports(path: Path, packages: tuple[str, ...], modules: dict[str, Path]) -> set[str]:
+    """The modules of ours that `path` imports at module level (function-level imports are deferred: not a cycle
+    at import time)."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+    out: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = list(package[: len(package) - node.level + 1]) if node.level else []
+            module = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            # `from pkg import submodule` imports the submodule; `from pkg import name` imports pkg itself.
+            subs = {f"{module}.{a.name}" for a in node.names} & set(modules)
+            out |= subs if subs else {module}
+    return {m for m in out if m.split(".")[0] in packages}
+
+
+def test_no_import_cycles_between_our_modules() -> None:
+    """Issue 13: module-level imports of modeling/, data_pipeline/, trainer/, launch/ and cloze_errors form no
+    cycle (a cycle makes the import order matter and breaks partial imports such as a plugin's)."""
+    packages = ("modeling", "data_pipeline", "trainer", "launch", "cloze_errors")
+    files = {".".join(p.relative_to(ROOT).with_suffix("").parts): p for p in ROOT.glob("*/**/*.py")}
+    files = {m.removesuffix(".__init__"): p for m, p in files.items() if m.split(".")[0] in packages}
+    files["cloze_errors"] = ROOT / "cloze_errors.py"
+    graph = {
+        m: {d for d in _module_imports(p, packages, files) if d in files and d != m} for m, p in files.items()
+    }
+    state: dict[str, int] = {}
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*stack[stack.index(d) :], d]))
+            if d not in state:
+                visit(d, [*stack, d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert len(graph) > 40
