@@ -197,12 +197,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from launch.recipes import resolve_config
     from trainer.callbacks import load_plugins
     from trainer.config import load_config
+    from trainer.distributed import shutdown
     from trainer.loop import EXIT_REQUEUE, fit
 
     plugins = load_plugins(args.plugin)  # on every rank, before anything trains; never from the config or run
     overrides = args.overrides + (["checkpoint.trusted=true"] if args.trusted else [])
     cfg = load_config(resolve_config(args.config), overrides)
     result = fit(cfg, plugins)
+    shutdown()  # the process exits next: leave the process group first (DeepSpeed keeps its groups for the process)
     if result.stopped_early:
         print(f"run directory: {result.run_dir}  (stopped at step {result.step})", flush=True)
     if result.preempted:

@@ -155,6 +155,7 @@ def _worker(out: Path) -> None:
         results[f"{family}_{stage}_norm"] = engine.grad_norm()
     if info.rank == 0:
         (out / "norms.json").write_text(json.dumps(results))
+    D.shutdown()
 
 
 def _free_port() -> int:

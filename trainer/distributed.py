@@ -201,6 +201,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown() -> None:
+    """Leave the process group on a clean exit: every rank reaches this, then the group is destroyed.
+
+    Exiting with a live gloo group lets its threads be torn down by static destructors in a random order, which
+    aborts a rank now and then ("terminate called without an active exception", SIGABRT) after all work is done.
+    Only for a process about to exit: DeepSpeed caches its groups per process, so no engine can be built after."""
+    if initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(values: list[float]) -> list[float]:
     """Element-wise sum over ranks. NCCL reduces only CUDA tensors: the values travel on this rank's GPU there."""
     t = torch.tensor(values, dtype=torch.float64)
