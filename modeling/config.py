@@ -101,6 +101,12 @@ class ModelConfig:
     generator_layers: int = 0
     """DeBERTa-v3 RTD (family 'deberta_rtd'): the generator's blocks; 0 = num_layers // 2 (the reference's
     rtd_*.json: half depth, same width)."""
+    decoupled_training: bool = True
+    """DeBERTa-v3 RTD (family 'deberta_rtd' only): the reference's decoupled updates (its default,
+    `--decoupled_training true`, rtd_task.py `get_decoupled_loss_fn`): each step, the generator's MLM step, then the
+    discriminator's RTD step on the generator's samples, each over its own parameters with its own gradient
+    clipping. false = one joint loss (MLM + rtd_weight x RTD) and one step for both (`get_loss_fn`). ELECTRA's
+    reference always trains jointly: family 'electra' ignores this."""
     # encoder-decoders
     num_decoder_layers: int = 0
     """T5/BART decoder blocks (0 = num_layers)."""

@@ -49,7 +49,15 @@ from torch.utils.checkpoint import checkpoint
 
 from . import hf
 from .config import ModelConfig, ModelConfigError, check_standard_ffn
-from .electra import ElectraOutput, electra_output, sample_replacements
+from .electra import (
+    DiscriminatorStep,
+    ElectraOutput,
+    GeneratorStep,
+    electra_output,
+    generator_loss,
+    rtd_loss,
+    sample_replacements,
+)
 from .encoder import MLMOutput, TiedEmbedding, select_labelled
 from .layers import activation_fn, init_bert_weights
 from .registry import FamilySpec, HFAdapter, HFPart, register_family
@@ -641,14 +649,18 @@ class DebertaRTDForPretraining(nn.Module):
       (`topk_sampling(logits, topk=1, temp=1)` is `torch.multinomial(softmax(logits / 1), 1)`: plain sampling, not
       argmax and not Gumbel noise), without gradient; a position is "replaced" when the sample differs from the
       original (`(labels > 0) & (labels != new_input_ids)`), so a correct guess counts as original.
-    - Loss = generator MLM mean + rtd_weight x RTD binary cross-entropy mean over non-pad tokens: the reference's
-      joint `get_loss_fn` (its `--decoupled_training false`). rtd_weight: the reference's `rtd_lambda` default 10
-      (rtd.sh passes none), set by the deberta_rtd presets.
-    - NOT done: the reference's default *decoupled* training (`get_decoupled_loss_fn`: a generator step, then a
-      discriminator step on the generator's replacements, each with its own optimizer/trainer) needs two
-      optimizers under ZeRO, a trainer capability cloze lacks. With GDES the joint loss's gradients equal the
-      decoupled ones on each side (the RTD loss reaches no generator parameter: its input is sampled without
-      gradient and the shared table is detached); what differs is one optimizer step and learning rate for both.
+    - Decoupled updates (model.decoupled_training, the default as in the reference: rtd_task.py
+      `get_decoupled_loss_fn`, two DistributedTrainers 'G' and 'D'): each step, the generator's MLM step over its
+      parameters (`phase="generator"`: MLM mean at the masked positions, and the replacements sampled from it),
+      then the discriminator's step over its own (`phase="discriminator"`: rtd_weight x RTD binary cross-entropy
+      mean over the non-pad tokens of those replacements), whose GDES embeddings read the generator's table as
+      that step left it. `phases` names them and `param_phase` puts each parameter in one: the trainer steps
+      each phase's parameter groups alone (trainer/engine.py), each with its own gradient norm and clipping.
+    - Joint (decoupled_training false, the reference's `get_loss_fn`): loss = generator MLM mean + rtd_weight x
+      RTD mean, one step. With GDES the gradients each parameter sees are the same either way (the RTD loss
+      reaches no generator parameter: its input is sampled without gradient and the shared table is detached);
+      what differs is the order of the updates and the clipping norm. rtd_weight: the reference's `rtd_lambda`
+      default 10 (rtd.sh passes none), set by the deberta_rtd presets.
     - The reference also shares the absolute position table by GDES; the discriminator never reads it
       (position_biased_input false, no EMD there), so cloze's discriminator has none and position_biased_input
       must stay false.
@@ -690,18 +702,44 @@ class DebertaRTDForPretraining(nn.Module):
             self.discriminator_hidden(input_ids, attention_mask, token_type_ids)
         )
 
+    @property
+    def phases(self) -> tuple[str, ...]:
+        """The optimizer steps of one training step, in order: ("generator", "discriminator") when decoupled."""
+        return ("generator", "discriminator") if self.config.decoupled_training else ()
+
+    def param_phase(self, name: str) -> str:
+        """Which phase's step updates parameter `name` (the GDES delta is the discriminator's)."""
+        return "generator" if name.startswith("generator.") else "discriminator"
+
     def forward(
         self,
         input_ids: torch.Tensor,
-        labels: torch.Tensor,
+        labels: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-    ) -> ElectraOutput:
+        phase: str = "",
+        rtd_labels: torch.Tensor | None = None,
+    ) -> ElectraOutput | GeneratorStep | DiscriminatorStep:
+        """Both halves (phase ""), or one half of a decoupled step: "generator" (input_ids masked, labels the
+        originals at the masked positions) or "discriminator" (input_ids the generator's replacements, rtd_labels
+        1 where replaced)."""
+        if phase == "discriminator":
+            assert rtd_labels is not None
+            real = (
+                attention_mask.bool()
+                if attention_mask is not None
+                else torch.ones_like(input_ids, dtype=torch.bool)
+            )
+            rtd_logits = self.discriminator_logits(input_ids, attention_mask, token_type_ids)
+            return DiscriminatorStep(rtd_loss(rtd_logits, rtd_labels, real), rtd_logits, rtd_labels, real)
+        assert labels is not None
         # Generator: MLM (with the EMD) at the masked positions only.
         gen = self.generator(input_ids, labels, attention_mask, token_type_ids)
         gen_logits, targets = gen.logits, gen.targets  # (M, V), (M,)
         assert targets is not None
         replaced = sample_replacements(gen_logits, input_ids, labels, attention_mask)  # make_electra_data
+        if phase == "generator":
+            return GeneratorStep(generator_loss(gen_logits, targets), gen_logits, targets, replaced)
         rtd_logits = self.discriminator_logits(replaced.input_ids, attention_mask, token_type_ids)  # (B, T)
         return electra_output(gen_logits, targets, rtd_logits, replaced, self.config.rtd_weight)
 

@@ -88,6 +88,42 @@ def sample_replacements(
     return Replaced(corrupted, (corrupted != original).float(), real)
 
 
+@dataclass
+class GeneratorStep:
+    """The generator's half of a decoupled RTD step (DeBERTa-v3, `phase="generator"`): its MLM loss and the
+    discriminator's input sampled from it."""
+
+    loss: torch.Tensor
+    """MLM cross-entropy, mean over the masked positions."""
+    gen_logits: torch.Tensor
+    """(M, V) at the masked positions."""
+    targets: torch.Tensor
+    """(M,) original ids at the masked positions."""
+    replaced: Replaced
+
+
+@dataclass
+class DiscriminatorStep:
+    """The discriminator's half of a decoupled RTD step (`phase="discriminator"`)."""
+
+    loss: torch.Tensor
+    """Binary cross-entropy, mean over the non-padding positions (unweighted: rtd_weight is the task's)."""
+    rtd_logits: torch.Tensor
+    """(B, T)."""
+    rtd_labels: torch.Tensor
+    real: torch.Tensor
+
+
+def generator_loss(gen_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy mean over the masked positions (0 with a gradient path when there are none)."""
+    return F.cross_entropy(gen_logits.float(), targets) if targets.numel() else gen_logits.sum() * 0.0
+
+
+def rtd_loss(rtd_logits: torch.Tensor, labels: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the replaced-token logits, mean over the non-padding positions."""
+    return F.binary_cross_entropy_with_logits(rtd_logits.float()[real], labels[real])
+
+
 def electra_output(
     gen_logits: torch.Tensor,
     targets: torch.Tensor,
@@ -97,11 +133,11 @@ def electra_output(
 ) -> ElectraOutput:
     """The joint loss gen_loss + rtd_weight x rtd_loss (token means: cross-entropy over the masked positions,
     binary cross-entropy over the non-padding ones)."""
-    gen_loss = F.cross_entropy(gen_logits.float(), targets) if targets.numel() else gen_logits.sum() * 0.0
+    gen_loss = generator_loss(gen_logits, targets)
     real = replaced.real
-    rtd_loss = F.binary_cross_entropy_with_logits(rtd_logits.float()[real], replaced.labels[real])
-    loss = gen_loss + rtd_weight * rtd_loss
-    return ElectraOutput(loss, gen_loss, rtd_loss, gen_logits, targets, rtd_logits, replaced.labels, real)
+    rtd = rtd_loss(rtd_logits, replaced.labels, real)
+    loss = gen_loss + rtd_weight * rtd
+    return ElectraOutput(loss, gen_loss, rtd, gen_logits, targets, rtd_logits, replaced.labels, real)
 
 
 class ElectraForPretraining(nn.Module):

@@ -133,21 +133,35 @@ def _optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
 
 
 class _Gate:
-    """Makes the optimizer's step() a no-op and holds the schedule while closed: how a step is skipped on every
-    rank at once (DeepSpeed still runs its own bookkeeping and zeroes the gradients, whatever the ZeRO stage)."""
+    """Between DeepSpeed and the torch optimizer: makes the optimizer's step() a no-op and holds the schedule while
+    closed (how a step is skipped on every rank at once: DeepSpeed still runs its own bookkeeping and zeroes the
+    gradients, whatever the ZeRO stage); with a `phase`, steps only the parameter groups of that phase (ZeRO keeps
+    one flat partition per group, and its own _optimizer_step narrows param_groups the same way)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, scheduler: Schedule) -> None:
         self.scheduler = scheduler
+        self.apply, self.phase = True, ""
         step = optimizer.step
 
         @functools.wraps(step)  # keeps the marks torch's scheduler put on the method it wrapped
         def gated(*args: Any, **kwargs: Any) -> Any:
-            return None if scheduler.hold else step(*args, **kwargs)
+            if not self.apply:
+                return None
+            if not self.phase:
+                return step(*args, **kwargs)
+            groups = optimizer.param_groups
+            optimizer.param_groups = [g for g in groups if g.get("phase") == self.phase]
+            try:
+                return step(*args, **kwargs)
+            finally:
+                optimizer.param_groups = groups
 
         optimizer.step = gated  # type: ignore[method-assign]
 
-    def set(self, apply: bool) -> None:
-        self.scheduler.hold = not apply
+    def set(self, apply: bool, phase: str = "", advance: bool = True) -> None:
+        """`advance`: whether this step moves the lr schedule (a phased step: only its last phase does)."""
+        self.apply, self.phase = apply, phase
+        self.scheduler.hold = not (apply and advance)
 
 
 def check_precision(precision: str) -> None:
@@ -179,6 +193,13 @@ class Engine:
         self.grad_accum = grad_accum
         check_precision(cfg.deepspeed.precision)
         self.ds_config = deepspeed_config(cfg, grad_accum, load_universal)
+        self.phases: tuple[str, ...] = tuple(getattr(model, "phases", ()) or ())
+        """The model's optimizer phases (optim.param_groups): step(phase=) steps one phase's parameters."""
+        if self.phases and cfg.deepspeed.zero_stage == 3 and cfg.deepspeed.offload_optimizer:
+            raise ConfigError(
+                "model.decoupled_training=true (one optimizer step per phase) is not supported with ZeRO-3 "
+                "optimizer offload (deepspeed.offload_optimizer=true): set either to false"
+            )
         optimizer = _optimizer(model, cfg)
         steps, warmup = schedule or (cfg.trainer.max_steps, cfg.optimizer.warmup_steps)
         opt_cfg = dataclasses.replace(cfg.optimizer, warmup_steps=warmup)
@@ -215,12 +236,17 @@ class Engine:
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
 
-    def step(self, apply: bool = True) -> bool:
+    def step(self, apply: bool = True, phase: str = "") -> bool:
         """Called after every micro-batch; DeepSpeed applies the optimizer at the accumulation boundary, unless
         `apply` is False there: then the step is skipped (no parameter, optimizer-state or schedule change; the
         gradients are dropped). Every rank must pass the same `apply`. Returns whether a step was skipped: by us,
         or because the gradient norm was NaN/Inf (DeepSpeed's check, or ours at stage 0 in fp32), or an fp16 overflow.
-        """
+        `phase` (one of `phases`): only that phase's parameter groups are stepped, with the gradient norm and
+        clipping of that phase's gradients alone (the others have none: their gradients are zero since the last
+        step); the lr schedule advances at the last phase. Each phase takes grad_accum micro-batches."""
+        if phase and phase not in self.phases:
+            raise ValueError(f"phase {phase!r} is not one of this model's optimizer phases {self.phases}")
+        advance = not phase or phase == self.phases[-1]
         before = int(self.engine.skipped_steps)
         own_skip = False
         if self._own_grad_norm and self.engine.is_gradient_accumulation_boundary():
@@ -232,12 +258,24 @@ class Engine:
             if apply and not own_skip and self.cfg.optimizer.grad_clip > 0:
                 torch.nn.utils.clip_grads_with_norm_(params, self.cfg.optimizer.grad_clip, norm)
             apply = apply and not own_skip
-        self.gate.set(apply)
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.gate.set(apply, phase, advance)
         try:
             self.engine.step()
         finally:
             self.gate.set(True)
+        if phase and boundary:
+            self._clear_zero3_gradients()
         return not apply or int(self.engine.skipped_steps) > before
+
+    def _clear_zero3_gradients(self) -> None:
+        """ZeRO-3 keeps one gradient partition per parameter in a flat buffer and overwrites, at the first
+        micro-batch of a window, only those of parameters that receive a gradient: the other phase's parameters
+        would carry their last phase's gradients into this phase's norm and clipping. Every partition has been
+        consumed by the step just taken (copied into the fp32 groups), so the buffer is zeroed."""
+        buffer = getattr(self.optimizer, "grad_partitions_flat_buffer", None)
+        if self.cfg.deepspeed.zero_stage == 3 and isinstance(buffer, torch.Tensor):
+            buffer.zero_()
 
     def loss_scale(self) -> float:
         """The dynamic fp16 loss scale (1.0 for fp32 and bf16)."""

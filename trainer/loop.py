@@ -14,6 +14,7 @@ import atexit
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import cast
@@ -98,6 +99,55 @@ def loss_normalizers(
     keys = sorted(local)
     totals = D.all_reduce_sum([local[k] for k in keys])
     return {k: max(v, 1.0) / multiplier for k, v in zip(keys, totals)}
+
+
+def forward_backward_phases(
+    engine: Engine,
+    task: Task,
+    micro_batches: list[Batch],
+    seed: Callable[[int, int], int],
+    on_loss: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss,
+    metrics: dict[str, float] | None = None,
+) -> tuple[dict[str, float], bool, int]:
+    """Forward and backward of the step's micro-batches (gradients accumulate), phase by phase (Task.phases; one
+    unnamed phase for most tasks), each micro-batch under torch seed `seed(micro, phase index)`. Every phase but
+    the last ends with its own optimizer step here, decided on every rank alike by one all-reduce of the NaN/Inf
+    flags; the last phase's step is the caller's (Engine.step(phase=task.phases[-1])). Returns this rank's metric
+    sums, whether a loss of the last phase was NaN/Inf on this rank, and how many earlier phase steps were
+    skipped; `metrics` receives each earlier phase's gradient norm (grad_norm_<phase>)."""
+    norm = loss_normalizers(task, micro_batches, engine.loss_multiplier)
+    phases = task.phases or ("",)
+    sums: dict[str, float] = {}
+    batches, skipped = micro_batches, 0
+    for index, phase in enumerate(phases):
+        nonfinite = False
+        carries: list[Batch] = []
+        for micro, mb in enumerate(batches):
+            torch.manual_seed(seed(micro, index))
+            batch = engine.to_device(mb)
+            # `phase` only for a phased task: a plugin's single-phase task need not take it
+            r = (
+                task(engine.forward, batch, norm=norm, phase=phase)
+                if phase
+                else task(engine.forward, batch, norm=norm)
+            )
+            r.loss = on_loss(r.loss)
+            nonfinite |= not bool(torch.isfinite(r.loss.detach()))
+            engine.backward(r.loss)
+            for k, v in r.sums.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if r.carry is not None:
+                carries.append(r.carry)
+            if micro < len(batches) - 1:
+                engine.step()
+        if index == len(phases) - 1:
+            return sums, nonfinite, skipped
+        bad = D.all_reduce_sum([float(nonfinite)])[0]
+        skipped += engine.step(apply=not bad, phase=phase)
+        if metrics is not None:
+            metrics[f"grad_norm_{phase}"] = engine.grad_norm()
+        batches = carries
+    raise AssertionError("unreachable: the last phase returns")
 
 
 class Trainer:
@@ -219,7 +269,8 @@ class Trainer:
         t0 = time.perf_counter()
         micro_batches, skipped_here, skip_error = self._micro_batches()
         data_wait = time.perf_counter() - t0
-        sums, nonfinite = self._forward_backward(micro_batches)
+        phase_metrics: dict[str, float] = {}
+        sums, nonfinite, phase_skips = self._phases(micro_batches, phase_metrics)
         sums["skipped_samples"] = float(skipped_here)
         sums["stop_requested"] = self.preemption.requested_here
         sums["nonfinite_ranks"] = float(nonfinite)
@@ -230,7 +281,8 @@ class Trainer:
         p.skips.add(round(totals["skipped_samples"]), f"by step {p.step + 1} over all ranks", skip_error)
         p.consumed += self.cfg.trainer.global_batch_size
         bad_ranks = int(totals["nonfinite_ranks"])
-        skipped = self.engine.step(apply=not bad_ranks)
+        last_phase = self.task.phases[-1] if self.task.phases else ""
+        skipped = self.engine.step(apply=not bad_ranks, phase=last_phase) or phase_skips > 0
         p.skipped_steps += skipped
         p.step += 1
         dt = time.perf_counter() - t0
@@ -239,6 +291,7 @@ class Trainer:
             **self.task.summarize(totals),
             "lr": self.engine.lr(),
             "grad_norm": self.engine.grad_norm(),
+            **phase_metrics,
             "loss_scale": self.engine.loss_scale(),
             "skipped_steps": p.skipped_steps,
             **self.throughput.metrics(dt, data_wait),
@@ -270,25 +323,24 @@ class Trainer:
             raise InputError(unreadable[0])
         return micro_batches, skipped_here, skip_error
 
-    def _forward_backward(self, micro_batches: list[Batch]) -> tuple[dict[str, float], bool]:
-        """Forward and backward of each micro-batch (gradients accumulate); this rank's metric sums, and whether
-        any of its losses was NaN/Inf."""
-        p, rank, engine = self.progress, self.info.rank, self.engine
-        norm = loss_normalizers(self.task, micro_batches, engine.loss_multiplier)
-        sums: dict[str, float] = {}
-        nonfinite = False
-        for micro, mb in enumerate(micro_batches):
-            torch.manual_seed(derived_seed(self.cfg.trainer.seed, p.step, rank, micro))
-            r = self.task(engine.forward, engine.to_device(mb), norm=norm)
+    def _phases(
+        self, micro_batches: list[Batch], metrics: dict[str, float]
+    ) -> tuple[dict[str, float], bool, int]:
+        p, rank, seed = self.progress, self.info.rank, self.cfg.trainer.seed
+
+        def on_loss(loss: torch.Tensor) -> torch.Tensor:
             for cb in self.on_loss:
-                r.loss = cb.on_loss(p.step + 1, rank, r.loss)
-            nonfinite |= not bool(torch.isfinite(r.loss.detach()))
-            engine.backward(r.loss)
-            for k, v in r.sums.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if micro < len(micro_batches) - 1:
-                engine.step()
-        return sums, nonfinite
+                loss = cb.on_loss(p.step + 1, rank, loss)
+            return loss
+
+        return forward_backward_phases(
+            self.engine,
+            self.task,
+            micro_batches,
+            lambda micro, phase: derived_seed(seed, p.step, rank, micro, *([phase] if phase else [])),
+            on_loss,
+            metrics,
+        )
 
     def _finish(self, result: FitResult, start_step: int) -> None:
         """The final evaluation (a finished run), the last checkpoint, the requeue marker, cleanup, result.json."""

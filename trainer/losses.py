@@ -30,6 +30,8 @@ class LossResult:
     (`norm`), or by this micro-batch's own target count when no `norm` is given (a plain mean)."""
     sums: dict[str, float]
     """Additive statistics; `Task.summarize` turns their totals into metrics."""
+    carry: dict[str, torch.Tensor] | None = None
+    """A phased task (`Task.phases`): this micro-batch's input to the next phase."""
 
 
 def _inputs(batch: dict[str, torch.Tensor], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -73,6 +75,12 @@ class Task:
 
     name = ""
     keys: tuple[str, ...] = ()
+    phases: tuple[str, ...] = ()
+    """The optimizer steps of one training step, in order, when more than one (DeBERTa-v3's decoupled
+    generator/discriminator updates): the loop runs every micro-batch through phase i (`__call__(..., phase=)`,
+    whose LossResult.carry is that micro-batch's input to phase i + 1), then steps phase i's parameters
+    (Engine.step(phase=)). Empty: one forward/backward per micro-batch and one step. Evaluation never passes a
+    phase."""
     mask_id: int | None = None
     """The [MASK] id (the dataset's special token): MLM metrics split by position kind when set (see
     `position_kind_sums`)."""
@@ -88,6 +96,7 @@ class Task:
         batch: dict[str, torch.Tensor],
         baseline_id: int | None = None,
         norm: dict[str, float] | None = None,
+        phase: str = "",
     ) -> LossResult:
         raise NotImplementedError
 
@@ -114,6 +123,7 @@ class MLMTask(Task):
         batch: dict[str, torch.Tensor],
         baseline_id: int | None = None,
         norm: dict[str, float] | None = None,
+        phase: str = "",
     ) -> LossResult:
         out = forward(**_inputs(batch, self.keys))
         r = mlm_loss(out, baseline_id, norm)
@@ -150,14 +160,17 @@ class MLMTask(Task):
 
 
 class ElectraTask(Task):
-    """Generator MLM + weighted replaced-token detection, both from one forward of the combined model."""
+    """Generator MLM + weighted replaced-token detection, both from one forward of the combined model (joint), or
+    in two phases with a step after each (decoupled: DeBERTa-v3's default)."""
 
     name = "electra"
     keys = ("input_ids", "labels", "attention_mask", "token_type_ids")
 
-    def __init__(self, rtd_weight: float = 50.0) -> None:
+    def __init__(self, rtd_weight: float = 50.0, decoupled: bool = False) -> None:
         self.rtd_weight = rtd_weight
         """model.rtd_weight: the logged loss is gen_loss + rtd_weight x rtd_loss, as the model weighs them."""
+        self.phases = ("generator", "discriminator") if decoupled else ()
+        """DeBERTa-v3's decoupled updates (model.decoupled_training): a generator step, then a discriminator step."""
 
     def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """Generator MLM: masked targets; RTD: every non-pad token (ELECTRA weighs its sigmoid loss by input_mask,
@@ -172,7 +185,12 @@ class ElectraTask(Task):
         batch: dict[str, torch.Tensor],
         baseline_id: int | None = None,
         norm: dict[str, float] | None = None,
+        phase: str = "",
     ) -> LossResult:
+        if phase == "generator":
+            return self._generator_step(forward, batch, baseline_id, norm)
+        if phase == "discriminator":
+            return self._discriminator_step(forward, batch, norm)
         out = forward(**_inputs(batch, self.keys))
         m = float(out.targets.numel())
         real = out.real
@@ -198,6 +216,51 @@ class ElectraTask(Task):
             if baseline_id is not None:
                 sums["baseline_correct"] = float((out.targets == baseline_id).sum())
             sums.update(position_kind_sums(batch, out.gen_logits, out.targets, self.mask_id, baseline_id))
+        return LossResult(loss, sums)
+
+    def _generator_step(
+        self,
+        forward: Any,
+        batch: dict[str, torch.Tensor],
+        baseline_id: int | None,
+        norm: dict[str, float] | None,
+    ) -> LossResult:
+        """Decoupled phase 1 (rtd_task.py `g_loss_fn`): the generator's MLM loss; carries its replacements."""
+        out = forward(**_inputs(batch, self.keys), phase="generator")
+        m = float(out.targets.numel())
+        loss = out.loss * (m / norm["count"]) if norm is not None else out.loss
+        with torch.no_grad():
+            sums = {
+                "loss_sum": out.loss.item(),
+                "steps": 1.0,
+                "gen_loss_sum": out.loss.item() * m,
+                "correct": float((out.gen_logits.argmax(-1) == out.targets).sum()),
+                "count": m,
+            }
+            if baseline_id is not None:
+                sums["baseline_correct"] = float((out.targets == baseline_id).sum())
+            sums.update(position_kind_sums(batch, out.gen_logits, out.targets, self.mask_id, baseline_id))
+        carry = {"input_ids": out.replaced.input_ids, "rtd_labels": out.replaced.labels}
+        carry.update(_inputs(batch, ("attention_mask", "token_type_ids")))
+        return LossResult(loss, sums, carry)
+
+    def _discriminator_step(
+        self, forward: Any, batch: dict[str, torch.Tensor], norm: dict[str, float] | None
+    ) -> LossResult:
+        """Decoupled phase 2 (rtd_task.py `d_loss_fn`): rtd_weight x the discriminator's RTD loss on the
+        generator's replacements (`batch`: the generator phase's carry)."""
+        out = forward(**batch, phase="discriminator")
+        n = float(out.real.sum())
+        loss = self.rtd_weight * (out.loss * (n / norm["rtd_count"]) if norm is not None else out.loss)
+        with torch.no_grad():
+            rtd_pred = (out.rtd_logits.float() > 0).float()
+            sums = {
+                "loss_sum": self.rtd_weight * out.loss.item(),
+                "rtd_loss_sum": out.loss.item() * n,
+                "rtd_correct": float((rtd_pred == out.rtd_labels)[out.real].sum()),
+                "rtd_count": n,
+                "replaced": float(out.rtd_labels[out.real].sum()),
+            }
         return LossResult(loss, sums)
 
     def summarize(self, s: dict[str, float]) -> dict[str, float]:
@@ -234,6 +297,7 @@ class Seq2SeqTask(Task):
         batch: dict[str, torch.Tensor],
         baseline_id: int | None = None,
         norm: dict[str, float] | None = None,
+        phase: str = "",
     ) -> LossResult:
         logits = forward(**_inputs(batch, self.keys)).logits.float()  # (B, T, V)
         labels = batch["labels"]  # (B, T)
@@ -290,6 +354,7 @@ class DistillTask(Task):
         batch: dict[str, torch.Tensor],
         baseline_id: int | None = None,
         norm: dict[str, float] | None = None,
+        phase: str = "",
     ) -> LossResult:
         out = forward(**_inputs(batch, self.keys))
         T = self.temperature
@@ -376,7 +441,7 @@ register_task("albert", lambda cfg: MLMTask())
 register_task("electra", lambda cfg: ElectraTask(cfg.rtd_weight))
 register_task("deberta", lambda cfg: MLMTask())
 register_task("deberta_v1", lambda cfg: MLMTask())
-register_task("deberta_rtd", lambda cfg: ElectraTask(cfg.rtd_weight))  # DeBERTa-v3 RTD returns ElectraOutput
+register_task("deberta_rtd", lambda cfg: ElectraTask(cfg.rtd_weight, decoupled=cfg.decoupled_training))
 register_task("t5", lambda cfg: Seq2SeqTask())
 register_task("bart", lambda cfg: Seq2SeqTask())
 register_task("distilbert", lambda cfg: DistillTask(cfg) if cfg.teacher else MLMTask())

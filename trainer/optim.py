@@ -11,17 +11,27 @@ from .config import OptimizerConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Parameter groups: no weight decay on biases and normalisation weights (any 1-D parameter)."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for _, p in model.named_parameters():
+    """Parameter groups: no weight decay on biases and normalisation weights (any 1-D parameter). A model with
+    optimizer phases (`model.phases`, e.g. DeBERTa-v3's decoupled generator and discriminator) gets the two groups
+    per phase, each marked with its "phase" (`model.param_phase(name)`), which Engine.step(phase=) steps alone."""
+    phases: tuple[str, ...] = tuple(getattr(model, "phases", ()) or ())
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {
+        (phase, decay): [] for phase in (phases or ("",)) for decay in (True, False)
+    }
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        phase = model.param_phase(name) if phases else ""  # type: ignore[operator]
+        groups[(phase, p.ndim >= 2)].append(p)
+    out = []
+    for (phase, decay), params in groups.items():
+        group: dict = {"params": params, "weight_decay": weight_decay if decay else 0.0}
+        if phases:
+            if not params:
+                continue
+            group["phase"] = phase
+        out.append(group)
+    return out
 
 
 class Lamb(torch.optim.Optimizer):
