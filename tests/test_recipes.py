@@ -1,7 +1,7 @@
 """Every shipped recipe in configs/ starts: 3 steps of each, at tiny width (the preset's shape overridden by dotted
 overrides), on tiny shards of the objective it trains on, through the recipe's own optimizer, schedule, ZeRO stage
 and precision (fp16 aside: it needs a GPU, so it runs fp32 here). One process runs all of them in a row (one
-interpreter and DeepSpeed import for all eight), and records which optimizer each built and the lr of each step."""
+interpreter and DeepSpeed import for all of them), and records which optimizer each built and the lr of each step."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ RECIPES = {
     "t5-base": ("t5", "Adafactor"),
     "bart-base": ("bart", "AdamW"),
     "distilbert": ("mlm", "AdamW"),  # distilled from DISTIL_TEACHER (the fixture saves it)
+    "deberta-v3-base": ("electra", "AdamW"),
 }
 SHARDS = {
     "nsp": dict(objective="mlm", sentence_task="nsp"),
@@ -55,6 +56,7 @@ def overrides(recipe: str, data: Path, run: Path) -> list[str]:
         "albert-base": ["model.embedding_size=16"],
         "electra-small": ["model.embedding_size=16"],
         "t5-base": ["model.d_kv=16"],
+        "deberta-v3-base": ["model.position_buckets=32"],  # 256 buckets need relative distances up to 512
         "distilbert": ["model.student_layers=[0,1]", f"model.teacher={data.parent / DISTIL_TEACHER}"],
     }.get(recipe, [])
     precision = ["deepspeed.precision=fp32"] if recipe == "albert-base" else []  # fp16 needs a GPU
