@@ -43,6 +43,11 @@ def torchrun_command(nproc: int, args: list[str]) -> list[str]:
     ]
 
 
+def cpu_env() -> dict[str, str]:
+    """The environment of a CPU training subprocess: one thread per rank, DeepSpeed's CPU accelerator."""
+    return dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"))
+
+
 def report(ev: dict[str, float]) -> list[str]:
     """The demo's closing figures from a run's final evaluation (result.json `eval`)."""
     rows = [
@@ -77,14 +82,14 @@ def report(ev: dict[str, float]) -> list[str]:
     return lines
 
 
-def run_demo(out: str = "runs/demo", nproc: int = 2, steps: int = 0) -> int:
-    root = Path(out)
-    tok_dir, shard_dir, run_dir = root / "tokenizer", root / "shards", root / "run"
+def prepare_data(root: Path, tag: str = "demo") -> tuple[Path, Path]:
+    """The demo's tokenizer and clean-token shards under `root` (tokenizer/, shards/), each made once."""
+    tok_dir, shard_dir = root / "tokenizer", root / "shards"
     t0 = time.perf_counter()
     if not (tok_dir / MODEL_FILE).exists():
         info = train_tokenizer([CORPUS], tok_dir, vocab_size=VOCAB_SIZE)
         print(
-            f"[demo] tokenizer: {tok_dir} (vocab {info.vocab_size})  {time.perf_counter() - t0:.1f}s",
+            f"[{tag}] tokenizer: {tok_dir} (vocab {info.vocab_size})  {time.perf_counter() - t0:.1f}s",
             flush=True,
         )
     if not (shard_dir / "manifest.json").exists():
@@ -95,17 +100,24 @@ def run_demo(out: str = "runs/demo", nproc: int = 2, steps: int = 0) -> int:
         m = write_shards([CORPUS], tok_dir, shard_dir, opts, workers=2)
         assert m is not None  # one slice: merged at once
         print(
-            f"[demo] shards: {shard_dir}  train {m.splits['train']}  valid {m.splits['valid']}  "
+            f"[{tag}] shards: {shard_dir}  train {m.splits['train']}  valid {m.splits['valid']}  "
             f"{time.perf_counter() - t0:.1f}s",
             flush=True,
         )
+    return tok_dir, shard_dir
+
+
+def run_demo(out: str = "runs/demo", nproc: int = 2, steps: int = 0) -> int:
+    root = Path(out)
+    t0 = time.perf_counter()
+    _, shard_dir = prepare_data(root)
+    run_dir = root / "run"
     overrides = [f"data.path={shard_dir}", f"run_dir={run_dir}"]
     if steps:
         overrides.append(f"trainer.max_steps={steps}")
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"))
     cmd = torchrun_command(nproc, ["train", str(recipe("demo")), *overrides])
     print("[demo] " + " ".join(cmd), flush=True)
-    rc = subprocess.call(cmd, env=env)
+    rc = subprocess.call(cmd, env=cpu_env())
     if rc != 0:
         print(f"[demo] training failed with exit code {rc}", file=sys.stderr)
         return rc
