@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	if [ -n "$(TORCH)" ]; then $(PY) -m pip install -q "$(TORCH)"; fi
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -c "from trainer.engine import build_ops; print(build_ops())" || echo "warning: DeepSpeed's CPU op did not build now; the first run will build it"
 	touch $(STAMP)
 
 demo: setup

@@ -103,6 +103,16 @@ def prepare_op_builds(ops: tuple[str, ...] = ("deepspeed_shm_comm",)) -> None:
             )
 
 
+def build_ops() -> str:
+    """Compile now the DeepSpeed op a CPU run JIT-compiles on its first start (the shared-memory collectives,
+    `deepspeed_shm_comm`, about a minute on 2 cores), into the environment (prepare_op_builds), so that no training
+    run waits on it: `make setup` calls this. Returns what was done, in words."""
+    prepare_op_builds()
+    from deepspeed.comm.torch import build_shm_op
+
+    return "DeepSpeed's shared-memory op is built" if build_shm_op() is not None else "no op to build here"
+
+
 def init_distributed(info: DistInfo, backend: str, timeout_minutes: float) -> None:
     info.export()
     prepare_op_builds()
