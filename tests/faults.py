@@ -5,8 +5,8 @@ Which fault, on which rank, at which step, comes from environment variables the 
   CLOZE_INJECT_NAN=RANK:FIRST[:LAST]       the loss is NaN on RANK at steps FIRST..LAST (1-based)
   CLOZE_INJECT_NAN_GRAD=RANK:FIRST[:LAST]  the loss stays finite, its gradients are NaN
   CLOZE_INJECT_HANG=RANK:STEP              RANK stops making progress at the start of STEP, outside any collective
-  CLOZE_CRASH_IN_SAVE=RANK                 RANK exits (code CRASH_EXIT) in the middle of its next save: its files
-                                           written and fsynced, nothing committed
+  CLOZE_CRASH_IN_SAVE=RANK[:STEP]          RANK exits (code CRASH_EXIT) in the middle of its next save (the save
+                                           of STEP): its files written and fsynced, nothing committed
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ class Hang(Callback):
 
 class CrashInSave(Callback):
     def on_checkpoint_written(self, step: int, rank: int, tmp_dir: Path) -> None:
-        if os.environ.get(CRASH_ENV) == str(rank):
+        who, _, when = os.environ.get(CRASH_ENV, "").partition(":")
+        if who == str(rank) and (not when or int(when) == step):
             os._exit(CRASH_EXIT)  # die with the files written but nothing committed
 
 
