@@ -6,6 +6,8 @@
    the same shape, batch, sequence length and masking (15%); goal >= 1.5x;
 2. the same for cloze's DeBERTa-v3 vs DebertaV2ForMaskedLM (goal >= 1.3x) and T5 vs T5ForConditionalGeneration
    (span-corruption shapes);
+   the cost of a DistilBERT distillation step (student + frozen teacher forward + the three-term loss) relative to a
+   plain MLM step of the same student;
 3. peak memory of a 12-layer BERT-base step at seq 512 with vs without activation checkpointing (goal <= 0.5),
    each measured in a fresh process: the kernel's peak-RSS counter is reset after a warm-up step, then one step runs.
 
@@ -99,6 +101,37 @@ def t5_steps(cfg: ModelConfig, B: int, S: int, device: str, bf16: bool):
     return a, b, B * (S + target_len)
 
 
+def distill_steps(teacher_layers: int, B: int, T: int, device: str, bf16: bool, tmp: Path):
+    """A DistilBERT distillation step (student + frozen teacher forward, the three-term loss) and a plain MLM step
+    of the same student alone; the teacher: a random BertForMaskedLM of BERT-base width saved to `tmp`."""
+    from trainer.losses import DistillTask, MLMTask
+
+    teacher_cfg = ModelConfig.from_preset("bert_base", vocab_size=30522, num_layers=teacher_layers)
+    hf_model(build_model(teacher_cfg), teacher_cfg).save_pretrained(str(tmp))
+    layers = [0, 2, 4, 7, 9, 11] if teacher_layers == 12 else list(range(0, teacher_layers, 2))
+    distil = ModelConfig.from_preset(
+        "distilbert_base", vocab_size=30522, num_layers=len(layers), student_layers=layers, teacher=str(tmp)
+    )
+    plain = ModelConfig.from_preset("distilbert_base", vocab_size=30522, num_layers=len(layers))
+    torch.manual_seed(0)
+    ours, alone = build_model(distil).to(device).train(), build_model(plain).to(device).train()
+    ids, labels = masked_batch(B, T, 30522, device)
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
+    trained = [p for p in ours.parameters() if p.requires_grad]
+    opt_a = torch.optim.AdamW(trained, lr=1e-4, fused=True)
+    opt_b = torch.optim.AdamW(alone.parameters(), lr=1e-4, fused=True)
+    task_a, task_b = DistillTask(distil), MLMTask()
+
+    def step(model, task, opt) -> None:
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            loss = task(model, batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return (lambda: step(ours, task_a, opt_a)), (lambda: step(alone, task_b, opt_b)), B * T, len(layers)
+
+
 def alternate(a, b, rounds: int, device: str) -> tuple[float, float]:
     def timed(fn) -> float:
         if device == "cuda":
@@ -188,6 +221,21 @@ def main() -> None:
     print(
         f"| T5 v1.1 (T5ForConditionalGeneration) | {t5.num_layers}+{t5.decoder_layers} layers, d 512, V 32128, "
         f"batch 16, inputs 128 / targets 29 | {tokens / ta:,.0f} | {tokens / tb:,.0f} | {tb / ta:.2f} | |"
+    )
+    del a, b
+    import tempfile
+
+    teacher_layers = 4 if args.quick else 12
+    with tempfile.TemporaryDirectory() as tmp:
+        a, b, tokens, student_layers = distill_steps(teacher_layers, 16, 128, device, args.bf16, Path(tmp))
+        ta, tb = alternate(a, b, args.rounds, device)
+    print()
+    print("| step | shape | distillation tokens/s | student MLM alone tokens/s | cost of distillation |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| DistilBERT: student + frozen teacher, loss 5 x T^2 KL + 2 x MLM + 1 x cos | student {student_layers} "
+        f"layers from a {teacher_layers}-layer teacher, H 768, V 30522, batch 16 x 128 | {tokens / ta:,.0f} | "
+        f"{tokens / tb:,.0f} | {ta / tb:.2f}x the MLM step |"
     )
     del a, b
     if device == "cpu" and Path("/proc/self/clear_refs").exists():
