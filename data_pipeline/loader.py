@@ -352,12 +352,38 @@ class DynamicMasking:
             objective, vocab_of(Tokenizer(directory / manifest.tokenizer["file"])), manifest.seq_len, options
         )
 
-    def __call__(self, sample: dict[str, np.ndarray], seed: int, epoch: int, shard: int, offset: int):
+        self.batch_level = bool(getattr(self.objective, "batch_level", False))
+        """The objective masks a whole micro-batch at once (DistilBERT's distil_mlm): samples pass through
+        __call__ unchanged and `mask_batch` corrupts the collated micro-batch."""
+
+    def __call__(
+        self,
+        sample: dict[str, np.ndarray],
+        seed: int,
+        epoch: int,
+        shard: int,
+        offset: int,
+        whole: bool = False,
+    ):
+        """`whole`: mask this sample on its own even under a batch-level objective (evaluation: its masks stay
+        fixed whatever the batch layout)."""
+        if self.batch_level and not whole:
+            return sample
         rng = np.random.default_rng([seed, epoch, shard, offset, 0xD7])
         return {
             **sample,
             **self.objective(self.packed(sample["input_ids"]), rng),
         }  # keeps token types, pair labels
+
+    def mask_batch(self, batch: dict[str, Any], seed: int, first_sample: int) -> dict[str, Any]:
+        """A batch-level objective's corruption of the collated micro-batch whose first sample has global index
+        `first_sample`, seeded by it (a resumed run masks the same micro-batch the same way); other objectives:
+        unchanged."""
+        if not self.batch_level or "input_ids" not in batch:
+            return batch
+        rng = np.random.default_rng([seed, first_sample, 0xB7])
+        out = self.objective.mask_batch(batch["input_ids"].numpy(), rng)
+        return {**batch, **{k: torch.from_numpy(v.astype(np.int64)) for k, v in out.items()}}
 
 
 class TrainStream(IterableDataset):
@@ -408,7 +434,8 @@ class TrainStream(IterableDataset):
             while True:
                 samples = []
                 skipped, first_error = 0, ""
-                for index in micro_batch_indices(self.spec, j):
+                indices = micro_batch_indices(self.spec, j)
+                for index in indices:
                     epoch, position = divmod(int(index), self.num_samples)
                     if epoch not in orders:
                         if len(orders) > 1:  # a micro-batch spans at most two epochs
@@ -427,6 +454,8 @@ class TrainStream(IterableDataset):
                 batch: dict[str, Any] = {}
                 if samples:
                     batch = dict(self.collate(samples))
+                    if self.dynamic is not None:
+                        batch = self.dynamic.mask_batch(batch, self.spec.seed, int(indices[0]))
                 else:  # reported, not raised: an exception in a DataLoader worker reaches the user as its traceback
                     batch[self.UNREADABLE_KEY] = (
                         f"every sample of micro-batch {j} in {self.dir} is unreadable ({first_error}); no skip "
@@ -506,8 +535,8 @@ class EvalStream(IterableDataset):
                 for p in positions if not padding else range(1):
                     shard, offset = order.locate(p)
                     sample = reader.read(shard, offset)
-                    if self.dynamic is not None:  # fixed masks for evaluation: epoch 0, seed 0
-                        sample = self.dynamic(sample, 0, 0, shard, offset)
+                    if self.dynamic is not None:  # fixed masks for evaluation: epoch 0, seed 0, per sample
+                        sample = self.dynamic(sample, 0, 0, shard, offset, whole=True)
                     samples.append(sample)
                 batch = self.collate(samples)
                 batch[self.PADDING_KEY] = torch.tensor(int(padding))

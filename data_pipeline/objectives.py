@@ -227,6 +227,124 @@ register_objective(_encoder_spec("electra", Electra, ElectraParams, sentence_pai
 
 
 @dataclass
+class SmoothedMLMParams(MLMParams):
+    """DistilBERT's masking: `smoothing` is train.py's `--mlm_smoothing` (0.7), `token_counts` the counts file
+    (`cloze token-counts DIR --out FILE`: one count per token id, the reference's scripts/token_counts.py);
+    mask_prob / random_prob: its `--word_mask 0.8 --word_rand 0.1` (`--word_keep 0.1` the rest)."""
+
+    smoothing: float = 0.7
+    token_counts: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.smoothing < 0:
+            raise ObjectiveError(f"smoothing={self.smoothing} must be >= 0 (DistilBERT: 0.7)")
+        if not self.token_counts:
+            raise ObjectiveError(
+                "objective distil_mlm needs token_counts=FILE, the training split's count of every token id: "
+                "write it with `cloze token-counts DATASET_DIR --out FILE`, then set "
+                "data.objective_options.token_counts=FILE"
+            )
+
+
+def load_token_counts(path: str, vocab_size: int) -> np.ndarray:
+    """A token-counts file (`cloze token-counts`): int64, one count per token id of this vocabulary."""
+    try:
+        counts = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ObjectiveError(
+            f"token_counts={path!r} cannot be read as a token-counts file ({e}); write it with "
+            "`cloze token-counts DATASET_DIR --out FILE`"
+        ) from None
+    if counts.ndim != 1 or counts.shape[0] != vocab_size:
+        raise ObjectiveError(
+            f"token_counts={path!r} holds {counts.shape} counts but the tokenizer has {vocab_size} ids: it was "
+            "counted over another vocabulary; count this dataset with `cloze token-counts DATASET_DIR --out FILE`"
+        )
+    return counts.astype(np.int64)
+
+
+class SmoothedMLM(MLM):
+    """DistilBERT's masking (references: transformers examples/research_projects/distillation/distiller.py
+    `Distiller.prepare_batch_mlm`, train.py `token_probs`): a position is drawn, without replacement, with
+    probability proportional to max(count(token), 1) ** -smoothing (special tokens never), so that rare tokens are
+    asked for more often than their frequency; ceil(rate x non-pad tokens) of them; each then becomes [MASK]
+    (mask_prob), a uniformly random id of the whole vocabulary (random_prob, `random_(vocab_size)`), or stays.
+
+    As the reference, the positions are drawn over a whole batch at once (`mask_batch`, on each collated training
+    micro-batch: the loader's DynamicMasking, seeded by the micro-batch's index in the stream, so a resumed run masks
+    it the same way; like the reference, the masks depend on the micro-batch size). Per sequence (`__call__`):
+    evaluation (fixed masks whatever the batch layout). Shards cannot be written with it (`--objective tokens`,
+    then data.objective=distil_mlm)."""
+
+    name = "distil_mlm"
+    batch_level = True
+
+    def __init__(self, vocab: Vocab, params: MLMParams | None = None) -> None:
+        p = (
+            params
+            if isinstance(params, SmoothedMLMParams)
+            else SmoothedMLMParams(**asdict(params or MLMParams()))
+        )
+        super().__init__(vocab, p)
+        self.smoothing = p.smoothing
+        counts = load_token_counts(p.token_counts, vocab.size)
+        weights = np.maximum(counts, 1).astype(np.float64) ** -p.smoothing
+        weights[vocab.is_special] = 0.0  # train.py: "do not predict special tokens"
+        self.weights = weights
+
+    def mask_batch(self, tokens: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """`prepare_batch_mlm` on (N, L) token ids: ceil(rate x non-pad tokens of the batch) positions drawn over
+        the whole batch without replacement by the weights, then [MASK] / random id / kept."""
+        flat = tokens.reshape(-1)
+        w = self.weights[flat]
+        k = min(math.ceil(self.p.rate * int((flat != self.vocab.pad).sum())), int((w > 0).sum()))
+        where = (
+            rng.choice(len(flat), size=k, replace=False, p=w / w.sum()) if k > 0 else np.zeros(0, np.int64)
+        )
+        labels = np.full(flat.shape, IGNORE, dtype=np.int32)
+        labels[where] = flat[where]
+        inputs = flat.astype(np.int32, copy=True)
+        u = rng.random(len(where))
+        inputs[where[u < self.p.mask_prob]] = self.vocab.mask
+        rand = where[(u >= self.p.mask_prob) & (u < self.p.mask_prob + self.p.random_prob)]
+        inputs[rand] = rng.integers(0, self.vocab.size, size=len(rand))
+        return {"input_ids": inputs.reshape(tokens.shape), "labels": labels.reshape(tokens.shape)}
+
+    def __call__(self, seq: Packed, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """One sequence as a batch of one (evaluation)."""
+        return {k: v[0] for k, v in self.mask_batch(seq.tokens[None], rng).items()}
+
+
+register_objective(_encoder_spec("distil_mlm", SmoothedMLM, SmoothedMLMParams, sentence_pairs=False))
+
+
+def count_tokens(data_dir: str, split: str = "train") -> np.ndarray:
+    """How often each token id occurs in `split` of a dataset (every input token, special ones included, as the
+    reference's scripts/token_counts.py counts its binarized data)."""
+    from .loader import ShardReader
+    from .manifest import read_manifest
+
+    manifest = read_manifest(data_dir)
+    reader = ShardReader(data_dir, manifest, split)
+    counts = np.zeros(manifest.tokenizer["vocab_size"], dtype=np.int64)
+    try:
+        for shard, entry in enumerate(reader.shards):
+            for i in range(entry.samples):
+                sample = reader.read(shard, i)
+                ids = sample["input_ids"].astype(np.int64)
+                labels = sample.get("labels")
+                if (
+                    labels is not None and labels.shape == ids.shape
+                ):  # masked shards: count the original tokens
+                    ids = np.where(labels >= 0, labels, ids)
+                counts += np.bincount(ids, minlength=len(counts))[: len(counts)]
+    finally:
+        reader.close()
+    return counts
+
+
+@dataclass
 class WWMParams(MLMParams):
     per_word: bool = False
     """Decide 80/10/10 once per word (cloze before issue 10). Default False: per token, as Google BERT and

@@ -325,9 +325,14 @@ def write_shards(
     check_inputs(files, opts.sources)
     tok = Tokenizer(tokenizer)
     if not get_objective(opts.objective).clean:
-        build_objective(
+        built = build_objective(
             opts.objective, vocab_of(tok), opts.seq_len, opts.objective_options
         )  # validates options
+        if getattr(built, "batch_level", False):
+            raise InputError(
+                f"--objective {opts.objective} masks whole training micro-batches at once: write `--objective tokens` "
+                f"shards and train with data.objective={opts.objective}"
+            )
     else:
         packer_for(get_objective(opts.objective).packing, opts.seq_len, vocab_of(tok))
     out = Path(out)

@@ -180,6 +180,27 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_token_counts(args: argparse.Namespace) -> int:
+    import io
+
+    import numpy as np
+
+    from data_pipeline.manifest import atomic_write
+    from data_pipeline.objectives import count_tokens
+
+    counts = count_tokens(args.dir, args.split)
+    out = Path(args.out)
+    buf = io.BytesIO()
+    np.save(buf, counts, allow_pickle=False)
+    atomic_write(out, buf.getvalue())
+    print(
+        f"token counts: {out}  ({int(counts.sum()):,} tokens of the {args.split} split, {int((counts > 0).sum()):,} "
+        f"of {len(counts):,} ids seen); use it with data.objective=distil_mlm "
+        f"data.objective_options.token_counts={out}"
+    )
+    return 0
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from data_pipeline.inspect import format_stats, inspect_dataset
 
@@ -616,6 +637,15 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check every shard against the manifest (sizes, sha256, counts)")
     v.add_argument("dir")
     v.set_defaults(fn=_cmd_verify)
+
+    tc = sub.add_parser(
+        "token-counts",
+        help="count every token id of a dataset's split (DistilBERT's frequency-smoothed masking: distil_mlm)",
+    )
+    tc.add_argument("dir")
+    tc.add_argument("--out", required=True, help="the .npy file to write")
+    tc.add_argument("--split", default="train")
+    tc.set_defaults(fn=_cmd_token_counts)
 
     # data_pipeline.inspect imports torch: the flags not given are left out, so its functions' defaults apply
     i = sub.add_parser("inspect", help="decode samples of a dataset to text")
