@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from .conftest import ROOT, cloze_env
@@ -26,7 +27,10 @@ RECIPES = {
     "electra-base": ("electra", "AdamW"),
     "t5-base": ("t5", "Adafactor"),
     "bart-base": ("bart", "AdamW"),
-    "distilbert": ("mlm", "AdamW"),  # distilled from DISTIL_TEACHER (the fixture saves it)
+    "distilbert": (
+        "tokens",
+        "AdamW",
+    ),  # distilled from DISTIL_TEACHER, masked by distil_mlm (the fixture saves both)
     "deberta-v3-base": ("electra", "AdamW"),
 }
 SHARDS = {
@@ -57,7 +61,11 @@ def overrides(recipe: str, data: Path, run: Path) -> list[str]:
         "electra-small": ["model.embedding_size=16"],
         "t5-base": ["model.d_kv=16"],
         "deberta-v3-base": ["model.position_buckets=32"],  # 256 buckets need relative distances up to 512
-        "distilbert": ["model.student_layers=[0,1]", f"model.teacher={data.parent / DISTIL_TEACHER}"],
+        "distilbert": [
+            "model.student_layers=[0,1]",
+            f"model.teacher={data.parent / DISTIL_TEACHER}",
+            f"data.objective_options.token_counts={data.parent / 'tokens.counts.npy'}",
+        ],
     }.get(recipe, [])
     precision = ["deepspeed.precision=fp32"] if recipe == "albert-base" else []  # fp16 needs a GPU
     return [
@@ -150,6 +158,9 @@ def results(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> di
             workers=1,
         )
     save_distil_teacher(root / DISTIL_TEACHER, root / "mlm")
+    from data_pipeline.objectives import count_tokens
+
+    np.save(root / "tokens.counts.npy", count_tokens(str(root / "tokens")))
     spec = {r: overrides(r, root / shards, root / f"run-{r}") for r, (shards, _) in RECIPES.items()}
     (root / "spec.json").write_text(json.dumps(spec))
     proc = subprocess.run(
