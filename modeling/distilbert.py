@@ -163,6 +163,29 @@ def check_teacher(cfg: ModelConfig, teacher: ModelConfig) -> None:
         )
 
 
+TEACHER_TOKENIZERS = ("tokenizer/tokenizer.model", "spiece.model")
+"""Where a teacher keeps its sentencepiece model: a cloze run directory's copy (data_pipeline.hf_tokenizer
+RUN_TOKENIZER_DIR / data_pipeline.tokenizer MODEL_FILE), a `cloze export` directory's."""
+
+
+def check_teacher_tokenizer(cfg: ModelConfig, dataset_sha256: str, data: str) -> None:
+    """FamilySpec.check_dataset: model.teacher must have been trained with the dataset's tokenizer, the
+    sentencepiece model beside it the manifest's (same sha256). A teacher without one (a transformers directory
+    from elsewhere) is checked by its vocabulary size and pad id only (configure_distilbert)."""
+    import hashlib
+
+    if not cfg.teacher or not dataset_sha256:
+        return
+    for name in TEACHER_TOKENIZERS:
+        own = Path(cfg.teacher) / name
+        if own.is_file() and hashlib.sha256(own.read_bytes()).hexdigest() != dataset_sha256:
+            raise ModelConfigError(
+                f"model.teacher={cfg.teacher!r}: its tokenizer {own} is not the dataset's ({data}/manifest.json "
+                "tokenizer.sha256): the teacher reads other token ids; distil on shards written with the teacher's "
+                "tokenizer (cloze shards --tokenizer ...) or pick a teacher trained on this one"
+            )
+
+
 def configure_distilbert(cfg: ModelConfig) -> None:
     """FamilySpec.configure (trainer/state.py `prepare`, before any step): with a teacher, check it against the
     resolved student (vocabulary, pad id, widths, layer map); a dataset of sentence pairs is refused (no pooler)."""
@@ -404,6 +427,7 @@ register_family(
         flops_per_token=flops.encoder_flops,  # the student's step; the teacher's forward is not counted (MFU)
         check_config=check_distilbert,
         configure=configure_distilbert,
+        check_dataset=check_teacher_tokenizer,
         hf=DISTILBERT_HF,
         presets={
             "distilbert_base": dict(

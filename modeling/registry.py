@@ -89,6 +89,9 @@ class FamilySpec:
     """Family-specific validation of a ModelConfig, called from its `__post_init__`; raises ModelConfigError."""
     configure: Callable[[ModelConfig], None] | None = None
     """Fix-up once the dataset's special ids are in the config (RoBERTa: positions start after the pad id)."""
+    check_dataset: Callable[[ModelConfig, str, str], None] | None = None
+    """(cfg, the dataset's tokenizer sha256, the dataset's directory) -> raises ModelConfigError when the model
+    cannot train on that dataset for a family reason (DistilBERT: a teacher trained with another tokenizer)."""
     hf: HFAdapter | None = None
     """transformers export/import; None = the family cannot be exported."""
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)

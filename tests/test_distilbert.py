@@ -280,9 +280,15 @@ def test_bad_teachers_are_named(tmp_path: Path) -> None:
 
 
 def test_teacher_with_another_tokenizer_is_refused(tmp_path: Path, dataset_dir: Path) -> None:
-    from trainer.config import ConfigError, config_from_dict
+    from data_pipeline.hf_tokenizer import RUN_TOKENIZER_DIR
+    from data_pipeline.tokenizer import MODEL_FILE
+    from modeling.distilbert import TEACHER_TOKENIZERS
+    from trainer.config import config_from_dict
     from trainer.state import prepare
 
+    assert (
+        TEACHER_TOKENIZERS[0] == f"{RUN_TOKENIZER_DIR}/{MODEL_FILE}"
+    )  # where a cloze run keeps its tokenizer
     teacher = save_hf_bert(tmp_path / "teacher", vocab_size=3000)
     (teacher / "spiece.model").write_bytes(b"another tokenizer")
     cfg = config_from_dict(
@@ -292,7 +298,7 @@ def test_teacher_with_another_tokenizer_is_refused(tmp_path: Path, dataset_dir: 
             "trainer": {"global_batch_size": 4, "micro_batch_size": 2},
         }
     )
-    with pytest.raises(ConfigError, match=r"its tokenizer .*spiece.model is not the dataset's"):
+    with pytest.raises(ModelConfigError, match=r"its tokenizer .*spiece.model is not the dataset's"):
         prepare(cfg, 1)
 
 

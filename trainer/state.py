@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 
-from data_pipeline.hf_tokenizer import RUN_TOKENIZER_DIR
 from data_pipeline.loader import objective_of
 from data_pipeline.manifest import Manifest, read_manifest
-from data_pipeline.tokenizer import MODEL_FILE, sha256_file
 from modeling.registry import get_family
 
 from .config import ConfigError, RunConfig
@@ -73,8 +70,8 @@ def prepare(cfg: RunConfig, world_size: int) -> RunState:
     model.pad_token_id = manifest.special_tokens["pad"]
     model.eos_token_id = manifest.special_tokens["eos"]
     model.bos_token_id = manifest.special_tokens.get("bos", model.bos_token_id)
-    if model.teacher:  # distillation (modeling/distilbert.py): the teacher reads the dataset's tokens
-        _check_teacher_tokenizer(model.teacher, manifest, cfg.data.path)
+    if spec.check_dataset is not None:  # e.g. DistilBERT's teacher must read the dataset's token ids
+        spec.check_dataset(model, manifest.tokenizer.get("sha256", ""), cfg.data.path)
     if spec.configure is not None:
         spec.configure(model)  # e.g. RoBERTa's positions start after the pad id
     resolved.trainer.grad_accum = grad_accum
@@ -95,22 +92,3 @@ def _check_positions(cfg: RunConfig, manifest: Manifest, learned_positions: bool
             f"the dataset's sequences ({longest} tokens) exceed model.max_position_embeddings="
             f"{cfg.model.max_position_embeddings}; raise it"
         )
-
-
-TEACHER_TOKENIZERS = (f"{RUN_TOKENIZER_DIR}/{MODEL_FILE}", "spiece.model")
-"""Where a distillation teacher keeps its tokenizer: a cloze run directory's copy, a `cloze export` directory's."""
-
-
-def _check_teacher_tokenizer(teacher: str, manifest: Manifest, data: str) -> None:
-    """model.teacher (DistilBERT, modeling/distilbert.py) must have been trained with the dataset's tokenizer: the
-    sentencepiece model beside it must be the manifest's (same sha256). A teacher without one (a transformers
-    directory from elsewhere) is checked by its vocabulary size and pad id only (FamilySpec.configure)."""
-    want = manifest.tokenizer.get("sha256", "")
-    for name in TEACHER_TOKENIZERS:
-        own = Path(teacher) / name
-        if want and own.is_file() and sha256_file(own) != want:
-            raise ConfigError(
-                f"model.teacher={teacher!r}: its tokenizer {own} is not the dataset's ({data}/manifest.json "
-                "tokenizer.sha256): the teacher reads other token ids; distil on shards written with the teacher's "
-                "tokenizer (cloze shards --tokenizer ...) or pick a teacher trained on this one"
-            )
