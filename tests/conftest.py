@@ -53,6 +53,21 @@ def torchrun_cloze(
     )
 
 
+def torchrun_module(
+    module: str, *args: str, nproc: int = 2, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node N -m MODULE ARGS`: a test module's own worker on real ranks (gloo)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return subprocess.run(
+        [*cmd, "-m", module, *args],
+        cwd=ROOT,
+        env=cloze_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def train_tiny_bert(
     dataset_dir: Path, run_dir: Path, *overrides: str, **env: str
 ) -> subprocess.CompletedProcess:

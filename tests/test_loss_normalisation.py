@@ -8,8 +8,6 @@ is real: 2 ranks over gloo, DeepSpeed's engine, 2 micro-batches per rank with un
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from modeling.config import ModelConfig
 from trainer.loop import loss_normalizers
 from trainer.losses import task_for
 
-from .conftest import ROOT, cloze_env, tiny_model_config
+from .conftest import tiny_model_config, torchrun_module
 
 V, T = 40, 12
 MASKED = [1, 7, 3, 10]
@@ -158,25 +156,8 @@ def _worker(out: Path) -> None:
     D.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_two_ranks_two_micro_batches_match_one_batch(tmp_path: Path) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
-        "-m",
-        "tests.test_loss_normalisation",
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=cloze_env(), capture_output=True, text=True, timeout=300)
+    proc = torchrun_module("tests.test_loss_normalisation", str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     norms = json.loads((tmp_path / "norms.json").read_text())
     for family in ("bert", "t5"):

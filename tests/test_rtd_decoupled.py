@@ -22,8 +22,6 @@ not compared here: both sides use torch's AdamW.
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ from modeling import build_model
 from modeling.config import ModelConfig
 from trainer.optim import lr_factor
 
-from .conftest import ROOT, cloze_env
+from .conftest import torchrun_module
 
 V, T, STEPS, CLIP, LR = 61, 12, 3, 0.05, 5e-3
 STAGES = (0, 2, 3)
@@ -163,25 +161,8 @@ def _worker(out: Path) -> None:
     D.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_decoupled_steps_equal_the_reference_loop(tmp_path: Path) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
-        "-m",
-        "tests.test_rtd_decoupled",
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=cloze_env(), capture_output=True, text=True, timeout=300)
+    proc = torchrun_module("tests.test_rtd_decoupled", str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ref = reference_weights()
     norms = json.loads((tmp_path / "norms.json").read_text())
