@@ -8,7 +8,7 @@ Data: `make demo`'s (launch/demo.py `prepare_data`: the stdlib-docs corpus, voca
 clean tokens masked anew each epoch with BERT's 80/10/10). Every run: 2 CPU ranks, ZeRO-2, fp32, the demo's recipe
 (configs/demo.yaml: no dropout, init 0.08, lr 2e-3 linear with 100 warmup steps, batch 32, seed 1234).
 
-1. teacher: `configs/demo.yaml` with 4 layers, `--teacher-steps` steps.
+1. teacher: `configs/demo.yaml` with 4 layers, `--teacher-steps` steps, then the `--teacher-opt` overrides.
 2. distilled: `configs/tiny-distilbert.yaml` (2 layers of the same width), initialised from the teacher's
    embeddings, MLM head and blocks [0, 2] (`model.student_layers`, extract_distilbert.py's way), loss
    5 x T^2 KL + 2 x MLM + 1 x cosine (distiller.py's defaults), `--steps` steps.
@@ -73,6 +73,13 @@ def main() -> None:
     p.add_argument("--out", default="runs/distillation")
     p.add_argument("--teacher-steps", type=int, default=2500)
     p.add_argument("--steps", type=int, default=1000, help="steps of each student (N)")
+    p.add_argument(
+        "--teacher-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for the teacher's run (repeatable), after the demo recipe's",
+    )
     args = p.parse_args()
     out = Path(args.out)
     _, shards = prepare_data(out, tag="distillation")
@@ -81,6 +88,7 @@ def main() -> None:
     teacher_overrides += [
         f"trainer.eval_every={args.teacher_steps}",
         f"checkpoint.every_steps={args.teacher_steps}",
+        *args.teacher_opt,
     ]
     student = [*data, *DEMO_RECIPE, f"trainer.max_steps={args.steps}", f"trainer.eval_every={args.steps}"]
     student += ["checkpoint.every_steps=0"]

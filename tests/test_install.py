@@ -96,7 +96,7 @@ def test_installed_cloze_imports_from_its_venv_not_the_source_tree(
     )
     assert bad.returncode == 2, bad.stderr
     assert "'bert-bass' is neither a config file nor a shipped recipe" in bad.stderr
-    assert "bert-base, bert-large, demo" in bad.stderr
+    assert "bert-base, bert-large, deberta-v3-base, demo" in bad.stderr
     good = subprocess.run(
         [*cloze, "train", "tiny-bert", "data.path=no-such-dir", "run_dir=run"],
         cwd=tmp_path,

@@ -29,7 +29,7 @@ from data_pipeline.writer import ShardOptions, write_shards
 from tests.conftest import write_stdlib_corpus
 from tests.toy_family import TOY_NTH
 
-BUILT_IN = "mlm, electra, wwm, span, t5, bart, tokens"
+BUILT_IN = "mlm, electra, distil_mlm, wwm, span, t5, bart, tokens"
 
 
 def test_unknown_objective_lists_the_registered_ones():
@@ -40,7 +40,7 @@ def test_unknown_objective_lists_the_registered_ones():
     with pytest.raises(InputError, match=f"choose one of {BUILT_IN}"):
         ShardOptions(objective="nope")
     assert get_objective("t5").packing == "raw" and get_objective("bart").decoder_start == "eos"
-    assert objective_names(lambda s: s.dynamic) == ("mlm", "electra", "wwm", "span")
+    assert objective_names(lambda s: s.dynamic) == ("mlm", "electra", "distil_mlm", "wwm", "span")
     assert get_objective("tokens").clean and not get_objective("mlm").clean
 
 
