@@ -54,7 +54,8 @@ DEMO_RECIPE = [
 
 def train(name: str, config: str, overrides: list[str], out: Path) -> dict[str, float]:
     run = out / name
-    if not (run / "result.json").exists():
+    done = run / "result.json"
+    if not done.exists() or json.loads(done.read_text()).get("stopped_early"):  # a stopped run resumes
         cmd = torchrun_command(
             2, ["train", config, f"run_dir={run}", "logging.progress_bar=false", *overrides]
         )
