@@ -813,6 +813,15 @@ def _report_error(command: str, e: ClozeError) -> int:
             time.sleep(0.1)
     where = f" (rank {rank})" if world > 1 and rank != 0 else ""
     print(f"cloze {command}: error{where}: {e}", file=sys.stderr, flush=True)
+    if (
+        "torch.distributed" in sys.modules
+    ):  # an error after the process group started: leave it before exiting
+        import contextlib
+
+        from trainer.distributed import shutdown
+
+        with contextlib.suppress(Exception):  # the error above is what the user must see
+            shutdown(barrier=False)
     return EXIT_USAGE
 
 

@@ -201,14 +201,16 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shutdown() -> None:
+def shutdown(barrier: bool = True) -> None:
     """Leave the process group on a clean exit: every rank reaches this, then the group is destroyed.
 
     Exiting with a live gloo group lets its threads be torn down by static destructors in a random order, which
     aborts a rank now and then ("terminate called without an active exception", SIGABRT) after all work is done.
-    Only for a process about to exit: DeepSpeed caches its groups per process, so no engine can be built after."""
+    Only for a process about to exit: DeepSpeed caches its groups per process, so no engine can be built after.
+    `barrier=False` on an error path, where the other ranks may never reach it."""
     if initialized():
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 
