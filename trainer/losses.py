@@ -159,6 +159,20 @@ class MLMTask(Task):
         return out
 
 
+def _rtd_sums(
+    logits: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, rtd_loss: torch.Tensor
+) -> dict[str, float]:
+    """The discriminator's replaced-token statistics over the non-pad positions (joint or decoupled)."""
+    n = float(real.sum())
+    pred = (logits.float() > 0).float()
+    return {
+        "rtd_loss_sum": rtd_loss.item() * n,
+        "rtd_correct": float((pred == labels)[real].sum()),
+        "rtd_count": n,
+        "replaced": float(labels[real].sum()),
+    }
+
+
 class ElectraTask(Task):
     """Generator MLM + weighted replaced-token detection, both from one forward of the combined model (joint), or
     in two phases with a step after each (decoupled: DeBERTa-v3's default)."""
@@ -201,22 +215,30 @@ class ElectraTask(Task):
             gen, rtd = out.gen_loss * (m / norm["count"]), out.rtd_loss * (n / norm["rtd_count"])
             loss = gen + self.rtd_weight * rtd
         with torch.no_grad():
-            rtd_pred = (out.rtd_logits.float() > 0).float()
-            sums = {
-                "loss_sum": out.loss.item(),
-                "steps": 1.0,
-                "gen_loss_sum": out.gen_loss.item() * m,
-                "correct": float((out.gen_logits.argmax(-1) == out.targets).sum()),
-                "count": m,
-                "rtd_loss_sum": out.rtd_loss.item() * n,
-                "rtd_correct": float((rtd_pred == out.rtd_labels)[real].sum()),
-                "rtd_count": n,
-                "replaced": float(out.rtd_labels[real].sum()),
-            }
-            if baseline_id is not None:
-                sums["baseline_correct"] = float((out.targets == baseline_id).sum())
-            sums.update(position_kind_sums(batch, out.gen_logits, out.targets, self.mask_id, baseline_id))
+            sums = {"loss_sum": out.loss.item(), "steps": 1.0}
+            sums.update(self._generator_sums(batch, out.gen_logits, out.targets, out.gen_loss, baseline_id))
+            sums.update(_rtd_sums(out.rtd_logits, out.rtd_labels, real, out.rtd_loss))
         return LossResult(loss, sums)
+
+    def _generator_sums(
+        self,
+        batch: dict[str, torch.Tensor],
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        gen_loss: torch.Tensor,
+        baseline_id: int | None,
+    ) -> dict[str, float]:
+        """The generator's MLM statistics at the masked positions (joint or decoupled)."""
+        m = float(targets.numel())
+        sums = {
+            "gen_loss_sum": gen_loss.item() * m,
+            "correct": float((logits.argmax(-1) == targets).sum()),
+            "count": m,
+        }
+        if baseline_id is not None:
+            sums["baseline_correct"] = float((targets == baseline_id).sum())
+        sums.update(position_kind_sums(batch, logits, targets, self.mask_id, baseline_id))
+        return sums
 
     def _generator_step(
         self,
@@ -230,16 +252,8 @@ class ElectraTask(Task):
         m = float(out.targets.numel())
         loss = out.loss * (m / norm["count"]) if norm is not None else out.loss
         with torch.no_grad():
-            sums = {
-                "loss_sum": out.loss.item(),
-                "steps": 1.0,
-                "gen_loss_sum": out.loss.item() * m,
-                "correct": float((out.gen_logits.argmax(-1) == out.targets).sum()),
-                "count": m,
-            }
-            if baseline_id is not None:
-                sums["baseline_correct"] = float((out.targets == baseline_id).sum())
-            sums.update(position_kind_sums(batch, out.gen_logits, out.targets, self.mask_id, baseline_id))
+            sums = {"loss_sum": out.loss.item(), "steps": 1.0}
+            sums.update(self._generator_sums(batch, out.gen_logits, out.targets, out.loss, baseline_id))
         carry = {"input_ids": out.replaced.input_ids, "rtd_labels": out.replaced.labels}
         carry.update(_inputs(batch, ("attention_mask", "token_type_ids")))
         return LossResult(loss, sums, carry)
@@ -253,14 +267,8 @@ class ElectraTask(Task):
         n = float(out.real.sum())
         loss = self.rtd_weight * (out.loss * (n / norm["rtd_count"]) if norm is not None else out.loss)
         with torch.no_grad():
-            rtd_pred = (out.rtd_logits.float() > 0).float()
-            sums = {
-                "loss_sum": self.rtd_weight * out.loss.item(),
-                "rtd_loss_sum": out.loss.item() * n,
-                "rtd_correct": float((rtd_pred == out.rtd_labels)[out.real].sum()),
-                "rtd_count": n,
-                "replaced": float(out.rtd_labels[out.real].sum()),
-            }
+            sums = {"loss_sum": self.rtd_weight * out.loss.item()}
+            sums.update(_rtd_sums(out.rtd_logits, out.rtd_labels, out.real, out.loss))
         return LossResult(loss, sums)
 
     def summarize(self, s: dict[str, float]) -> dict[str, float]:
