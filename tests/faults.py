@@ -7,6 +7,8 @@ Which fault, on which rank, at which step, comes from environment variables the 
   CLOZE_INJECT_HANG=RANK:STEP              RANK stops making progress at the start of STEP, outside any collective
   CLOZE_CRASH_IN_SAVE=RANK[:STEP]          RANK exits (code CRASH_EXIT) in the middle of its next save (the save
                                            of STEP): its files written and fsynced, nothing committed
+  CLOZE_HASH_LOG=DIR                       not a fault, a witness: every checkpoint file this rank hashes (save or
+                                           resume) is appended to DIR/rank<R>.txt as "<tag dir> <file>"
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ NAN_ENV = "CLOZE_INJECT_NAN"
 NAN_GRAD_ENV = "CLOZE_INJECT_NAN_GRAD"
 HANG_ENV = "CLOZE_INJECT_HANG"
 CRASH_ENV = "CLOZE_CRASH_IN_SAVE"
+HASH_LOG_ENV = "CLOZE_HASH_LOG"
 CRASH_EXIT = 17
 """Exit code of a rank that CRASH_ENV ends in the middle of a save."""
 
@@ -80,8 +83,25 @@ class CrashInSave(Callback):
             os._exit(CRASH_EXIT)  # die with the files written but nothing committed
 
 
+def log_hashes(directory: Path) -> None:
+    """Record every file trainer.checkpoint hashes in this process (HASH_LOG_ENV)."""
+    import trainer.checkpoint as ckpt
+
+    hash_file = ckpt.hash_file
+    log = directory / f"rank{os.environ.get('RANK', '0')}.txt"
+
+    def logged(path: Path, fsync: bool = False) -> str:
+        with log.open("a") as f:
+            f.write(f"{path.parent.name} {path.name}\n")
+        return hash_file(path, fsync)
+
+    ckpt.hash_file = logged  # type: ignore[assignment]
+
+
 def callbacks() -> list[Callback]:
     """What `--plugin tests.faults` installs: only the faults whose variable is set."""
+    if os.environ.get(HASH_LOG_ENV):
+        log_hashes(Path(os.environ[HASH_LOG_ENV]))
     chosen: list[tuple[str, Callback]] = [
         (NAN_ENV, NaNLoss()),
         (NAN_GRAD_ENV, NaNGradient()),

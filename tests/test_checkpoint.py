@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import read_scalars
 from tests.conftest import train_tiny_bert as train
-from tests.faults import CRASH_ENV, CRASH_EXIT
+from tests.faults import CRASH_ENV, CRASH_EXIT, HASH_LOG_ENV
 from trainer.checkpoint import COMPLETE, CheckpointError, find_resume
 
 
@@ -69,12 +69,31 @@ def test_crash_in_the_middle_of_a_save(tmp_path: Path, dataset_dir: Path, refere
     assert "resumed from" not in crashed.stdout
     assert (ck / "latest").read_text().strip() == "step00000005"
     assert (ck / ".tmp-step00000010").is_dir() and not (ck / "step00000010").exists()
-    resumed = train(dataset_dir, run, "checkpoint.every_steps=5")
+    witness = tmp_path / "hashed"
+    witness.mkdir()
+    resumed = train(
+        dataset_dir,
+        run,
+        "checkpoint.every_steps=5",
+        "--plugin",
+        "tests.faults",
+        **{HASH_LOG_ENV: str(witness)},
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout and "at step 5" in resumed.stdout
     assert read_scalars(run / "tensorboard", "train/loss") == read_scalars(
         reference / "tensorboard", "train/loss"
     )
+    # Scale (issue 19): each rank hashed only its own files, each file once, on resume and on save.
+    hashed = {r: (witness / f"rank{r}.txt").read_text().split("\n")[:-1] for r in (0, 1)}
+    model, optim = "mp_rank_00_model_states.pt", "zero_pp_rank_{}_mp_rank_00_optim_states.pt"
+    for tag in ("step00000005", ".tmp-step00000010", ".tmp-step00000015", ".tmp-step00000020"):
+        assert sorted(x for x in hashed[0] if x.startswith(tag + " ")) == [
+            f"{tag} {model}",
+            f"{tag} {optim.format(0)}",
+        ]
+        assert [x for x in hashed[1] if x.startswith(tag + " ")] == [f"{tag} {optim.format(1)}"]
+    assert len(hashed[0]) == 8 and len(hashed[1]) == 4
 
 
 def _damaged_copy(reference: Path, tmp_path: Path) -> tuple[Path, Path]:

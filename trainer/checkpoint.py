@@ -1,19 +1,23 @@
 """Atomic, verified checkpoints on top of DeepSpeed's sharded save.
 
-Save (all ranks):  DeepSpeed writes into <ckpt>/.tmp-<tag> (never touching `latest`); every rank fsyncs;
-barrier; rank 0 checks that every rank's files are there, writes checkpoint.json (each file's size and sha256,
-step, data position, resolved config), then COMPLETE, renames the directory to <tag>, and replaces `latest`
-atomically. A crash at any point leaves `latest` naming the previous complete checkpoint. Saving a tag that
+Save (all ranks):  DeepSpeed writes into <ckpt>/.tmp-<tag> (never touching `latest`); each rank fsyncs and hashes
+the files it wrote itself (one read of each, from the page cache, while slower ranks are still writing); barrier;
+rank 0 gathers the digests, checks that every rank's files are there, writes checkpoint.json (each file's size and
+sha256, step, data position, resolved config), then COMPLETE, renames the directory to <tag>, and replaces `latest`
+atomically. Rank 0's own extra work is O(number of files): it reads no other rank's bytes. A crash at any point leaves `latest` naming the previous complete checkpoint. Saving a tag that
 already exists sets the old directory aside (`.tmp-old-<tag>`), renames the new one in, moves `latest`, and only
 then deletes the old one; a crash between the first two renames is undone on resume (the old one is put back).
 
-Resume: `latest` (or, if a crash hit between the rename and `latest`, the newest COMPLETE tag) is verified
-(sizes always, sha256 on request) before DeepSpeed loads it. Checkpoints present but none valid, or a `latest`
+Resume: `latest` (or, if a crash hit between the rename and `latest`, the newest COMPLETE tag) is verified before
+DeepSpeed loads it: rank 0 checks the layout (every listed file there with its size, nothing unlisted), then each
+rank checks the contents (sha256 on request, safe unpickling) of its share of the files (`share`: its own rank's
+files, the shared ones dealt out in turn), and the verdicts are gathered so that one bad file stops every rank. Checkpoints present but none valid, or a `latest`
 that is empty or names nothing, is an error naming the file: never a silent fresh start.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,7 +29,6 @@ from typing import Any
 
 from cloze_errors import ClozeError
 from data_pipeline.manifest import atomic_write
-from data_pipeline.tokenizer import sha256_file
 
 from . import distributed as D
 
@@ -59,11 +62,38 @@ def tag_for(step: int) -> str:
     return f"step{step:08d}"
 
 
-def _fsync_tree(path: Path) -> None:
-    for p in sorted(path.rglob("*")):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
+_RANK_FILE = re.compile(r"(?:^|/)(?:bf16_)?zero_pp_rank_(\d+)_")
+
+
+def owner(name: str) -> int | None:
+    """The rank a checkpoint file belongs to (DeepSpeed's `zero_pp_rank_N_...`), None for a file of no one rank
+    (`mp_rank_00_model_states.pt`, written by rank 0 and read by all; a universal checkpoint's parameter files)."""
+    m = _RANK_FILE.search(name)
+    return int(m.group(1)) if m else None
+
+
+def share(names: list[str], rank: int, world_size: int) -> list[str]:
+    """The files `rank` of `world_size` checks: its own rank's files, and every world_size-th of the rest (in sorted
+    order). Each file is checked by exactly one rank; a rank's own optimizer shard by the rank that loads it."""
+    common = sorted(n for n in names if owner(n) is None)
+    mine = [n for n in names if (o := owner(n)) is not None and o % world_size == rank]
+    return sorted(mine + common[rank::world_size])
+
+
+def hash_file(path: Path, fsync: bool = False) -> str:
+    """sha256 of a file, fsyncing it after the read when asked (one pass over the bytes for both). Every checkpoint
+    hash goes through here."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+        if fsync:
+            os.fsync(f.fileno())
+    return h.hexdigest()
+
+
+def _digest(path: Path, fsync: bool = False) -> dict[str, Any]:
+    return {"bytes": path.stat().st_size, "sha256": hash_file(path, fsync)}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -106,19 +136,27 @@ def save(
         shutil.rmtree(root / tmp_tag, ignore_errors=True)
     D.barrier()
     engine.save(root, tmp_tag, client_state)
-    _fsync_tree(root / tmp_tag)
+    tmp = root / tmp_tag
+    # This rank's own files (owner N, or rank 0's files of no one rank): fsync and sha256 in one read, before the
+    # barrier, so hashing overlaps the other ranks' writes and no rank reads another's bytes.
+    rank = D.rank()
+    own = [n for n in expected if (owner(n) or 0) == rank]
+    mine = {n: _digest(tmp / n, fsync=True) for n in own if (tmp / n).is_file()}
     if written is not None:
-        written(root / tmp_tag)
+        written(tmp)
     D.barrier()
+    gathered = D.all_gather_object(mine)
     final = root / tag
     if is_main:
-        tmp = root / tmp_tag
-        missing = [f for f in expected if not (tmp / f).is_file()]
+        files: dict[str, dict[str, Any]] = {}
+        for part in gathered:
+            files.update(part)  # type: ignore[arg-type]
+        missing = [f for f in expected if f not in files]
         if missing:
             raise CheckpointError(
                 f"checkpoint {tmp} lacks {', '.join(missing)} after save; not marking it complete"
             )
-        _commit(root, tmp, tag, {"step": step, "expected": expected, "client_state": client_state})
+        _commit(root, tmp, tag, {"step": step, "expected": expected, "client_state": client_state}, files)
         prune(root, keep_last)
     D.barrier()
     return final
@@ -150,18 +188,25 @@ def convert_to_universal(
     return new
 
 
-def _commit(root: Path, tmp: Path, tag: str, meta: dict[str, Any]) -> None:
+def _commit(
+    root: Path, tmp: Path, tag: str, meta: dict[str, Any], hashed: dict[str, dict[str, Any]] | None = None
+) -> None:
     """Make the files in `tmp` the complete checkpoint `tag`: checkpoint.json (every file's size and sha256, plus
     `meta`), COMPLETE, fsync, rename to `root/tag`, then replace `latest` atomically. Until the rename nothing is
-    visible, and `latest` only ever names a complete directory."""
-    files = {
-        str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in sorted(tmp.rglob("*"))
-        if p.is_file()
-    }
+    visible, and `latest` only ever names a complete directory. `hashed`: the digests the ranks computed of their
+    own files; any other file (one a callback wrote) is hashed and fsynced here."""
+    hashed = hashed or {}
+    files = {}
+    for p in sorted(tmp.rglob("*")):
+        if p.is_file():
+            name = str(p.relative_to(tmp))
+            files[name] = hashed[name] if name in hashed else _digest(p, fsync=True)
     (tmp / META).write_text(json.dumps({**meta, "tag": tag, "files": files}, indent=1, default=str) + "\n")
     (tmp / COMPLETE).write_text(tag + "\n")
-    _fsync_tree(tmp)
+    for name in (META, COMPLETE):
+        with open(tmp / name, "rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(tmp)
     final = root / tag
     aside = root / (ASIDE_PREFIX + tag)
     if final.exists():  # a checkpoint of the same tag from an earlier attempt: set it aside, delete it last
@@ -210,8 +255,18 @@ def prune(root: Path, keep_last: int) -> None:
 def verify(
     path: Path, hashes: bool, check_file: Callable[[Path], str | None] | None = None
 ) -> dict[str, Any]:
-    """Check a checkpoint directory against its checkpoint.json; return the metadata. `check_file` (the engine's
-    weights-only unpickling) refuses a .pt file that would run code when loaded."""
+    """Check a checkpoint directory against its checkpoint.json, every file in this process (`cloze export`,
+    `cloze convert`); return the metadata. `check_file` (the engine's weights-only unpickling) refuses a .pt file
+    that would run code when loaded. A resume on several ranks splits this: verify_layout on rank 0, then
+    verify_contents of each rank's `share`."""
+    meta = verify_layout(path)
+    verify_contents(path, meta, sorted(meta["files"]), hashes, check_file)
+    return meta
+
+
+def verify_layout(path: Path) -> dict[str, Any]:
+    """What costs O(number of files): the COMPLETE marker, checkpoint.json, every expected and listed file present
+    with its listed size, no file it does not list. Returns the metadata."""
     if not (path / COMPLETE).is_file():
         raise CheckpointError(f"checkpoint {path} has no {COMPLETE} marker: it was not finished; delete it")
     try:
@@ -240,7 +295,21 @@ def verify(
                 f"checkpoint file {f} has {f.stat().st_size} bytes, expected {info['bytes']}: it is damaged; "
                 f"restore it or delete {path}"
             )
-        if hashes and sha256_file(f) != info["sha256"]:
+    return meta
+
+
+def verify_contents(
+    path: Path,
+    meta: dict[str, Any],
+    names: list[str],
+    hashes: bool,
+    check_file: Callable[[Path], str | None] | None = None,
+) -> None:
+    """What costs O(bytes), for the files `names` only: each one's sha256 against checkpoint.json (when `hashes`),
+    and `check_file` on each file torch.load would unpickle."""
+    for name in names:
+        f, info = path / name, meta["files"][name]
+        if hashes and hash_file(f) != info["sha256"]:
             raise CheckpointError(
                 f"checkpoint file {f} fails its sha256 check: it is damaged; restore it or delete {path}"
             )
@@ -252,7 +321,6 @@ def verify(
                     "source, say so on the command line: `cloze export/convert --trusted`, or `cloze train ... "
                     "checkpoint.trusted=true`"
                 )
-    return meta
 
 
 def _may_unpickle(f: Path) -> bool:

@@ -24,7 +24,7 @@ from . import distributed as D
 from .callbacks import Callback, overriding
 from .config import RunConfig
 from .distributed import DistInfo
-from .engine import Engine, checkpoint_mismatch, verify_checkpoint
+from .engine import Engine, checkpoint_mismatch, verify_checkpoint_share
 
 
 @dataclass
@@ -113,41 +113,52 @@ class Checkpointer:
         self.beat: Callable[[str], None] = lambda where: None
 
     def find(self, model: Any) -> ResumePoint | None:
-        """The checkpoint to resume from (checkpoint.resume), verified. Rank 0 finds and verifies; every rank gets
-        the verdict, so a bad checkpoint stops all of them at once. Another world size or model shape is named
-        here, not by DeepSpeed's or torch's traceback."""
+        """The checkpoint to resume from (checkpoint.resume), verified. Rank 0 finds it and checks its layout (files
+        and sizes, O(number of files)); then each rank checks the contents of its share of the files (sha256, safe
+        unpickling) and every rank gets every verdict, so a bad checkpoint stops all of them at once. Another world
+        size or model shape is named here, not by DeepSpeed's or torch's traceback."""
         if not self.cfg.checkpoint.resume:
             return None
-        verdict: tuple[ResumePoint | None, str | None] = (None, None)
+        verdict: tuple[ResumePoint | None, dict[str, Any] | None, str | None] = (None, None, None)
         if self.info.is_main:
             try:
-                verdict = (self._verify(model), None)
+                verdict = (*self._verify(model), None)
             except ckpt.CheckpointError as e:
-                verdict = (None, str(e))
-        point, error = cast(tuple[ResumePoint | None, str | None], D.broadcast_object(verdict))
+                verdict = (None, None, str(e))
+        point, meta, error = cast(
+            tuple[ResumePoint | None, dict[str, Any] | None, str | None], D.broadcast_object(verdict)
+        )
         if error is not None:
             raise ckpt.CheckpointError(error)
+        if point is None or meta is None:
+            return None
+        c = self.cfg.checkpoint
+        mine = verify_checkpoint_share(
+            self.root / point.tag, meta, c.trusted, c.verify_hashes, self.info.rank, self.info.world_size
+        )
+        refused = [e for e in D.all_gather_object(mine) if e is not None]
+        if refused:
+            raise ckpt.CheckpointError(str(refused[0]))
         return point
 
-    def _verify(self, model: Any) -> ResumePoint | None:
+    def _verify(self, model: Any) -> tuple[ResumePoint | None, dict[str, Any] | None]:
         found = ckpt.find_resume(self.root)
         if found is None:
-            return None
-        meta = verify_checkpoint(
-            self.root / found, self.cfg.checkpoint.trusted, self.cfg.checkpoint.verify_hashes
-        )
+            return None, None
+        meta = ckpt.verify_layout(self.root / found)
         mismatch = checkpoint_mismatch(self.root / found, meta, model, self.info.world_size, self.cfg)
         if mismatch is not None:
             raise ckpt.CheckpointError(mismatch)
         # The data position comes from checkpoint.json, which a universal conversion carries over as well.
         saved = meta.get("client_state", {})
-        return ResumePoint(
+        point = ResumePoint(
             tag=found,
             consumed=saved.get("consumed_samples"),
             skipped=saved.get("skipped_samples"),
             schedule=saved_schedule(saved),
             notes=[dataset_change(self.root / found, saved, self.manifest, self.cfg)],
         )
+        return point, meta
 
     def restore(self, engine: Engine, point: ResumePoint, progress: Progress) -> None:
         """Load the engine's state from `point` and set `progress` to where that run stopped."""

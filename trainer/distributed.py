@@ -230,3 +230,16 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_object(obj: object) -> list[object]:
+    """Every rank's `obj`, in rank order, on every rank ([obj] without a process group)."""
+    if not initialized():
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def world_size() -> int:
+    return dist.get_world_size() if initialized() else 1

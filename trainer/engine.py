@@ -389,6 +389,21 @@ def verify_checkpoint(tag_dir: str | Path, trusted: bool, hashes: bool = True) -
     return ckpt.verify(Path(tag_dir), hashes=hashes, check_file=None if trusted else check_checkpoint_file)
 
 
+def verify_checkpoint_share(
+    tag_dir: str | Path, meta: dict[str, Any], trusted: bool, hashes: bool, rank: int, world_size: int
+) -> str | None:
+    """verify_checkpoint's per-file checks (sha256, safe unpickling) for this rank's share of the files
+    (trainer.checkpoint.share), after rank 0 has checked the layout (ckpt.verify_layout): a resume on N ranks checks
+    every file once, each rank reading only its share. Returns the refusal, or None."""
+    names = ckpt.share(sorted(meta["files"]), rank, world_size)
+    check = None if trusted else check_checkpoint_file
+    try:
+        ckpt.verify_contents(Path(tag_dir), meta, names, hashes, check)
+    except ckpt.CheckpointError as e:
+        return str(e)
+    return None
+
+
 def _saved_shapes(tag_dir: Path) -> dict[str, tuple[int, ...]] | None:
     """Parameter name -> shape as DeepSpeed saved them (its `param_shapes`, else the full `module` state dict), read
     weights-only; None when there is no model-states file to read them from."""
