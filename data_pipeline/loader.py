@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,14 @@ class ShardReader:
     Integrity is checked where the bytes are read, so its cost follows the samples a rank reads, not the size of
     the dataset: a shard's index is checked against the manifest's index_sha256 when it is first opened, each
     sample's bytes against the crc32 in the index (format version 2), and the decoded arrays against the
-    manifest (SampleCheck). Any failure is an InputError naming the shard file and the sample."""
+    manifest (SampleCheck). Any failure is an InputError naming the shard file and the sample.
+
+    Memory and open files stay bounded however many shards an epoch touches: the indexes and file handles of the
+    OPEN_SHARDS most recently read shards are kept (least recently used evicted, its file closed); a shard read
+    again after eviction has its index read and checked again (a few KB per shard; samples of one shard are read
+    together, so eviction is rare)."""
+
+    OPEN_SHARDS = 8
 
     def __init__(self, directory: str | Path, manifest: Manifest, split: str) -> None:
         self.dir = Path(directory)
@@ -112,9 +120,9 @@ class ShardReader:
         self.counts = np.asarray([s.samples for s in self.shards], dtype=np.int64)
         self.columns = 3 if manifest.version >= 2 else 2  # version 1 indexes have no crc32 column
         self.check = SampleCheck(manifest)
-        self._index: dict[int, np.ndarray] = {}
+        self._index: OrderedDict[int, np.ndarray] = OrderedDict()
         self._broken: dict[int, str] = {}
-        self._files: dict[int, Any] = {}
+        self._files: OrderedDict[int, Any] = OrderedDict()
 
     def __len__(self) -> int:
         return int(self.counts.sum())
@@ -122,28 +130,33 @@ class ShardReader:
     def _offsets(self, shard: int) -> np.ndarray:
         if shard in self._broken:
             raise InputError(self._broken[shard])
-        if shard not in self._index:
-            entry = self.shards[shard]
-            path = self.dir / entry.index
-            try:
-                raw = path.read_bytes()
-                idx = np.load(io.BytesIO(raw), allow_pickle=False)
-            except (OSError, ValueError) as e:
-                self._broken[shard] = f"index {path} is missing or unreadable ({e}); rebuild the dataset"
-                raise InputError(self._broken[shard]) from None
-            if hashlib.sha256(raw).hexdigest() != entry.index_sha256:
-                self._broken[shard] = (
-                    f"index {path}: its sha256 differs from the manifest's (damaged, or taken from another "
-                    "dataset); rebuild the dataset or restore the file"
-                )
-            elif idx.shape != (entry.samples, self.columns) or idx.dtype != np.int64:
-                self._broken[shard] = (
-                    f"index {path} has shape {idx.shape}, the manifest says ({entry.samples}, {self.columns})"
-                )
-            if shard in self._broken:
-                raise InputError(self._broken[shard])
-            self._index[shard] = idx
-        return self._index[shard]
+        idx = self._index.get(shard)
+        if idx is not None:
+            self._index.move_to_end(shard)
+            return idx
+        entry = self.shards[shard]
+        path = self.dir / entry.index
+        try:
+            raw = path.read_bytes()
+            idx = np.load(io.BytesIO(raw), allow_pickle=False)
+        except (OSError, ValueError) as e:
+            self._broken[shard] = f"index {path} is missing or unreadable ({e}); rebuild the dataset"
+            raise InputError(self._broken[shard]) from None
+        if hashlib.sha256(raw).hexdigest() != entry.index_sha256:
+            self._broken[shard] = (
+                f"index {path}: its sha256 differs from the manifest's (damaged, or taken from another "
+                "dataset); rebuild the dataset or restore the file"
+            )
+        elif idx.shape != (entry.samples, self.columns) or idx.dtype != np.int64:
+            self._broken[shard] = (
+                f"index {path} has shape {idx.shape}, the manifest says ({entry.samples}, {self.columns})"
+            )
+        if shard in self._broken:
+            raise InputError(self._broken[shard])
+        self._index[shard] = idx
+        if len(self._index) > self.OPEN_SHARDS:
+            self._index.popitem(last=False)
+        return idx
 
     def read(self, shard: int, i: int) -> dict[str, np.ndarray]:
         row = self._offsets(shard)[i]
@@ -152,9 +165,13 @@ class ShardReader:
         f = self._files.get(shard)
         if f is None:
             try:
-                f = self._files[shard] = open(name, "rb")  # noqa: SIM115 - kept open across reads, closed in close()
+                f = self._files[shard] = open(name, "rb")  # noqa: SIM115 - kept open across reads, closed on eviction
             except OSError as e:
                 raise InputError(f"shard {name} cannot be opened ({e}); rebuild or restore it") from None
+            if len(self._files) > self.OPEN_SHARDS:
+                self._files.popitem(last=False)[1].close()
+        else:
+            self._files.move_to_end(shard)
         f.seek(start)
         raw = f.read(end - start)
         if len(raw) != end - start:

@@ -74,6 +74,27 @@ def test_indexed_reader_equals_webdataset(dataset_dir: Path) -> None:
             np.testing.assert_array_equal(s["labels"], x["labels.npy"])
 
 
+def test_reader_keeps_a_bounded_number_of_shards_open(dataset_dir: Path) -> None:
+    """Scale (issue 19): however many shards a pass touches, the reader holds at most OPEN_SHARDS indexes and open
+    files (least recently used evicted); a shard read again after eviction reads the same samples."""
+    m = read_manifest(dataset_dir)
+    reader = ShardReader(dataset_dir, m, "train")
+    reader.OPEN_SHARDS = 2
+    n = len(reader.shards)
+    assert n > 3, "the fixture must have more shards than the reader keeps"
+    first = [reader.read(s, 0)["input_ids"] for s in range(n)]
+    assert len(reader._index) == 2 and len(reader._files) == 2
+    assert list(reader._index) == [n - 2, n - 1]  # the most recently used survive
+    reader.read(n - 2, 1)  # a hit moves its shard to the end
+    reader.read(0, 0)
+    assert list(reader._index) == [n - 2, 0] and list(reader._files) == [n - 2, 0]
+    again = [reader.read(s, 0)["input_ids"] for s in reversed(range(n))][::-1]
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    reader.close()
+    assert not reader._files
+
+
 def expected_packed(
     tokenizer_dir: Path, seed: int, split: str, valid_fraction: float, seq_len: int, block: int
 ) -> np.ndarray:
