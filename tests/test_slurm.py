@@ -1,4 +1,4 @@
-"""Launching on a real SLURM cluster (munge + slurmctld + two slurmd emulating node1 and node2 on this machine,
+"""Launching on a real SLURM cluster (munge + slurmctld + four slurmd emulating node1 ... node4 on this machine,
 started under a temporary directory) and under real MPI (Open MPI's mpirun, SLURM's pmix plugin)."""
 
 from __future__ import annotations
@@ -74,7 +74,14 @@ def wait_job(c: LocalCluster, job: str, timeout: float = 180, nudge: bool = Fals
     raise AssertionError(f"job {job} did not end within {timeout}s (state {job_field(c, job, 'JobState')})")
 
 
-def submit(c: LocalCluster, dataset_dir: Path, run: Path, *extra: str) -> str:
+NODES, TASKS = 4, 2
+"""The training jobs' shape: more than two nodes and more than one task per node, so the rank mapping (rank = node
+x tasks + local rank, the master on the first node) is tested, not assumed (issue 19)."""
+
+
+def submit(
+    c: LocalCluster, dataset_dir: Path, run: Path, *extra: str, nodes: int = NODES, tasks: int = TASKS
+) -> str:
     proc = cloze(
         c,
         "submit",
@@ -82,10 +89,13 @@ def submit(c: LocalCluster, dataset_dir: Path, run: Path, *extra: str) -> str:
         f"data.path={dataset_dir}",
         f"run_dir={run}",
         "trainer.max_steps=40",
+        "trainer.micro_batch_size=2",  # global batch 16 over 8 ranks
         "trainer.eval_every=0",
         "logging.log_every=1",
         "--nodes",
-        "2",
+        str(nodes),
+        "--tasks-per-node",
+        str(tasks),
         "--gpus-per-node",
         "0",
         *extra,
@@ -97,7 +107,7 @@ def submit(c: LocalCluster, dataset_dir: Path, run: Path, *extra: str) -> str:
 
 def rank_logs(run: Path, job: str, restart: int = 0) -> list[str]:
     d = run / "logs" / f"job-{job}-restart-{restart}"
-    return [(d / f"rank-{r}.log").read_text() for r in (0, 1)]
+    return [(d / f"rank-{r}.log").read_text() for r in range(NODES * TASKS)]
 
 
 @pytest.fixture(scope="module")
@@ -178,20 +188,21 @@ def test_submit_refuses_a_bad_run_before_submitting(tmp_path: Path, dataset_dir:
     )
 
 
-def test_two_node_job_trains_and_checkpoints(finished: tuple[Path, str]) -> None:
+def test_four_node_two_task_job_trains_and_checkpoints(finished: tuple[Path, str]) -> None:
     run, job = finished
     log = (run / "slurm" / f"job-{job}.log").read_text()
-    assert "cloze: training finished" in log and "on node[1-2] (2 nodes x 1 tasks)" in log
+    assert "cloze: training finished" in log and "on node[1-4] (4 nodes x 2 tasks)" in log
     assert sorted(read_scalars(run / "tensorboard", "train/loss")) == list(range(1, 41))
     assert (run / "checkpoints" / "latest").read_text().strip() == "step00000040"
     assert (run / "checkpoints" / "step00000040" / "COMPLETE").is_file()
     seen = []
     for text in rank_logs(run, job):
-        m = re.search(r"cloze: rank (\d)/2 local_rank 0 SLURM_NODEID=(\d) via slurm; master (\S+)", text)
+        m = re.search(r"cloze: rank (\d)/8 local_rank (\d) SLURM_NODEID=(\d) via slurm; master (\S+)", text)
         assert m, text[:2000]
         seen.append(m.groups())
-    assert [(r, n) for r, n, _ in seen] == [("0", "0"), ("1", "1")]  # each task on its own node
-    assert seen[0][2] == seen[1][2] == f"127.0.0.1:{20000 + int(job) % 10000}"  # the same master
+    # rank = node x 2 + local rank: node1 holds ranks 0-1, node4 ranks 6-7
+    assert [(int(r), int(lr), int(n)) for r, lr, n, _ in seen] == [(r, r % 2, r // 2) for r in range(8)]
+    assert {m for *_, m in seen} == {f"127.0.0.1:{20000 + int(job) % 10000}"}  # one master
 
 
 def test_usr1_checkpoints_requeues_and_resumes_exactly(
@@ -211,7 +222,7 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(
     log = (run / "slurm" / f"job-{job}.log").read_text()
     assert "requeueing (restart 1 of at most 10)" in log
     stopped = int((run / "logs" / f"job-{job}-restart-0" / "preempted").read_text())
-    assert f"cloze: job {job} restart 1 on node[1-2]" in log  # SLURM_RESTART_COUNT=1 in the restarted job
+    assert f"cloze: job {job} restart 1 on node[1-4]" in log  # SLURM_RESTART_COUNT=1 in the restarted job
     resumed = rank_logs(run, job, restart=1)[0]
     m = re.search(r"resumed from \S+ at step (\d+)", resumed)
     assert m and 3 <= int(m.group(1)) < 40 and int(m.group(1)) == stopped, resumed[:3000]
@@ -234,6 +245,8 @@ def test_a_failing_job_is_not_requeued_and_its_error_is_in_the_job_log(
         "tests.faults",
         "--env",
         "CLOZE_INJECT_NAN=0:1:99",
+        nodes=2,
+        tasks=1,
     )
     assert wait_job(cluster, job) == "FAILED"
     assert job_field(cluster, job, "Restarts") == "0"

@@ -1,5 +1,5 @@
 """A real SLURM cluster on this machine, for tests and for trying `cloze submit` without a cluster: munge,
-slurmctld and two slurmd daemons emulating two nodes (node1, node2), everything under one directory.
+slurmctld and one slurmd daemon per emulated node (node1 ... node4 by default), everything under one directory.
 
     python -m launch.slurm.cluster install         # apt-get the Debian packages (root), if missing
     python -m launch.slurm.cluster up DIR          # start; prints `export SLURM_CONF=DIR/slurm.conf`
@@ -25,7 +25,8 @@ from cloze_errors import ClozeError
 
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge", "openmpi-bin", "libopenmpi-dev"]
 COMMANDS = ["slurmctld", "slurmd", "munged", "sbatch", "srun", "scontrol", "mpirun"]
-NODES = ("node1", "node2")
+NODES = 4
+"""Emulated nodes by default: enough for a job of more than two nodes with several tasks on each (4 x 2 ranks)."""
 
 
 class ClusterError(ClozeError, RuntimeError):
@@ -78,11 +79,12 @@ def _free_ports(n: int) -> list[int]:
 
 
 class LocalCluster:
-    """munged + slurmctld + slurmd x 2 under `root`; `env()` is what client commands and jobs need."""
+    """munged + slurmctld + one slurmd per node under `root`; `env()` is what client commands and jobs need."""
 
-    def __init__(self, root: str | Path, cpus_per_node: int = 2) -> None:
+    def __init__(self, root: str | Path, cpus_per_node: int = 2, nodes: int = NODES) -> None:
         self.root = Path(root).resolve()
         self.cpus = cpus_per_node
+        self.nodes = [f"node{i}" for i in range(1, nodes + 1)]
         self.conf = self.root / "slurm.conf"
 
     def env(self) -> dict[str, str]:
@@ -97,7 +99,13 @@ class LocalCluster:
     def start(self, timeout: float = 30) -> None:
         install()
         r = self.root
-        for sub in ("munge", "state", "log", *(f"spool/{n}" for n in NODES), *(f"tmp/{n}" for n in NODES)):
+        for sub in (
+            "munge",
+            "state",
+            "log",
+            *(f"spool/{n}" for n in self.nodes),
+            *(f"tmp/{n}" for n in self.nodes),
+        ):
             (r / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(r, 0o755)
         os.chmod(r / "munge", 0o755)  # munged refuses a socket directory others can write to
@@ -119,7 +127,8 @@ class LocalCluster:
             check=True,
             capture_output=True,
         )
-        ctld, d1, d2 = _free_ports(3)
+        ctld, *ports = _free_ports(1 + len(self.nodes))
+        names = f"node[1-{len(self.nodes)}]"
         host = socket.gethostname()
         self.conf.write_text(
             "\n".join(
@@ -151,22 +160,22 @@ class LocalCluster:
                     f"SlurmdLogFile={r / 'log' / 'slurmd-%n.log'}",
                     "SlurmctldDebug=info",
                     "SlurmdDebug=info",
-                    f"NodeName=node[1-2] NodeHostname={host} NodeAddr=127.0.0.1 Port={d1}-{d2} "
+                    f"NodeName={names} NodeHostname={host} NodeAddr=127.0.0.1 Port={ports[0]}-{ports[-1]} "
                     f"CPUs={self.cpus} RealMemory=1000 State=UNKNOWN",
-                    "PartitionName=debug Nodes=node[1-2] Default=YES MaxTime=INFINITE State=UP",
+                    f"PartitionName=debug Nodes={names} Default=YES MaxTime=INFINITE State=UP",
                     "",
                 ]
             )
         )
         env = self.env()
         subprocess.run([_sbin("slurmctld"), "-i"], env=env, check=True, capture_output=True)
-        for node in NODES:
+        for node in self.nodes:
             subprocess.run([_sbin("slurmd"), "-N", node], env=env, check=True, capture_output=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             out = self.run("sinfo", "-h", "-N", "-o", "%N %t", check=False)
             states = dict(line.split() for line in out.stdout.splitlines() if line.strip())
-            if out.returncode == 0 and all(states.get(n) == "idle" for n in NODES):
+            if out.returncode == 0 and all(states.get(n) == "idle" for n in self.nodes):
                 return
             time.sleep(0.2)
         self.stop()
@@ -181,7 +190,7 @@ class LocalCluster:
 
     def pid_files(self) -> list[Path]:
         r = self.root
-        return [*(r / f"slurmd-{n}.pid" for n in NODES), r / "slurmctld.pid", r / "munge" / "munged.pid"]
+        return [*(r / f"slurmd-{n}.pid" for n in self.nodes), r / "slurmctld.pid", r / "munge" / "munged.pid"]
 
     def stop(self) -> None:
         """SIGTERM each daemon named by a PID file, then SIGKILL what is still running after 5 s."""
@@ -214,19 +223,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m launch.slurm.cluster", description=__doc__)
     p.add_argument("action", choices=["install", "up", "down"])
     p.add_argument("dir", nargs="?", default="/tmp/cloze-slurm")
+    p.add_argument("--nodes", type=int, default=NODES, help=f"emulated nodes (default {NODES})")
     args = p.parse_args(argv)
     try:
         if args.action == "install":
             install()
             print("SLURM, munge and Open MPI are installed")
         elif args.action == "up":
-            cluster = LocalCluster(args.dir)
+            cluster = LocalCluster(args.dir, nodes=args.nodes)
             cluster.start()
             print(
-                f"local SLURM cluster up (node1, node2) under {cluster.root}\nexport SLURM_CONF={cluster.conf}"
+                f"local SLURM cluster up ({', '.join(cluster.nodes)}) under {cluster.root}\n"
+                f"export SLURM_CONF={cluster.conf}"
             )
         else:
-            LocalCluster(args.dir).stop()
+            LocalCluster(args.dir, nodes=args.nodes).stop()
             print(f"local SLURM cluster under {args.dir} stopped")
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
