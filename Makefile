@@ -33,7 +33,7 @@ system-deps: setup
 test: setup system-deps
 	$(PY) -m pytest -q
 
-# A local 2-node SLURM cluster (munge + slurmctld + 2 slurmd) under $(SLURM_DIR), for trying `cloze submit`.
+# A local 4-node SLURM cluster (munge + slurmctld + 4 slurmd) under $(SLURM_DIR), for trying `cloze submit`.
 SLURM_DIR ?= /tmp/cloze-slurm
 slurm-up: system-deps
 	$(PY) -m launch.slurm.cluster up $(SLURM_DIR)

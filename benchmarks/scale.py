@@ -65,13 +65,27 @@ def base_dataset(work: Path) -> Path:
     tok, out = work / "tokenizer", work / "base"
     if not (out / MANIFEST).exists():
         train_tokenizer(["builtin:stdlib-docs"], tok, vocab_size=500)
-        opts = ShardOptions(objective="tokens", seq_len=32, valid_fraction=0.0, docs_per_block=256)
+        opts = ShardOptions(objective="tokens", seq_len=32, valid_fraction=0.0, docs_per_block=16)
         write_shards(["builtin:stdlib-docs"], tok, out, opts, workers=1)
     return out
 
 
+LINKS_PER_INODE = 30_000
+"""Under ext4's limit of 65,000 links per inode (the datasets of several sizes link to the same sources)."""
+
+
+def link_source(f: Path, k: int) -> Path:
+    """The k-th copy of `f` to hard-link to (copy 0 is `f` itself)."""
+    if k == 0:
+        return f
+    copy = f.with_name(f"{f.name}.copy{k}")
+    if not copy.exists():
+        shutil.copy2(f, copy)
+    return copy
+
+
 def simulated(base: Path, work: Path, n: int) -> Path:
-    """A dataset of `n` train shards, each a hard link to the base's first train shard and its index."""
+    """A dataset of `n` train shards, each a hard link to (a copy of) the base's first train shard and its index."""
     d = work / f"shards-{n}"
     if (d / MANIFEST).exists():
         return d
@@ -83,7 +97,7 @@ def simulated(base: Path, work: Path, n: int) -> Path:
         name = f"train-{i:06d}.tar"
         for src, dst in ((entry["name"], name), (entry["index"], name + ".idx")):
             if not (d / dst).exists():
-                os.link(base / src, d / dst)
+                os.link(link_source(base / src, i // LINKS_PER_INODE), d / dst)
         shards.append({**entry, "name": name, "index": name + ".idx"})
     raw["shards"] = shards
     listed = {x["name"] for x in raw["shards"]} | {x["index"] for x in raw["shards"]}
@@ -169,7 +183,9 @@ def data_table(args: argparse.Namespace, work: Path) -> None:
 
     base = base_dataset(work)
     samples = read_manifest(base).shards_of("train")[0].samples
-    print(f"\n## Data: simulated datasets (every shard a hard link to one real shard of {samples} samples)\n")
+    print(
+        f"\n### Data: simulated datasets (every shard a hard link to one real shard of {samples} samples)\n"
+    )
     print(
         "| shards | manifest MiB | read_manifest s | fingerprint s | start-up + first batch s (sample 0) | "
         f"same from sample 10^{len(str(RESUME_AT)) - 1} | ratio | cloze verify s |"
@@ -194,7 +210,7 @@ def data_table(args: argparse.Namespace, work: Path) -> None:
             mem_rows.append(("unbounded (before)", *reader_memory(d, False)))
         view_rows.append((n, [views(d, w) for w in args.worlds]))
     print(
-        "\n## Ranks' views: ms per rank to place its first micro-batch, every rank computed in one process\n"
+        "\n### Ranks' views: ms per rank to place its first micro-batch, every rank computed in one process\n"
     )
     print("| shards | " + " | ".join(f"world {w:,}" for w in args.worlds) + " |")
     print("|---:|" + "---:|" * len(args.worlds))
@@ -202,7 +218,7 @@ def data_table(args: argparse.Namespace, work: Path) -> None:
         print(f"| {n:,} | " + " | ".join(f"{1e3 * t:.2f}" for t in per) + " |")
     if mem_rows:
         print(
-            f"\n## Loader memory: one reader touching each of {args.memory_shards:,} shards once (epoch order); "
+            f"\n### Loader memory: one reader touching each of {args.memory_shards:,} shards once (epoch order); "
             "growth in resident MiB / open files at 0-25-50-75-100% of the pass\n"
         )
         print("| reader | resident MiB | open files |")
@@ -300,7 +316,7 @@ def checkpoint_table(args: argparse.Namespace, work: Path) -> None:
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     total = sum(r["own_mib"] for r in ranks)
     print(
-        f"\n## Checkpoint: 2 ranks, ZeRO-2 fp32, 4 layers of width {args.hidden} ({total:.0f} MiB of files); best of "
+        f"\n### Checkpoint: 2 ranks, ZeRO-2 fp32, 4 layers of width {args.hidden} ({total:.0f} MiB of files); best of "
         f"{args.repeat}, seconds\n"
     )
     print(

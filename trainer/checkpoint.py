@@ -25,7 +25,7 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cloze_errors import ClozeError
 from data_pipeline.manifest import atomic_write
@@ -150,7 +150,7 @@ def save(
     if is_main:
         files: dict[str, dict[str, Any]] = {}
         for part in gathered:
-            files.update(part)  # type: ignore[arg-type]
+            files.update(cast(dict[str, dict[str, Any]], part))
         missing = [f for f in expected if f not in files]
         if missing:
             raise CheckpointError(
