@@ -115,14 +115,15 @@ class Checkpointer:
     def find(self, model: Any) -> ResumePoint | None:
         """The checkpoint to resume from (checkpoint.resume), verified. Rank 0 finds it and checks its layout (files
         and sizes, O(number of files)); then each rank checks the contents of its share of the files (sha256, safe
-        unpickling) and every rank gets every verdict, so a bad checkpoint stops all of them at once. Another world
-        size or model shape is named here, not by DeepSpeed's or torch's traceback."""
+        unpickling) and every rank gets every verdict, so a bad checkpoint stops all of them at once; then rank 0
+        compares it with this run. Another world size or model shape is named here, not by DeepSpeed's or torch's
+        traceback."""
         if not self.cfg.checkpoint.resume:
             return None
         verdict: tuple[ResumePoint | None, dict[str, Any] | None, str | None] = (None, None, None)
         if self.info.is_main:
             try:
-                verdict = (*self._verify(model), None)
+                verdict = (*self._verify(), None)
             except ckpt.CheckpointError as e:
                 verdict = (None, None, str(e))
         point, meta, error = cast(
@@ -139,16 +140,20 @@ class Checkpointer:
         refused = [e for e in D.all_gather_object(mine) if e is not None]
         if refused:
             raise ckpt.CheckpointError(str(refused[0]))
+        # Only a checkpoint whose every file passed is read for its shapes (weights-only, but still after).
+        mismatch = None
+        if self.info.is_main:
+            mismatch = checkpoint_mismatch(self.root / point.tag, meta, model, self.info.world_size, self.cfg)
+        told = D.broadcast_object(mismatch)
+        if told is not None:
+            raise ckpt.CheckpointError(str(told))
         return point
 
-    def _verify(self, model: Any) -> tuple[ResumePoint | None, dict[str, Any] | None]:
+    def _verify(self) -> tuple[ResumePoint | None, dict[str, Any] | None]:
         found = ckpt.find_resume(self.root)
         if found is None:
             return None, None
         meta = ckpt.verify_layout(self.root / found)
-        mismatch = checkpoint_mismatch(self.root / found, meta, model, self.info.world_size, self.cfg)
-        if mismatch is not None:
-            raise ckpt.CheckpointError(mismatch)
         # The data position comes from checkpoint.json, which a universal conversion carries over as well.
         saved = meta.get("client_state", {})
         point = ResumePoint(
