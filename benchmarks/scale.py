@@ -303,40 +303,49 @@ def checkpoint_worker(out: Path, hidden: int, repeat: int) -> None:
     D.shutdown()
 
 
-def checkpoint_table(args: argparse.Namespace, work: Path) -> None:
-    out = work / "checkpoint"
+def checkpoint_run(args: argparse.Namespace, work: Path, hidden: int) -> list[dict[str, float]]:
+    """Each rank's figures (checkpoint_worker) for a model of width `hidden`."""
+    out = work / f"checkpoint-{hidden}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += [__file__, "--worker", str(out), "--hidden", str(args.hidden), "--repeat", str(args.repeat)]
+    cmd += [__file__, "--worker", str(out), "--hidden", str(hidden), "--repeat", str(args.repeat)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"checkpoint worker failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
-    total = sum(r["own_mib"] for r in ranks)
+    shutil.rmtree(out, ignore_errors=True)
+    return ranks
+
+
+def checkpoint_table(args: argparse.Namespace, work: Path) -> None:
     print(
-        f"\n### Checkpoint: 2 ranks, ZeRO-2 fp32, 4 layers of width {args.hidden} ({total:.0f} MiB of files); best of "
-        f"{args.repeat}, seconds\n"
+        f"\n### Checkpoint: 2 ranks, ZeRO-2 fp32, 4 layers of width W, vocabulary 8000; best of {args.repeat}, "
+        "seconds\n"
     )
     print(
-        "| rank | own files MiB | DeepSpeed save | cloze save | overhead | verify: rank 0 alone | verify: shared |"
-        " sha256 MiB/s |"
+        "| W | rank | own files MiB | DeepSpeed save | cloze save | overhead | verify: rank 0 alone | "
+        "verify: shared | sha256 MiB/s |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r, x in enumerate(ranks):
-        over = x["cloze"] - x["deepspeed"]
-        print(
-            f"| {r} | {x['own_mib']:.0f} | {x['deepspeed']:.2f} | {x['cloze']:.2f} | {over:+.2f} "
-            f"({x['cloze'] / x['deepspeed']:.2f}x) | {x['verify rank 0 alone']:.2f} | {x['verify shared']:.2f} | "
-            f"{x['sha256_mib_s']:.0f} |"
-        )
-    mbps = min(x["sha256_mib_s"] for x in ranks)
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    mbps = []
+    for hidden in args.hidden:
+        for r, x in enumerate(checkpoint_run(args, work, hidden)):
+            over = x["cloze"] - x["deepspeed"]
+            print(
+                f"| {hidden} | {r} | {x['own_mib']:.0f} | {x['deepspeed']:.2f} | {x['cloze']:.2f} | {over:+.2f} "
+                f"({x['cloze'] / x['deepspeed']:.2f}x) | {x['verify rank 0 alone']:.2f} | "
+                f"{x['verify shared']:.2f} | {x['sha256_mib_s']:.0f} |",
+                flush=True,
+            )
+            mbps.append(x["sha256_mib_s"])
+    rate = min(mbps)
     big, world = 176 * 1024, 1024  # MiB of ZeRO-3 state of an 11B model with Adam; ranks
     print(
-        f"\nExtrapolated at {mbps:.0f} MiB/s per process (sha256, page cache): hashing a 176 GB checkpoint on rank 0 "
-        f"alone {big / mbps / 60:.1f} min per save and again per resume; spread over {world:,} ranks "
-        f"{big / world / mbps:.2f} s each (plus the read from the filesystem, which also spreads)."
+        f"\nExtrapolated at {rate:.0f} MiB/s per process (sha256, page cache): hashing a 176 GB checkpoint on rank 0 "
+        f"alone {big / rate / 60:.1f} min per save and again per resume; spread over {world:,} ranks "
+        f"{big / world / rate:.2f} s each (plus the read from the filesystem, which also spreads)."
     )
 
 
@@ -346,16 +355,22 @@ def main() -> None:
     p.add_argument("--work", default="", help="scratch directory (default: a temporary one, deleted)")
     p.add_argument("--only", choices=["data", "checkpoint"], default="")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
-    p.add_argument("--hidden", type=int, default=0, help="checkpoint model width (default 512; dry 64)")
+    p.add_argument(
+        "--hidden",
+        type=int,
+        nargs="+",
+        default=[],
+        help="checkpoint model widths (default 256 512 1024; dry 64)",
+    )
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
     if args.worker:
-        checkpoint_worker(Path(args.worker), args.hidden, args.repeat)
+        checkpoint_worker(Path(args.worker), args.hidden[0], args.repeat)
         return
     args.shards = [100, 1000] if args.dry else [1000, 10_000, 100_000]
     args.memory_shards = 1000 if args.dry else 10_000
     args.worlds = [8, 64] if args.dry else [8, 64, 256, 1024]
-    args.hidden = args.hidden or (64 if args.dry else 512)
+    args.hidden = args.hidden or ([64] if args.dry else [256, 512, 1024])
     args.repeat = 1 if args.dry else args.repeat
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="cloze-scale-"))
     try:

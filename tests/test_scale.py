@@ -34,5 +34,5 @@ def test_scale_benchmark_dry_mode() -> None:
     assert bounded and unbounded, out
     assert [int(x) for x in bounded.group(1).split("/")] == [0, 8, 8, 8, 8]
     assert [int(x) for x in unbounded.group(1).split("/")] == [0, 250, 500, 750, 1000]
-    ranks = re.findall(r"^\| (\d) \| (\d+) \|", out, flags=re.M)
+    ranks = re.findall(r"^\| 64 \| (\d) \| (\d+) \|", out, flags=re.M)
     assert [r for r, _ in ranks] == ["0", "1"] and all(int(mib) > 0 for _, mib in ranks)
