@@ -12,6 +12,7 @@ from .deberta import DebertaForPretraining
 from .distilbert import DistilBertForPretraining, DistillationModel
 from .electra import ElectraForPretraining, ElectraOutput
 from .encoder import BertForPretraining, MLMOutput
+from .longformer import LongformerForPretraining
 from .registry import FamilySpec, get_family, register_family
 from .t5 import Seq2SeqOutput, T5ForPretraining
 
@@ -36,6 +37,7 @@ __all__ = [
     "DistillationModel",
     "ElectraForPretraining",
     "ElectraOutput",
+    "LongformerForPretraining",
     "T5ForPretraining",
     "BartForPretraining",
     "Seq2SeqOutput",

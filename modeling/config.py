@@ -171,6 +171,11 @@ class ModelConfig:
     """DistilBERT: the distillation loss over the masked positions only; false = over every non-pad token (the
     reference's default)."""
 
+    # Longformer (modeling/longformer.py). Read by family 'longformer' only.
+    attention_window: list[int] = field(default_factory=lambda: [512])
+    """Longformer: the full sliding window of each layer (even; w/2 tokens on each side), one value for all layers or
+    one per layer (transformers' `attention_window`; 512 in longformer-base-4096)."""
+
     def __post_init__(self) -> None:
         from .registry import get_family  # registry imports this module
 

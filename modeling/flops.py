@@ -63,6 +63,12 @@ def encoder_params(cfg: ModelConfig) -> int:
     return _bert_embeddings(cfg) + _bert_trunk(cfg) + _mlm_head(cfg)
 
 
+def longformer_params(cfg: ModelConfig) -> int:
+    """RoBERTa's, plus each layer's global q/k/v projections."""
+    H = cfg.hidden_size
+    return encoder_params(cfg) + cfg.num_layers * 3 * (H * H + H)
+
+
 def electra_params(cfg: ModelConfig) -> int:
     gen = cfg.generator()
     disc_head = cfg.hidden_size * cfg.hidden_size + cfg.hidden_size + cfg.hidden_size + 1
@@ -98,6 +104,15 @@ def encoder_flops(cfg: ModelConfig, seq_len: int, target_len: int = 0, mask_frac
     H, E, V = cfg.hidden_size, cfg.emb_size, cfg.vocab_size
     head = mask_fraction * 2 * (H * E + E * V)
     return 3.0 * (_encoder_matmul_per_token(cfg, seq_len) + head)
+
+
+def longformer_flops(
+    cfg: ModelConfig, seq_len: int, target_len: int = 0, mask_fraction: float = 0.15
+) -> float:
+    """RoBERTa's with each token's attention over its window (w + 1 keys) instead of the whole sequence; global
+    tokens (a few per sequence) are not counted."""
+    w = max(cfg.attention_window) if cfg.attention_window else seq_len
+    return encoder_flops(cfg, min(seq_len, w + 1), target_len, mask_fraction)
 
 
 def electra_flops(cfg: ModelConfig, seq_len: int, target_len: int = 0, mask_fraction: float = 0.15) -> float:

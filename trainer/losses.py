@@ -173,6 +173,13 @@ def _rtd_sums(
     }
 
 
+class LongformerMLMTask(MLMTask):
+    """MLM with Longformer's global-attention mask passed on when the batch carries one (written by `cloze shards
+    --global-tokens`); without it every token attends locally."""
+
+    keys = (*MLMTask.keys, "global_attention_mask")
+
+
 class ElectraTask(Task):
     """Generator MLM + weighted replaced-token detection, both from one forward of the combined model (joint), or
     in two phases with a step after each (decoupled: DeBERTa-v3's default)."""
@@ -446,6 +453,7 @@ def task_for(model: ModelConfig | str, rtd_weight: float | None = None) -> Task:
 register_task("bert", lambda cfg: MLMTask())
 register_task("roberta", lambda cfg: MLMTask())
 register_task("albert", lambda cfg: MLMTask())
+register_task("longformer", lambda cfg: LongformerMLMTask())
 register_task("electra", lambda cfg: ElectraTask(cfg.rtd_weight))
 register_task("deberta", lambda cfg: MLMTask())
 register_task("deberta_v1", lambda cfg: MLMTask())

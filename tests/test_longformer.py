@@ -1,0 +1,167 @@
+"""Longformer (issue 16): the windowed attention against full attention under a band mask written here, and the
+model against transformers' LongformerForMaskedLM (padding, several windows, global tokens), import back, and the
+configuration errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from modeling import ModelConfigError, build_model
+from modeling.hf import hf_model, import_hf
+from modeling.longformer import GLOBAL, LOCAL, PAD, sliding_window_attention
+from tests.conftest import tiny_model_config
+
+V = 211
+
+
+def band_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gq: torch.Tensor,
+    gk: torch.Tensor,
+    gv: torch.Tensor,
+    code: torch.Tensor,
+    w: int,
+) -> torch.Tensor:
+    """Full n x n attention restricted by masks: a local query attends to the local keys within w of it and to every
+    global key (ordinary projections); a global query attends to every key with the global projections; padding
+    neither attends nor is attended (its rows are zero)."""
+    B, N, T, K = q.shape
+    i = torch.arange(T)[:, None]
+    j = torch.arange(T)[None, :]
+    band = (i - j).abs() <= w  # (T, T)
+    key_local = (code == LOCAL)[:, None, None, :]
+    key_global = (code == GLOBAL)[:, None, None, :]
+    allowed = (band & key_local) | key_global  # (B, 1, T, T)
+    s = (q @ k.transpose(-1, -2)) / math.sqrt(K)
+    out = torch.softmax(s.masked_fill(~allowed, float("-inf")), -1) @ v
+    sg = (gq @ gk.transpose(-1, -2)) / math.sqrt(K)
+    out_g = torch.softmax(sg.masked_fill(~(code != PAD)[:, None, None, :], float("-inf")), -1) @ gv
+    out = torch.where((code == GLOBAL)[:, None, :, None], out_g, out)
+    return out.masked_fill((code == PAD)[:, None, :, None], 0.0)
+
+
+@pytest.mark.parametrize(
+    "T,w,globals_,pad",
+    [
+        (16, 2, [], 0),  # no global token
+        (24, 4, [0], 5),  # [CLS]-style global, right padding
+        (32, 8, [0, 9, 31], 0),  # several, one at the end
+        (40, 4, [3, 4, 5, 20], 12),  # adjacent globals inside the window, long padding
+        (64, 16, [0, 63], 0),  # wide window
+    ],
+)
+def test_windowed_attention_equals_band_masked_full_attention(
+    T: int, w: int, globals_: list[int], pad: int
+) -> None:
+    g = torch.Generator().manual_seed(T + w)
+    B, N, K = 2, 3, 8
+    q, k, v, gq, gk, gv = (torch.randn(B, N, T, K, generator=g, dtype=torch.float64) for _ in range(6))
+    code = torch.full((B, T), LOCAL)
+    code[0, globals_] = GLOBAL
+    code[1, globals_[:1]] = GLOBAL  # rows with different numbers of global tokens
+    if pad:
+        code[1, T - pad :] = PAD
+    got = sliding_window_attention(q, k, v, code, w, (gq, gk, gv))
+    torch.testing.assert_close(got, band_reference(q, k, v, gq, gk, gv, code, w))
+
+
+def cfg_of(**kw):
+    base = dict(
+        family="longformer",
+        vocab_size=V,
+        pad_token_id=1,
+        position_offset=2,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        max_position_embeddings=64,
+        num_layers=3,
+    )
+    return tiny_model_config(**{**base, **kw})
+
+
+def make(cfg):
+    torch.manual_seed(0)
+    m = build_model(cfg).eval()
+    with torch.no_grad():  # non-trivial LayerNorm / bias values, so a wrong map cannot hide behind init
+        for p in m.parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return m
+
+
+@pytest.mark.parametrize("windows", [[4], [4, 8, 4], [8, 8, 16]])
+def test_logits_equal_transformers_longformer(windows: list[int]) -> None:
+    pytest.importorskip("transformers")
+    cfg = cfg_of(attention_window=windows)
+    ours = make(cfg)
+    hf = hf_model(ours, cfg)
+    assert type(hf).__name__ == "LongformerForMaskedLM"
+    g = torch.Generator().manual_seed(1)
+    B, T = 3, 37  # not a multiple of any window: both pad it
+    ids = torch.randint(5, V, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, 25:] = 0  # right padding
+    mask[2, 30:] = 0
+    ids[mask == 0] = cfg.pad_token_id
+    glob = torch.zeros(B, T, dtype=torch.long)
+    glob[0, 0] = 1  # [CLS]
+    glob[1, [0, 6, 7, 20]] = 1  # several, two adjacent
+    # row 2: none
+    with torch.no_grad():
+        got = ours(ids, attention_mask=mask, global_attention_mask=glob).logits
+        expected = hf(input_ids=ids, attention_mask=mask, global_attention_mask=glob).logits
+        no_global = ours(ids, attention_mask=mask).logits
+        expected_no_global = hf(input_ids=ids, attention_mask=mask).logits
+    keep = mask.bool()
+    torch.testing.assert_close(got[keep], expected[keep])
+    torch.testing.assert_close(no_global[keep], expected_no_global[keep])
+    assert not torch.allclose(got[keep], no_global[keep])  # the global tokens changed something
+
+
+def test_import_round_trip() -> None:
+    pytest.importorskip("transformers")
+    cfg = cfg_of(attention_window=[4, 8, 4])
+    ours = make(cfg)
+    fresh = build_model(cfg)
+    missing, unexpected = fresh.load_state_dict(import_hf(hf_model(ours, cfg), cfg), strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+    for (key, a), b in zip(ours.state_dict().items(), fresh.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=key)
+
+
+def test_memory_of_the_scores_is_linear_in_the_sequence() -> None:
+    """No n x n anything: the largest intermediate of the attention grows linearly with T at a fixed window."""
+    peak = {}
+    for T in (256, 1024):
+        q = torch.randn(1, 2, T, 8, requires_grad=True)
+        code = torch.full((1, T), LOCAL)
+        code[0, 0] = GLOBAL
+        sizes: list[int] = []
+
+        def record(t: torch.Tensor, sizes: list[int] = sizes) -> torch.Tensor:
+            sizes.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(record, lambda t: t):
+            sliding_window_attention(q, q, q, code, 16, (q, q, q)).sum().backward()
+        peak[T] = max(sizes)
+    assert peak[1024] <= 4.5 * peak[256]  # linear (4x), where n x n would be 16x
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(attention_window=[5]), "must be even"),
+        (dict(attention_window=[0]), "must be even and positive"),
+        (dict(attention_window=[128]), "longer than the sequence"),
+        (dict(attention_window=[4, 4]), "2 values for 3 layers"),
+    ],
+)
+def test_bad_windows_are_clear_errors(kw: dict, message: str) -> None:
+    with pytest.raises(ModelConfigError, match=message):
+        build_model(cfg_of(**kw))
