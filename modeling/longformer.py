@@ -178,10 +178,12 @@ class LongformerSelfAttention(nn.Module):
         self.global_qkv = nn.Linear(hidden, 3 * hidden)
         self.out = nn.Linear(hidden, hidden)
 
-    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, 3 N K) -> q, k, v each (B, N, T, K)."""
         B, T, three_h = x.shape
         K = three_h // 3 // self.heads
-        return tuple(t.view(B, T, self.heads, K).transpose(1, 2) for t in x.chunk(3, dim=-1))
+        q, k, v = (t.view(B, T, self.heads, K).transpose(1, 2) for t in x.chunk(3, dim=-1))
+        return q, k, v
 
     def forward(self, h: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         q, k, v = self._split(self.qkv(h))
@@ -194,7 +196,7 @@ class LongformerSelfAttention(nn.Module):
             self.one_sided,
             glob,
             self.dropout,
-            self.training,  # type: ignore[arg-type]
+            self.training,
         )
         B, N, T, K = out.shape
         return self.out(out.transpose(1, 2).reshape(B, T, N * K))
@@ -205,6 +207,7 @@ class LongformerEmbeddings(BertEmbeddings):
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         pad = self.word_embeddings.padding_idx
+        assert pad is not None
         real = input_ids.ne(pad).long()
         positions = torch.cumsum(real, dim=1) * real + pad  # (B, T)
         h = self.word_embeddings(input_ids) + self.position_embeddings(positions)
@@ -259,7 +262,7 @@ class LongformerForPretraining(BertForPretraining):
         )
         return h[:, :T]
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         input_ids: torch.Tensor,
         labels: torch.Tensor | None = None,

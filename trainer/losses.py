@@ -108,7 +108,7 @@ class MLMTask(Task):
     """MLM, plus sentence-order / next-sentence prediction when the batch carries sentence labels."""
 
     name = "mlm"
-    keys = ("input_ids", "labels", "attention_mask", "token_type_ids")
+    keys: tuple[str, ...] = ("input_ids", "labels", "attention_mask", "token_type_ids")
 
     def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """MLM: masked targets (labels != -100); SOP / NSP: sentences (one label per sequence)."""
