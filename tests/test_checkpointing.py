@@ -16,6 +16,7 @@ FAMILIES = {
     "electra": dict(family="electra", generator_fraction=0.5),
     "t5": dict(family="t5", d_kv=8, tie_word_embeddings=False, initializer_range=1.0),
     "bart": dict(family="bart"),
+    "longformer": dict(family="longformer", attention_window=[8], position_offset=1, type_vocab_size=1),
 }
 
 
@@ -32,7 +33,12 @@ def loss_of(model: torch.nn.Module, family: str) -> torch.Tensor:
     if family in ("t5", "bart"):
         out = model(ids, ids[:, :16])
         return F.cross_entropy(out.logits.reshape(-1, V), ids[:, 1:17].reshape(-1))
-    out = model(ids, labels=labels)
+    if family == "longformer":  # windowed attention with two global tokens
+        glob = torch.zeros_like(ids)
+        glob[:, [0, 17]] = 1
+        out = model(ids, labels=labels, global_attention_mask=glob)
+    else:
+        out = model(ids, labels=labels)
     return out.loss if family == "electra" else F.cross_entropy(out.logits, out.targets)
 
 
@@ -51,7 +57,7 @@ def saved_bytes(fn) -> int:
 
 
 # Whole-block checkpointing for every family; selective (attention-only) for the encoder blocks.
-CASES = [(f, "full") for f in sorted(FAMILIES)] + [(f, "attention") for f in ("albert", "bert", "electra")]
+CASES = [(f, "full") for f in sorted(FAMILIES)] + [(f, "attention") for f in ("albert", "bert", "electra", "longformer")]
 
 
 @pytest.mark.parametrize("family, mode", CASES)

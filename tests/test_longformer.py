@@ -165,3 +165,10 @@ def test_memory_of_the_scores_is_linear_in_the_sequence() -> None:
 def test_bad_windows_are_clear_errors(kw: dict, message: str) -> None:
     with pytest.raises(ModelConfigError, match=message):
         build_model(cfg_of(**kw))
+
+
+def test_parameter_count_matches_accounting() -> None:
+    from modeling.flops import param_count
+
+    cfg = cfg_of(attention_window=[4, 8, 4])
+    assert sum(p.numel() for p in build_model(cfg).parameters()) == param_count(cfg)
