@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from torch import nn
 
 from data_pipeline.hf_tokenizer import RUN_TOKENIZER_DIR, read_meta, save_hf_tokenizer
 from data_pipeline.manifest import MANIFEST, chmod_as_open
@@ -62,12 +63,12 @@ def find_tokenizer(run: Path, cfg: RunConfig) -> RunTokenizer:
     )
 
 
-def export_run(
-    run_dir: str | Path, out: str | Path, tag: str = "", tokenizer: bool = True, trusted: bool = False
-) -> list[Path]:
-    """Write `out` (and `out/generator` for ELECTRA) from the run's newest (or `tag`) checkpoint; returns them.
-    The checkpoint is verified first (engine.verify_checkpoint); `trusted` (the user's `--trusted`, never the run's
-    config.yaml: that file is inside the directory being checked) skips the weights-only unpickling check."""
+def load_run(
+    run_dir: str | Path, tag: str = "", tokenizer: bool = True, trusted: bool = False
+) -> tuple[nn.Module, RunConfig, RunTokenizer | None]:
+    """The model of a run's newest (or `tag`) checkpoint, its config and (when asked) its tokenizer. The checkpoint
+    is verified first (engine.verify_checkpoint); `trusted` (the user's `--trusted`, never the run's config.yaml:
+    that file is inside the directory being checked) skips the weights-only unpickling check."""
     run = Path(run_dir)
     resolved = run / "config.yaml"
     if not resolved.is_file():
@@ -91,14 +92,27 @@ def export_run(
         raise ckpt.CheckpointError(
             f"{root / tag} does not match model {cfg.model.family}: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
-    written = export_hf(model.eval(), cfg.model, out)
+    return model.eval(), cfg, tok
+
+
+def write_export(model: nn.Module, cfg: ModelConfig, out: str | Path, tok: RunTokenizer | None) -> list[Path]:
+    """transformers files of `model` (export_hf) with the user's file mode, and the tokenizer when given."""
+    written = export_hf(model.eval(), cfg, out)
     for path in written:  # safetensors writes its files 0o600: give them the mode of any file the user writes
         for weights in path.glob("*.safetensors"):
             chmod_as_open(weights)
     if tok is not None:
         for path in written:
-            write_tokenizer(tok, cfg.model, path)
+            write_tokenizer(tok, cfg, path)
     return written
+
+
+def export_run(
+    run_dir: str | Path, out: str | Path, tag: str = "", tokenizer: bool = True, trusted: bool = False
+) -> list[Path]:
+    """Write `out` (and `out/generator` for ELECTRA) from the run's newest (or `tag`) checkpoint; returns them."""
+    model, cfg, tok = load_run(run_dir, tag, tokenizer, trusted)
+    return write_export(model, cfg.model, out, tok)
 
 
 def write_tokenizer(tok: RunTokenizer, model: ModelConfig, out: str | Path) -> None:

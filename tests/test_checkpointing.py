@@ -57,7 +57,9 @@ def saved_bytes(fn) -> int:
 
 
 # Whole-block checkpointing for every family; selective (attention-only) for the encoder blocks.
-CASES = [(f, "full") for f in sorted(FAMILIES)] + [(f, "attention") for f in ("albert", "bert", "electra", "longformer")]
+CASES = [(f, "full") for f in sorted(FAMILIES)] + [
+    (f, "attention") for f in ("albert", "bert", "electra", "longformer")
+]
 
 
 @pytest.mark.parametrize("family, mode", CASES)
