@@ -367,6 +367,20 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from trainer import checkpoint as ckpt
     from trainer.engine import to_universal, verify_checkpoint
 
+    if args.to_long:
+        from launch.long import convert_to_long
+        from trainer.config import ConfigError
+
+        if not args.out:
+            raise ConfigError(
+                "convert --to-long needs --out DIR (where the Longformer starting point is written)"
+            )
+        out, cfg = convert_to_long(args.run_dir, args.out, args.max_len, args.window, args.trusted)
+        print(
+            f"convert: {out} (LongformerForMaskedLM, max length {cfg.max_position_embeddings}, window "
+            f"{cfg.attention_window[0]}; train from it with model.init_from={out})"
+        )
+        return 0
     root = Path(args.run_dir) / "checkpoints"
     tag = args.tag or ckpt.find_resume(root)
     if not tag:
@@ -705,9 +719,21 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("shards_args", nargs=argparse.REMAINDER, help="-- then the arguments of `cloze shards`")
     ss.set_defaults(fn=_cmd_submit_shards)
 
-    cv = sub.add_parser("convert", help="convert a run's checkpoint to DeepSpeed's universal format")
-    cv.add_argument("run_dir")
-    cv.add_argument("--to-universal", action="store_true", required=True)
+    cv = sub.add_parser(
+        "convert",
+        help="convert a run's checkpoint to DeepSpeed's universal format, or a RoBERTa/BERT into a Longformer",
+    )
+    cv.add_argument("run_dir", help="a cloze run directory (--to-long: or a transformers directory)")
+    what = cv.add_mutually_exclusive_group(required=True)
+    what.add_argument("--to-universal", action="store_true", help="resume on any number of ranks")
+    what.add_argument(
+        "--to-long", action="store_true", help="a Longformer starting point (transformers files in --out)"
+    )
+    cv.add_argument(
+        "--max-len", type=int, default=4096, help="--to-long: the new maximum length (default 4096)"
+    )
+    cv.add_argument("--window", type=int, default=512, help="--to-long: the attention window (default 512)")
+    cv.add_argument("--out", default="", help="--to-long: the output directory")
     cv.add_argument("--tag", default="", help="checkpoint tag (default: the one `latest` names)")
     _add_trusted_flag(cv)
     cv.set_defaults(fn=_cmd_convert)

@@ -171,6 +171,10 @@ class ModelConfig:
     """DistilBERT: the distillation loss over the masked positions only; false = over every non-pad token (the
     reference's default)."""
 
+    init_from: str = ""
+    """A transformers directory (`cloze export`, `cloze convert --to-long`, a downloaded model) whose weights start a
+    fresh run (not a resumed one); its family and shapes must be this model's. '' = random initialisation."""
+
     # Longformer (modeling/longformer.py). Read by family 'longformer' only.
     attention_window: list[int] = field(default_factory=lambda: [512])
     """Longformer: the full sliding window of each layer (even; w/2 tokens on each side), one value for all layers or

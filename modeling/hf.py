@@ -457,16 +457,10 @@ def config_from_hf(path: str | Path) -> ModelConfig:
     return spec.hf.from_hf_config(raw, str(path))
 
 
-def load_hf(path: str | Path) -> tuple[nn.Module, ModelConfig, list[str]]:
-    """Build our model from a transformers checkpoint directory, to continue pretraining from it.
-
-    Returns (model, config, keys left at their initialisation): a bare encoder checkpoint (BertModel) has no MLM
-    head, which then starts from scratch."""
+def _our_state(path: str | Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The weights of a transformers directory (its *.safetensors) under our names, for the family of `cfg`."""
     from safetensors.torch import load_file
 
-    from . import build_model
-
-    cfg = config_from_hf(path)
     files = sorted(Path(path).glob("*.safetensors"))
     if not files:
         raise ExportError(f"{path} has no .safetensors weights")
@@ -477,7 +471,48 @@ def load_hf(path: str | Path) -> tuple[nn.Module, ModelConfig, list[str]]:
     prefix = adapter.bare_prefix
     if prefix and not any(k.startswith(prefix) for k in state):  # a bare encoder saved without its prefix
         state = {prefix + k: v for k, v in state.items()}
-    ours = from_hf_state_dict(state, adapter.parts[0])
+    return from_hf_state_dict(state, adapter.parts[0])
+
+
+def init_from_hf(model: nn.Module, cfg: ModelConfig, path: str | Path) -> list[str]:
+    """Load the weights of the transformers directory `path` (`model.init_from`) into `model`, built for `cfg`: the
+    same family and shapes, else an error naming the first difference. Returns the keys left at initialisation
+    (a bare encoder has no MLM head)."""
+    where = f"model.init_from={str(path)!r}"
+    if not (Path(path) / "config.json").is_file():
+        raise ExportError(
+            f"{where}: no config.json there; point it at a transformers directory (cloze export, "
+            "cloze convert --to-long, or a downloaded model)"
+        )
+    theirs = config_from_hf(path)
+    if theirs.family != cfg.family:
+        raise ExportError(f"{where} holds a {theirs.family} model; this run trains model.family={cfg.family}")
+    ours = _our_state(path, cfg)
+    own = model.state_dict()
+    for k, v in ours.items():
+        if k in own and own[k].shape != v.shape:
+            raise ExportError(
+                f"{where}: {k} has shape {tuple(v.shape)} there but {tuple(own[k].shape)} in this run's model; set "
+                "the model's sizes (hidden_size, num_layers, max_position_embeddings, vocab) to the checkpoint's"
+            )
+    missing, unexpected = model.load_state_dict(ours, strict=False)
+    unexpected = [k for k in unexpected if ".pooler." not in k]
+    if unexpected:
+        raise ExportError(
+            f"{where}: weights with no place in this run's {cfg.family} model: {unexpected[:5]}"
+        )
+    return list(missing)
+
+
+def load_hf(path: str | Path) -> tuple[nn.Module, ModelConfig, list[str]]:
+    """Build our model from a transformers checkpoint directory, to continue pretraining from it.
+
+    Returns (model, config, keys left at their initialisation): a bare encoder checkpoint (BertModel) has no MLM
+    head, which then starts from scratch."""
+    from . import build_model
+
+    cfg = config_from_hf(path)
+    ours = _our_state(path, cfg)
     model = build_model(cfg)
     missing, unexpected = model.load_state_dict(ours, strict=False)
     loaded = {id(p) for k, p in model.named_parameters(remove_duplicate=False) if k in ours}

@@ -172,3 +172,113 @@ def test_parameter_count_matches_accounting() -> None:
 
     cfg = cfg_of(attention_window=[4, 8, 4])
     assert sum(p.numel() for p in build_model(cfg).parameters()) == param_count(cfg)
+
+
+# ---- conversion: cloze convert --to-long (launch/long.py) ---------------------------------------------------------
+
+
+def roberta_dir(tmp_path, **kw):
+    """A tiny RoBERTa exported as transformers files (max 64 positions)."""
+    from modeling.hf import export_hf
+
+    cfg = tiny_model_config(
+        family="roberta",
+        vocab_size=V,
+        pad_token_id=1,
+        position_offset=2,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        **kw,
+    )
+    model = make(cfg)
+    out = tmp_path / "roberta"
+    export_hf(model, cfg, out)
+    return out, model, cfg
+
+
+def test_to_long_tiles_positions_copies_global_projections_and_keeps_short_inputs_exact(tmp_path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from launch.long import convert_to_long
+
+    src, roberta, rcfg = roberta_dir(tmp_path)
+    out, cfg = convert_to_long(src, tmp_path / "long", max_len=256, window=128)
+    assert cfg.family == "longformer" and cfg.max_position_embeddings == 256 and cfg.attention_window == [128]
+    hf = transformers.LongformerForMaskedLM.from_pretrained(out).eval()
+    assert hf.config.attention_window == [128] * rcfg.num_layers
+    old = roberta.state_dict()["bert.embeddings.position_embeddings.weight"]  # (64 + 2, H)
+    new = hf.longformer.embeddings.position_embeddings.weight.detach()  # (256 + 2, H)
+    assert new.shape[0] == 258
+    torch.testing.assert_close(new[:2], old[:2])  # the reserved rows kept
+    for p in (0, 5, 63, 64, 100, 255):  # position p takes learned position p mod 64
+        torch.testing.assert_close(new[2 + p], old[2 + p % 64])
+    for layer in hf.longformer.encoder.layer:
+        a = layer.attention.self
+        for local, glob in ((a.query, a.query_global), (a.key, a.key_global), (a.value, a.value_global)):
+            torch.testing.assert_close(glob.weight, local.weight)
+            torch.testing.assert_close(glob.bias, local.bias)
+    # A sequence shorter than the one-sided window: every token sees every other, as in RoBERTa.
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(5, V, (2, 40), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 30:] = 0
+    ids[mask == 0] = 1
+    with torch.no_grad():
+        expected = roberta(ids, attention_mask=mask).logits
+        got = hf(input_ids=ids, attention_mask=mask).logits
+    keep = mask.bool()
+    torch.testing.assert_close(got[keep], expected[keep])
+
+
+def test_init_from_loads_the_converted_weights_and_refuses_another_shape(tmp_path) -> None:
+    pytest.importorskip("transformers")
+    from launch.long import convert_to_long
+    from modeling.hf import ExportError, init_from_hf
+
+    src, _, _ = roberta_dir(tmp_path)
+    out, cfg = convert_to_long(src, tmp_path / "long", max_len=128, window=32)
+    model = build_model(cfg)
+    assert init_from_hf(model, cfg, out) == []
+    converted = build_model(cfg)
+    converted.load_state_dict(model.state_dict())
+    with pytest.raises(ExportError, match="position_embeddings.weight has shape"):
+        from dataclasses import replace
+
+        init_from_hf(build_model(replace(cfg, max_position_embeddings=64)), cfg, out)
+    with pytest.raises(ExportError, match="holds a longformer model; this run trains model.family=roberta"):
+        rob = tiny_model_config(
+            family="roberta", vocab_size=V, pad_token_id=1, position_offset=2, type_vocab_size=1
+        )
+        init_from_hf(build_model(rob), rob, out)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--max-len", "1000", "--window", "64"], "--max-len 1000 is not a multiple of --window 64"),
+        (["--max-len", "256", "--window", "63"], "the window must be even and positive"),
+        (
+            ["--max-len", "256", "--window", "64", "--family", "albert"],
+            "is a albert model; --to-long converts",
+        ),
+        (["--max-len", "256", "--window", "64", "--no-out"], "needs --out DIR"),
+    ],
+)
+def test_to_long_bad_input_is_a_clear_error(tmp_path, args: list[str], message: str) -> None:
+    pytest.importorskip("transformers")
+    from modeling.hf import export_hf
+    from tests.conftest import run_cloze
+
+    if "--family" in args:
+        i = args.index("--family")
+        args = args[:i]
+        cfg = tiny_model_config(family="albert", vocab_size=V, embedding_size=16, share_layers=True)
+        src = tmp_path / "albert"
+        export_hf(build_model(cfg), cfg, src)
+    else:
+        src, _, _ = roberta_dir(tmp_path)
+    out = [] if "--no-out" in args else ["--out", str(tmp_path / "long")]
+    args = [a for a in args if a != "--no-out"]
+    proc = run_cloze(["convert", str(src), "--to-long", *args, *out])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "long").exists()

@@ -361,7 +361,7 @@ class RunConfig:
         return yaml.safe_dump(data, sort_keys=False)
 
 
-PATH_KEYS = ("run_dir", "data.path", "slurm.python")
+PATH_KEYS = ("run_dir", "data.path", "slurm.python", "model.init_from")
 """The config keys that hold filesystem paths (written absolute into a run directory's config.yaml)."""
 
 

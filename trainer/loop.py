@@ -26,6 +26,7 @@ from data_pipeline.hf_tokenizer import save_run_tokenizer
 from data_pipeline.loader import SkipBudget, StreamSpec, TrainStream, train_loader
 from data_pipeline.sources import InputError
 from modeling import build_model
+from modeling.hf import init_from_hf
 
 from . import checkpoint as ckpt
 from . import distributed as D
@@ -163,6 +164,14 @@ class Trainer:
         model = build_model(self.cfg.model)
         self.checkpointer = Checkpointer(self.cfg, info, self.run_dir, state.manifest)
         point = self.checkpointer.find(model)
+        if point is None and self.cfg.model.init_from:  # a fresh run from a transformers checkpoint
+            left = init_from_hf(model, self.cfg.model, self.cfg.model.init_from)
+            if info.is_main:
+                print(
+                    f"initialised from {self.cfg.model.init_from}"
+                    + (f" ({len(left)} tensors left at random, e.g. {left[0]})" if left else ""),
+                    flush=True,
+                )
         self.schedule, schedule_note = run_schedule(self.cfg, point.schedule if point else None)
         # A universal checkpoint (cloze convert --to-universal) loads on any world size; DeepSpeed is told now.
         universal = point is not None and ckpt.is_universal(point.tag)
