@@ -32,6 +32,7 @@ RECIPES = {
         "AdamW",
     ),  # distilled from DISTIL_TEACHER, masked by distil_mlm (the fixture saves both)
     "deberta-v3-base": ("electra", "AdamW"),
+    "longformer-base-4096": ("tokens", "AdamW"),  # initialised from LONG_INIT (model.init_from)
 }
 SHARDS = {
     "nsp": dict(objective="mlm", sentence_task="nsp"),
@@ -43,6 +44,9 @@ SHARDS = {
     "mlm": dict(objective="mlm"),
 }
 DISTIL_TEACHER = "distil-teacher"
+LONG_INIT = "long-init"
+"""Beside the shards: a random transformers LongformerForMaskedLM of the TINY shape (window 16), the Longformer
+recipe's model.init_from."""
 """Beside the shards: a random transformers BertForMaskedLM of the TINY shape, configs/distilbert.yaml's teacher."""
 TINY = [
     "model.hidden_size=32",
@@ -61,6 +65,7 @@ def overrides(recipe: str, data: Path, run: Path) -> list[str]:
         "electra-small": ["model.embedding_size=16"],
         "t5-base": ["model.d_kv=16"],
         "deberta-v3-base": ["model.position_buckets=32"],  # 256 buckets need relative distances up to 512
+        "longformer-base-4096": ["model.attention_window=[16]", f"model.init_from={data.parent / LONG_INIT}"],
         "distilbert": [
             "model.student_layers=[0,1]",
             f"model.teacher={data.parent / DISTIL_TEACHER}",
@@ -140,6 +145,28 @@ def save_distil_teacher(path: Path, shards: Path) -> None:
     transformers.BertForMaskedLM(cfg).save_pretrained(str(path))
 
 
+def save_long_init(path: Path, shards: Path) -> None:
+    """A LongformerForMaskedLM of the TINY shape, window 16, with the shards' vocabulary and pad id
+    (configs/longformer-base-4096.yaml's model.init_from)."""
+    import transformers
+
+    manifest = json.loads((shards / "manifest.json").read_text())
+    pad = manifest["special_tokens"]["pad"]
+    cfg = transformers.LongformerConfig(
+        vocab_size=manifest["tokenizer"]["vocab_size"],
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64 + pad + 1,
+        attention_window=16,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        pad_token_id=pad,
+    )
+    transformers.LongformerForMaskedLM(cfg).save_pretrained(str(path))
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> dict[str, Any]:
     from data_pipeline.sources import stdlib_docstrings
@@ -158,6 +185,7 @@ def results(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> di
             workers=1,
         )
     save_distil_teacher(root / DISTIL_TEACHER, root / "mlm")
+    save_long_init(root / LONG_INIT, root / "tokens")
     from data_pipeline.objectives import count_tokens
 
     np.save(root / "tokens.counts.npy", count_tokens(str(root / "tokens")))
