@@ -45,6 +45,9 @@ from .registry import ObjectiveError, ObjectiveSpec, get_objective, objective_na
 from .sources import InputError
 from .tarshard import sample_crc
 
+MASKS = ("attention_mask", "global_attention_mask")
+"""0/1 sample members (`--doc-boundaries`, `--global-tokens`): batched as long tensors, padded with 0."""
+
 
 def objective_of(manifest: Manifest) -> ObjectiveSpec:
     """The registered spec of the manifest's objective; an unknown one is an InputError naming the manifest."""
@@ -76,6 +79,10 @@ class SampleCheck:
         if manifest.build.get("sentence_task"):
             self.lengths["token_type_ids"] = (n, n)
             self.lengths["sentence_label"] = (1, 1)
+        if manifest.build.get("doc_boundaries"):
+            self.lengths["attention_mask"] = (n, n)
+        if manifest.build.get("global_tokens"):
+            self.lengths["global_attention_mask"] = (n, n)
 
     def problem(self, sample: dict[str, np.ndarray]) -> str:
         """What is wrong with `sample` ("" when nothing is)."""
@@ -88,7 +95,7 @@ class SampleCheck:
             if not lo <= len(a) <= hi:
                 want = str(lo) if lo == hi else f"{lo}..{hi}"
                 return f"{key} has length {len(a)}, the manifest says {want} (seq_len {self.lengths['input_ids'][0]})"
-            top = 2 if key in ("token_type_ids", "sentence_label") else self.vocab
+            top = 2 if key in ("token_type_ids", "sentence_label", *MASKS) else self.vocab
             ok = (a >= 0) & (a < top)
             if key == "labels":
                 ok |= a == IGNORE
@@ -307,8 +314,9 @@ class SkipBudget:
 
 @dataclass
 class Collator:
-    """Stacks samples into a batch. Encoder-decoder samples (t5, bart) get a padding mask, labels padded with
-    -100, and decoder inputs = labels shifted right behind `decoder_start`."""
+    """Stacks samples into a batch. Padded inputs get a padding mask (`attention_mask`: the samples' own when they
+    carry one, `--doc-boundaries`; a `global_attention_mask` is carried through), labels are padded with -100, and
+    encoder-decoder samples (t5, bart) get decoder inputs = labels shifted right behind `decoder_start`."""
 
     pad_id: int = 0
     seq2seq: bool = False
@@ -317,14 +325,15 @@ class Collator:
     def __call__(self, samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for key in samples[0]:
-            fill = IGNORE if key == "labels" else self.pad_id
+            fill = IGNORE if key == "labels" else 0 if key in MASKS else self.pad_id
             width = max(len(s[key]) for s in samples)
             arr = np.full((len(samples), width), fill, dtype=np.int64)
             for i, s in enumerate(samples):
                 arr[i, : len(s[key])] = s[key]
             out[key] = torch.from_numpy(arr)
         ids = out["input_ids"]
-        if (ids == self.pad_id).any():  # padded inputs (bart, sentence pairs): a padding mask
+        # padded inputs (bart, sentence pairs) get a padding mask, unless the samples carry theirs
+        if "attention_mask" not in out and (ids == self.pad_id).any():
             out["attention_mask"] = (ids != self.pad_id).long()
         if "sentence_label" in out:
             out["sentence_label"] = out["sentence_label"].reshape(-1)

@@ -39,8 +39,16 @@ from typing import Any
 import numpy as np
 
 from .manifest import MANIFEST, Manifest, ShardEntry, atomic_write, read_manifest
-from .objectives import SPLIT_CODES, build_objective, sample_rng
-from .packing import PackedBlock, PairBlock, pack_block, packer_for, pair_block
+from .objectives import SPLIT_CODES, Vocab, build_objective, sample_rng
+from .packing import (
+    GLOBAL_TOKENS,
+    PackedBlock,
+    PairBlock,
+    global_attention_mask,
+    pack_block,
+    packer_for,
+    pair_block,
+)
 from .registry import ObjectiveError, get_objective, objective_names
 from .sources import (
     InputError,
@@ -70,6 +78,12 @@ class ShardOptions:
     dupe_factor: int = 1
     sentence_task: str = ""
     """'' (packed sequences), 'sop' or 'nsp': sentence pairs with token_type_ids and a sentence_label."""
+    doc_boundaries: bool = False
+    """No sequence holds two documents: each document's last sequence is padded and samples carry an
+    attention_mask (`--doc-boundaries`; packings that can be padded only)."""
+    global_tokens: str = ""
+    """'' (none), 'cls' or 'first-of-each-line': samples carry a global_attention_mask for Longformer
+    (`--global-tokens`)."""
     objective_options: dict[str, Any] = field(default_factory=dict)
     sources: SourceOptions = field(default_factory=SourceOptions)
 
@@ -89,6 +103,17 @@ class ShardOptions:
         if self.sentence_task and not spec.sentence_pairs:
             pairs = ", ".join(objective_names(lambda s: s.sentence_pairs))
             raise InputError(f"--sentence-task {self.sentence_task} goes with an encoder objective ({pairs})")
+        if self.global_tokens not in ("", *GLOBAL_TOKENS):
+            raise InputError(
+                f"--global-tokens {self.global_tokens!r} is not known: use {' or '.join(GLOBAL_TOKENS)}, or leave "
+                "the flag out (no global attention mask)"
+            )
+        if self.sentence_task and (self.doc_boundaries or self.global_tokens):
+            flag = "--doc-boundaries" if self.doc_boundaries else f"--global-tokens {self.global_tokens}"
+            raise InputError(
+                f"{flag} does not go with --sentence-task {self.sentence_task} (sentence pairs are already cut "
+                "within documents and padded); drop one of the two"
+            )
         if self.dupe_factor > 1 and spec.clean:
             raise InputError(
                 f"--dupe-factor applies to static masking; `--objective {self.objective}` is masked anew every epoch"
@@ -96,6 +121,33 @@ class ShardOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _pads(kind: str, seq_len: int, vocab: Vocab) -> bool:
+    """Whether the packing `kind` can be padded and marked position by position (Packer.pads)."""
+    try:
+        return packer_for(kind, seq_len, vocab).pads
+    except ValueError:
+        return False
+
+
+def check_layout(opts: ShardOptions, vocab: Vocab) -> None:
+    """--doc-boundaries and --global-tokens need an objective whose inputs are its packed sequence position for
+    position, special tokens untouched (the encoder packing): T5's span corruption and BART's noise rewrite the
+    sequence, so padding would be corrupted as text and a mask would point at moved tokens. Refused before
+    anything is written."""
+    if not (opts.doc_boundaries or opts.global_tokens):
+        return
+    kind = get_objective(opts.objective).packing
+    if _pads(kind, opts.seq_len, vocab):
+        return
+    flag = "--doc-boundaries" if opts.doc_boundaries else f"--global-tokens {opts.global_tokens}"
+    ok = objective_names(lambda s: _pads(s.packing, opts.seq_len, vocab))
+    raise InputError(
+        f"{flag} cannot be written with --objective {opts.objective}: its {kind!r} packing cannot be padded or "
+        "marked position by position (the objective rewrites the sequence, so its inputs no longer line up with "
+        f"the packed tokens); use one of {', '.join(ok)} (Longformer pretrains with mlm or tokens), or drop {flag}"
+    )
 
 
 def split_of(doc_index: int, seed: int, valid_fraction: float) -> str:
@@ -225,7 +277,7 @@ def process_block(out: str, block: int, first_doc: int, joined: list[str]) -> di
     for doc_index, lines in docs:
         by_split[split_of(doc_index, o.seed, o.valid_fraction)].append(encoded[cursor : cursor + len(lines)])
         cursor += len(lines)
-    entries, dropped, longest = [], 0, 0
+    entries, dropped, longest, padding = [], 0, 0, 0
     for split, code in SPLIT_CODES.items():
         packed: PackedBlock | PairBlock
         extra: dict[str, np.ndarray] = {}
@@ -235,7 +287,13 @@ def process_block(out: str, block: int, first_doc: int, joined: list[str]) -> di
             )
             extra = {"token_type_ids": packed.token_type_ids, "sentence_label": packed.sentence_label}
         else:
-            packed = pack_block(by_split[split], packer_for(w["kind"], w["length"], w["vocab"]))
+            packed = pack_block(
+                by_split[split], packer_for(w["kind"], w["length"], w["vocab"]), o.doc_boundaries
+            )
+            if packed.padded:
+                extra["attention_mask"] = packed.attention_mask()
+            if o.global_tokens:
+                extra["global_attention_mask"] = global_attention_mask(packed, o.global_tokens)
         dropped += packed.dropped_tokens
         if len(packed) == 0:
             continue
@@ -260,6 +318,9 @@ def process_block(out: str, block: int, first_doc: int, joined: list[str]) -> di
                 sample = {**sample, **{k: v[i] for k, v in extra.items()}}
                 samples.append((f"{split}-{block:06d}-{i * o.dupe_factor + d:07d}", sample))
         tokens = sum(int(s["input_ids"].size) for _, s in samples)
+        if "attention_mask" in extra:  # padding is not counted as tokens
+            pad = sum(int(s["input_ids"].size - s["attention_mask"].sum()) for _, s in samples)
+            tokens, padding = tokens - pad, padding + pad
         longest = max(longest, *(int(s["input_ids"].size) for _, s in samples))
         entries.append(write_tar(outp, f"{split}-{block:06d}.tar", samples, tokens, split))
     record = {
@@ -268,6 +329,7 @@ def process_block(out: str, block: int, first_doc: int, joined: list[str]) -> di
         "dropped_tokens": dropped,
         "documents": len(docs),
         "longest_input": longest,
+        "pad_tokens": padding,
     }
     _atomic_json(outp / BUILD / f"block-{block:06d}.json", record)
     return record
@@ -328,6 +390,7 @@ def write_shards(
         built = build_objective(
             opts.objective, vocab_of(tok), opts.seq_len, opts.objective_options
         )  # validates options
+        check_layout(opts, vocab_of(tok))
         if getattr(built, "batch_level", False):
             raise InputError(
                 f"--objective {opts.objective} masks whole training micro-batches at once: write `--objective tokens` "
@@ -335,6 +398,7 @@ def write_shards(
             )
     else:
         packer_for(get_objective(opts.objective).packing, opts.seq_len, vocab_of(tok))
+        check_layout(opts, vocab_of(tok))
     out = Path(out)
     if (out / MANIFEST).exists():
         raise InputError(
@@ -546,6 +610,7 @@ def _merge(out: Path) -> Manifest:
     atomic_write(out / MODEL_FILE, tok.path.read_bytes())
     meta = tokenizer_meta(tok.info)
     objective_params: dict[str, Any] = {}
+    documents = bool(opts.get("doc_boundaries", False))
     spec = get_objective(opts["objective"])
     if not spec.clean:
         objective_params = build_objective(
@@ -562,19 +627,21 @@ def _merge(out: Path) -> Manifest:
         splits=splits,
         shards=shards,
         packing={
-            "method": "pairs" if opts["sentence_task"] else "concat",
+            "method": "pairs" if opts["sentence_task"] else "documents" if documents else "concat",
             "dropped_tokens": sum(r["dropped_tokens"] for r in records),
             # The longest input written: BART's noise makes inputs longer than seq_len by an amount no formula
             # bounds (every zero-length span inserts a mask); the loader and the model's positions check this.
             "longest_input": max((int(r.get("longest_input", 0)) for r in records), default=0),
             "kind": spec.packing,
-        },
+        }
+        | ({"pad_tokens": sum(int(r.get("pad_tokens", 0)) for r in records)} if documents else {}),
         source_stats=stats,
         inputs=plan["inputs"],
         build={
             k2: opts[k2]
             for k2 in ("valid_fraction", "docs_per_block", "dupe_factor", "sentence_task", "sources")
         }
+        | {"doc_boundaries": documents, "global_tokens": opts.get("global_tokens", "")}
         | {"num_slices": k, "blocks": n_blocks},
     )
     manifest.write(out)

@@ -87,6 +87,8 @@ def _cmd_shards(args: argparse.Namespace) -> int:
         valid_fraction=args.valid_fraction,
         docs_per_block=args.docs_per_block,
         sentence_task=args.sentence_task,
+        doc_boundaries=args.doc_boundaries,
+        global_tokens="" if args.global_tokens == "none" else args.global_tokens,
         dupe_factor=args.dupe_factor,
         objective_options=options,
         sources=SourceOptions(
@@ -526,6 +528,7 @@ def _add_source_flags(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from data_pipeline.objectives import MLMParams, T5Params
+    from data_pipeline.packing import GLOBAL_TOKENS
     from data_pipeline.tokenizer import train_tokenizer
     from data_pipeline.writer import ShardOptions, write_shards
     from launch.demo import run_demo
@@ -621,6 +624,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=sd["sentence_task"],
         choices=["", "sop", "nsp"],
         help="write sentence pairs (token_type_ids, sentence_label) for SOP or NSP",
+    )
+    s.add_argument(
+        "--doc-boundaries",
+        action="store_true",
+        help="no sequence holds two documents: a document's last sequence is padded, samples carry an "
+        "attention_mask (encoder objectives: mlm, wwm, span, electra, tokens; for Longformer)",
+    )
+    s.add_argument(
+        "--global-tokens",
+        default="none",
+        choices=["none", *GLOBAL_TOKENS],
+        help="write a global_attention_mask for Longformer: cls = the first position, first-of-each-line = it and "
+        "the first token of every line of the text (default %(default)s: no mask)",
     )
     s.add_argument(
         "--valid-fraction",
