@@ -131,6 +131,16 @@ def _pads(kind: str, seq_len: int, vocab: Vocab) -> bool:
         return False
 
 
+def _writable(objective: str, vocab: Vocab, seq_len: int) -> bool:
+    """Whether `cloze shards --objective NAME` can write it with its default options (not a batch-level one)."""
+    if get_objective(objective).clean:
+        return True
+    try:
+        return not getattr(build_objective(objective, vocab, seq_len), "batch_level", False)
+    except ObjectiveError:
+        return False
+
+
 def check_layout(opts: ShardOptions, vocab: Vocab) -> None:
     """--doc-boundaries and --global-tokens need an objective whose inputs are its packed sequence position for
     position, special tokens untouched (the encoder packing): T5's span corruption and BART's noise rewrite the
@@ -142,7 +152,9 @@ def check_layout(opts: ShardOptions, vocab: Vocab) -> None:
     if _pads(kind, opts.seq_len, vocab):
         return
     flag = "--doc-boundaries" if opts.doc_boundaries else f"--global-tokens {opts.global_tokens}"
-    ok = objective_names(lambda s: _pads(s.packing, opts.seq_len, vocab))
+    ok = objective_names(
+        lambda s: _pads(s.packing, opts.seq_len, vocab) and _writable(s.name, vocab, opts.seq_len)
+    )
     raise InputError(
         f"{flag} cannot be written with --objective {opts.objective}: its {kind!r} packing cannot be padded or "
         "marked position by position (the objective rewrites the sequence, so its inputs no longer line up with "
