@@ -208,12 +208,16 @@ def _pack_documents(
     rows = first[doc] + k * B
     filled = np.minimum(B, with_sep[doc] - k * B)
     n = len(rows)
-    cols = np.arange(B)
-    inside = cols < filled[:, None]
-    body = np.where(inside, stream[np.minimum(rows[:, None] + cols, max(len(stream) - 1, 0))], packer.pad)
     tokens = np.full((n, packer.length), packer.pad, dtype=np.int32)
     tokens[:, :P] = packer.prefix
-    tokens[:, P : P + B] = body
+    row = 0
+    for d in np.flatnonzero(count):  # by document, so memory stays that of the output (long documents)
+        kept = stream[first[d] : first[d] + min(int(with_sep[d]), int(count[d]) * B)]
+        full = len(kept) // B
+        tokens[row : row + full, P : P + B] = kept[: full * B].reshape(full, B)
+        if full < count[d]:  # the padded last sequence
+            tokens[row + full, P : P + len(kept) - full * B] = kept[full * B :]
+        row += int(count[d])
     if S:  # the suffix follows the body's tokens, before the padding
         tokens[np.arange(n)[:, None], P + filled[:, None] + np.arange(S)] = packer.suffix
     return PackedBlock(tokens, ends, B, P, dropped, starts, rows, filled, padded=True)
