@@ -282,3 +282,21 @@ def test_to_long_bad_input_is_a_clear_error(tmp_path, args: list[str], message: 
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "long").exists()
+
+
+@pytest.mark.slow
+def test_long_attention_benchmark_dry_mode() -> None:
+    """benchmarks/long_attention.py runs end to end (so it cannot rot); activations grow linearly at a fixed window."""
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, cloze_env
+
+    cmd = [sys.executable, "benchmarks/long_attention.py", "--dry", "--lengths", "256", "1024"]
+    cmd += ["--layers", "1", "--hidden", "64", "--window", "64"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=cloze_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    growth = dict(re.findall(r"  (\S+): activations x([\d.]+)", proc.stdout))
+    assert set(growth) == {"cloze-longformer", "cloze-roberta", "hf-longformer"}, proc.stdout
+    assert 3.6 <= float(growth["cloze-longformer"]) <= 4.4  # x4 the length: x4 the activations
