@@ -242,6 +242,12 @@ class LongformerForPretraining(BertForPretraining):
     ) -> torch.Tensor:
         """(B, T, H) hidden states, the padding to the windows added and removed here."""
         T = input_ids.shape[1]
+        for name, m in (("attention_mask", attention_mask), ("global_attention_mask", global_attention_mask)):
+            if m is not None and m.shape != input_ids.shape:
+                raise ValueError(
+                    f"{name} has shape {tuple(m.shape)} but input_ids {tuple(input_ids.shape)}: one flag per token "
+                    "(a global token beyond the sequence, or a mask of another batch)"
+                )
         code = attention_codes(attention_mask, global_attention_mask, input_ids)
         extra = (-T) % self.multiple
         if extra:

@@ -300,3 +300,12 @@ def test_long_attention_benchmark_dry_mode() -> None:
     growth = dict(re.findall(r"  (\S+): activations x([\d.]+)", proc.stdout))
     assert set(growth) == {"cloze-longformer", "cloze-roberta", "hf-longformer"}, proc.stdout
     assert 3.6 <= float(growth["cloze-longformer"]) <= 4.4  # x4 the length: x4 the activations
+
+
+def test_global_mask_of_another_length_is_a_clear_error() -> None:
+    model = build_model(cfg_of(attention_window=[8]))
+    ids = torch.randint(5, V, (2, 16))
+    with pytest.raises(
+        ValueError, match=r"global_attention_mask has shape \(2, 20\) but input_ids \(2, 16\)"
+    ):
+        model(ids, global_attention_mask=torch.zeros(2, 20, dtype=torch.long))
