@@ -88,7 +88,7 @@ def _cmd_shards(args: argparse.Namespace) -> int:
         docs_per_block=args.docs_per_block,
         sentence_task=args.sentence_task,
         doc_boundaries=args.doc_boundaries,
-        global_tokens="" if args.global_tokens == "none" else args.global_tokens,
+        global_tokens=args.global_tokens,
         dupe_factor=args.dupe_factor,
         objective_options=options,
         sources=SourceOptions(
@@ -628,15 +628,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--doc-boundaries",
         action="store_true",
+        default=sd["doc_boundaries"],
         help="no sequence holds two documents: a document's last sequence is padded, samples carry an "
         "attention_mask (encoder objectives: mlm, wwm, span, electra, tokens; for Longformer)",
     )
     s.add_argument(
         "--global-tokens",
-        default="none",
-        choices=["none", *GLOBAL_TOKENS],
+        default=sd["global_tokens"],
+        choices=["", *GLOBAL_TOKENS],
         help="write a global_attention_mask for Longformer: cls = the first position, first-of-each-line = it and "
-        "the first token of every line of the text (default %(default)s: no mask)",
+        "the first token of every line of the text (default: none)",
     )
     s.add_argument(
         "--valid-fraction",

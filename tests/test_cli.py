@@ -88,6 +88,8 @@ def test_flag_defaults_come_from_the_options_they_set() -> None:
         "docs_per_block",
         "dupe_factor",
         "sentence_task",
+        "doc_boundaries",
+        "global_tokens",
     ):
         assert getattr(shards, key) == getattr(opts, key), key
     for args in (tok, shards):
