@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import flops, hf
-from .config import ModelConfig, ModelConfigError, check_standard_ffn
+from .config import PRESETS, ModelConfig, ModelConfigError, check_standard_ffn
 from .encoder import (
     ENCODER_DROP,
     ROBERTA_LAYER_FUSE,
@@ -356,18 +356,12 @@ register_family(
         hf=LONGFORMER_HF,
         presets={
             # allenai/longformer-base-4096: RoBERTa-base's shape, 4096 positions, window 512 in every layer
-            "longformer_base_4096": dict(
-                family="longformer",
-                hidden_size=768,
-                num_layers=12,
-                num_heads=12,
-                intermediate_size=3072,
-                type_vocab_size=1,
-                position_offset=1,
-                layer_norm_eps=1e-5,
-                max_position_embeddings=4096,
-                attention_window=[512],
-            ),
+            "longformer_base_4096": {
+                **PRESETS["roberta_base"],
+                "family": "longformer",
+                "max_position_embeddings": 4096,
+                "attention_window": [512],
+            },
         },
     )
 )

@@ -13,6 +13,7 @@ from modeling import ModelConfigError, build_model
 from modeling.hf import hf_model, import_hf
 from modeling.longformer import GLOBAL, LOCAL, PAD, sliding_window_attention
 from tests.conftest import tiny_model_config
+from tests.test_hf import make
 
 V = 211
 
@@ -82,16 +83,6 @@ def cfg_of(**kw):
         num_layers=3,
     )
     return tiny_model_config(**{**base, **kw})
-
-
-def make(cfg):
-    torch.manual_seed(0)
-    m = build_model(cfg).eval()
-    with torch.no_grad():  # non-trivial LayerNorm / bias values, so a wrong map cannot hide behind init
-        for p in m.parameters():
-            if p.ndim == 1:
-                p.add_(torch.randn_like(p) * 0.1)
-    return m
 
 
 @pytest.mark.parametrize("windows", [[4], [4, 8, 4], [8, 8, 16]])
