@@ -8,10 +8,10 @@ transformers' LongformerForMaskedLM (the same weights, exported), same batch.
 Each (model, length) runs in its own process: forward + backward of the MLM loss (15% of positions), the step
 time the median of --steps after one warm-up. Memory two ways: the activations (every tensor autograd keeps for the
 backward pass, each storage counted once: what grows with the length), and the peak (the process's peak resident
-set minus its resident set after the warm-up, which also holds the gradients and allocator caches; on a GPU,
-torch.cuda.max_memory_allocated). At a fixed window the activations grow linearly with the length (8k / 1k ~ 8).
-torch's CPU SDPA is a fused (flash-style) kernel, so cloze RoBERTa keeps no n x n matrix either: full attention
-shows in its time (quadratic), not in its activations.
+set minus its resident set once the model is built, before the first step: activations, gradients, temporaries
+and allocator caches; on a GPU, torch.cuda.max_memory_allocated). At a fixed window the activations grow linearly
+with the length (8k / 1k ~ 8). torch's CPU SDPA is a fused (flash-style) kernel, so cloze RoBERTa keeps no n x n
+matrix either: full attention shows in its time (quadratic), not in its activations.
 """
 
 from __future__ import annotations
@@ -93,19 +93,18 @@ def worker(model_name: str, T: int, args: argparse.Namespace) -> dict[str, float
     storages: dict[int, int] = {}
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
-    def keep(
-        t: torch.Tensor,
-    ) -> torch.Tensor:  # every tensor autograd saves for backward (not the weights) once
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        """Count every tensor autograd saves for the backward pass (each storage once, not the weights)."""
         st = t.untyped_storage()
         if st.data_ptr() not in weights:
             storages[st.data_ptr()] = st.nbytes()
         return t
 
+    cuda = torch.cuda.is_available()
+    base = rss_mib()  # the model built, nothing run yet: the peak below is what the steps add
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
         step()  # warm-up, counting the activations
     activations = sum(storages.values()) / 2**20
-    cuda = torch.cuda.is_available()
-    base = rss_mib()
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
