@@ -74,6 +74,7 @@ def wait_job(c: LocalCluster, job: str, timeout: float = 180, nudge: bool = Fals
     raise AssertionError(f"job {job} did not end within {timeout}s (state {job_field(c, job, 'JobState')})")
 
 
+STEPS = 24
 NODES, TASKS = 4, 2
 """The training jobs' shape: more than two nodes and more than one task per node, so the rank mapping (rank = node
 x tasks + local rank, the master on the first node) is tested, not assumed (issue 19)."""
@@ -88,7 +89,7 @@ def submit(
         "configs/tiny-bert.yaml",
         f"data.path={dataset_dir}",
         f"run_dir={run}",
-        "trainer.max_steps=40",
+        f"trainer.max_steps={STEPS}",
         "trainer.micro_batch_size=2",  # global batch 16 over 8 ranks
         "trainer.eval_every=0",
         "logging.log_every=1",
@@ -192,9 +193,9 @@ def test_four_node_two_task_job_trains_and_checkpoints(finished: tuple[Path, str
     run, job = finished
     log = (run / "slurm" / f"job-{job}.log").read_text()
     assert "cloze: training finished" in log and "on node[1-4] (4 nodes x 2 tasks)" in log
-    assert sorted(read_scalars(run / "tensorboard", "train/loss")) == list(range(1, 41))
-    assert (run / "checkpoints" / "latest").read_text().strip() == "step00000040"
-    assert (run / "checkpoints" / "step00000040" / "COMPLETE").is_file()
+    assert sorted(read_scalars(run / "tensorboard", "train/loss")) == list(range(1, STEPS + 1))
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step{STEPS:08d}"
+    assert (run / "checkpoints" / f"step{STEPS:08d}" / "COMPLETE").is_file()
     seen = []
     for text in rank_logs(run, job):
         m = re.search(r"cloze: rank (\d)/8 local_rank (\d) SLURM_NODEID=(\d) via slurm; master (\S+)", text)
@@ -213,7 +214,7 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(
     job = submit(cluster, dataset_dir, run)
     rank0 = run / "logs" / f"job-{job}-restart-0" / "rank-0.log"
     deadline = time.monotonic() + 120
-    while not (rank0.exists() and re.search(r"step\s+3/40", rank0.read_text())):
+    while not (rank0.exists() and re.search(rf"step\s+3/{STEPS}", rank0.read_text())):
         assert time.monotonic() < deadline, "the job never reached step 3"
         time.sleep(0.1)
     cluster.run("scancel", "--batch", "--signal=USR1", job)
@@ -225,7 +226,7 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(
     assert f"cloze: job {job} restart 1 on node[1-4]" in log  # SLURM_RESTART_COUNT=1 in the restarted job
     resumed = rank_logs(run, job, restart=1)[0]
     m = re.search(r"resumed from \S+ at step (\d+)", resumed)
-    assert m and 3 <= int(m.group(1)) < 40 and int(m.group(1)) == stopped, resumed[:3000]
+    assert m and 3 <= int(m.group(1)) < STEPS and int(m.group(1)) == stopped, resumed[:3000]
     assert read_scalars(run / "tensorboard", "train/loss") == read_scalars(
         reference / "tensorboard", "train/loss"
     )
