@@ -70,12 +70,14 @@ def worker(model_name: str, T: int, args: argparse.Namespace) -> dict[str, float
         model = build_model(cfg)
         if model_name == "hf-longformer":
             model = hf_model(model, cfg)
-    model.train()
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(dev).train()
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, V, (args.batch, T), generator=g)
     labels = torch.where(torch.rand(args.batch, T, generator=g) < 0.15, ids, torch.full_like(ids, -100))
     glob = torch.zeros_like(ids)
     glob[:, 0] = 1  # [CLS]
+    ids, labels, glob = ids.to(dev), labels.to(dev), glob.to(dev)
 
     def step() -> None:
         if model_name == "hf-longformer":
@@ -89,6 +91,8 @@ def worker(model_name: str, T: int, args: argparse.Namespace) -> dict[str, float
             loss = F.cross_entropy(out.logits, out.targets)
         loss.backward()
         model.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
 
     storages: dict[int, int] = {}
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -100,7 +104,7 @@ def worker(model_name: str, T: int, args: argparse.Namespace) -> dict[str, float
             storages[st.data_ptr()] = st.nbytes()
         return t
 
-    cuda = torch.cuda.is_available()
+    cuda = dev.type == "cuda"
     base = rss_mib()  # the model built, nothing run yet: the peak below is what the steps add
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
         step()  # warm-up, counting the activations
@@ -111,8 +115,8 @@ def worker(model_name: str, T: int, args: argparse.Namespace) -> dict[str, float
         step()
         times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base  # KiB -> MiB
-    if cuda:
-        peak = torch.cuda.max_memory_allocated() / 2**20
+    if cuda:  # the steps' peak over what the model holds
+        peak = (torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()) / 2**20
     return {"seconds": statistics.median(times), "peak_mib": peak, "activation_mib": activations}
 
 
