@@ -48,10 +48,15 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(E, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
+    def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(T,) positions offset..offset+T-1 for every row (a subclass may return (B, T))."""
+        T = input_ids.shape[1]
+        return torch.arange(self.offset, T + self.offset, device=input_ids.device)
+
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         T = input_ids.shape[1]
-        positions = torch.arange(self.offset, T + self.offset, device=input_ids.device)
-        h = self.word_embeddings(input_ids) + self.position_embeddings(positions)  # (B, T, E) + (T, E)
+        positions = self.position_ids(input_ids)
+        h = self.word_embeddings(input_ids) + self.position_embeddings(positions)  # (B, T, E) + (T | B T, E)
         if self.token_type_embeddings is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros(T, dtype=torch.long, device=input_ids.device)  # (T,) over B

@@ -205,17 +205,11 @@ class LongformerSelfAttention(nn.Module):
 class LongformerEmbeddings(BertEmbeddings):
     """RoBERTa's embeddings with transformers' position ids: the running count of non-pad tokens after the pad id."""
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         pad = self.word_embeddings.padding_idx
         assert pad is not None
         real = input_ids.ne(pad).long()
-        positions = torch.cumsum(real, dim=1) * real + pad  # (B, T)
-        h = self.word_embeddings(input_ids) + self.position_embeddings(positions)
-        if self.token_type_embeddings is not None:
-            if token_type_ids is None:
-                token_type_ids = torch.zeros_like(input_ids)
-            h = h + self.token_type_embeddings(token_type_ids)
-        return self.dropout(self.LayerNorm(h))
+        return torch.cumsum(real, dim=1) * real + pad  # (B, T)
 
 
 class LongformerForPretraining(BertForPretraining):
