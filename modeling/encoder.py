@@ -8,13 +8,15 @@ AlbertForMaskedLM at export / import (modeling/hf.py).
 
     BERT     post-LN blocks, learned positions, 2 token types
     RoBERTa  the same blocks; one token type; position ids offset by pad + 1
+    XLM-R    RoBERTa (family 'xlm_roberta'), exported as XLMRobertaForMaskedLM
     ALBERT   embeddings of width E projected to H; one block's weights shared by every layer; gelu_tanh
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -326,23 +328,39 @@ BERT_HF = HFAdapter(
     from_hf_config=hf.bert_from_hf,
     bare_prefix="bert.",
 )
-ROBERTA_HF = HFAdapter(
-    parts=(
-        HFPart(
-            "RobertaForMaskedLM",
-            hf.roberta_config,
-            rename=ROBERTA_RENAME,
-            fuse=ROBERTA_LAYER_FUSE,
-            drop=ENCODER_DROP,
-            tied={
-                "lm_head.decoder.weight": "bert.embeddings.word_embeddings.weight",
-                "lm_head.decoder.bias": "cls.predictions.bias",
-            },
+
+
+def roberta_adapter(
+    hf_class: str, config: Callable[[ModelConfig], Any], model_type: str, from_hf: Callable[..., ModelConfig]
+) -> HFAdapter:
+    """The adapter of a transformers class with RoBERTa's module tree (RobertaForMaskedLM, XLMRobertaForMaskedLM):
+    the same key tables under another class name, config and model_type."""
+    return HFAdapter(
+        parts=(
+            HFPart(
+                hf_class,
+                config,
+                rename=ROBERTA_RENAME,
+                fuse=ROBERTA_LAYER_FUSE,
+                drop=ENCODER_DROP,
+                tied={
+                    "lm_head.decoder.weight": "bert.embeddings.word_embeddings.weight",
+                    "lm_head.decoder.bias": "cls.predictions.bias",
+                },
+            ),
         ),
-    ),
-    model_type="roberta",
-    from_hf_config=hf.roberta_from_hf,
-    bare_prefix="roberta.",
+        model_type=model_type,
+        from_hf_config=from_hf,
+        bare_prefix="roberta.",
+    )
+
+
+ROBERTA_HF = roberta_adapter("RobertaForMaskedLM", hf.roberta_config, "roberta", hf.roberta_from_hf)
+# XLM-R (Conneau et al. 2020; facebookresearch/fairseq examples/xlmr, transformers
+# src/transformers/models/xlm_roberta/modeling_xlm_roberta.py): RoBERTa's model over a 250k sentencepiece vocabulary,
+# trained with MLM on CC-100 in 100 languages, no language embeddings.
+XLM_ROBERTA_HF = roberta_adapter(
+    "XLMRobertaForMaskedLM", hf.xlm_roberta_config, "xlm-roberta", hf.xlm_roberta_from_hf
 )
 ALBERT_HF = HFAdapter(
     parts=(
@@ -366,6 +384,7 @@ ALBERT_HF = HFAdapter(
 for _name, _adapter, _configure in (
     ("bert", BERT_HF, None),
     ("roberta", ROBERTA_HF, _roberta_positions),
+    ("xlm_roberta", XLM_ROBERTA_HF, _roberta_positions),
     ("albert", ALBERT_HF, None),
 ):
     register_family(

@@ -14,6 +14,9 @@ model.safetensors). Import is the inverse (split projections concatenated back).
 | t5      | T5ForConditionalGeneration                                    |
 | bart    | BartForConditionalGeneration                                  |
 | distilbert | DistilBertForMaskedLM (a distillation run: the student; adapter in modeling/distilbert.py) |
+| mt5     | MT5ForConditionalGeneration (T5 v1.1's tables, model_type 'mt5')  |
+| xlm_roberta | XLMRobertaForMaskedLM (RoBERTa's tables, model_type 'xlm-roberta') |
+| xlm     | XLMWithLMHeadModel (adapter and config functions in modeling/xlm.py) |
 
 transformers is imported lazily (it is a dev / export dependency, not needed to train).
 
@@ -109,12 +112,18 @@ def bert_config(cfg: ModelConfig) -> Any:
     )
 
 
-def roberta_config(cfg: ModelConfig) -> Any:
+def roberta_config(cfg: ModelConfig, hf_class: str = "RobertaConfig") -> Any:
+    """RobertaConfig (or, with `hf_class`, a config of RoBERTa's architecture: XLMRobertaConfig)."""
     if cfg.position_offset != cfg.pad_token_id + 1:
-        raise ExportError(f"roberta needs model.position_offset = pad id + 1 = {cfg.pad_token_id + 1}")
-    return _transformers().RobertaConfig(
+        raise ExportError(f"{cfg.family} needs model.position_offset = pad id + 1 = {cfg.pad_token_id + 1}")
+    return getattr(_transformers(), hf_class)(
         max_position_embeddings=cfg.max_position_embeddings + cfg.position_offset, **encoder_kwargs(cfg)
     )
+
+
+def xlm_roberta_config(cfg: ModelConfig) -> Any:
+    """XLM-R is RoBERTa's architecture under another name (transformers' modeling_xlm_roberta.py)."""
+    return roberta_config(cfg, "XLMRobertaConfig")
 
 
 def albert_config(cfg: ModelConfig) -> Any:
@@ -140,8 +149,9 @@ def electra_generator_config(cfg: ModelConfig) -> Any:
     return electra_config(cfg, generator=True)
 
 
-def t5_config(cfg: ModelConfig) -> Any:
-    return _transformers().T5Config(
+def t5_config(cfg: ModelConfig, hf_class: str = "T5Config") -> Any:
+    """T5Config (or, with `hf_class`, a config of T5's architecture: MT5Config)."""
+    return getattr(_transformers(), hf_class)(
         d_model=cfg.hidden_size,
         d_kv=cfg.head_dim,
         d_ff=cfg.intermediate_size,
@@ -158,6 +168,17 @@ def t5_config(cfg: ModelConfig) -> Any:
         initializer_factor=cfg.initializer_factor,
         **_common(cfg),
     )
+
+
+def mt5_config(cfg: ModelConfig) -> Any:
+    """MT5Config: T5 v1.1 over a multilingual vocabulary. transformers' MT5 never rescales the decoder output before
+    its head (it has no `scale_decoder_outputs`), so only an untied head (every mT5) has its logits there."""
+    if cfg.tie_word_embeddings:
+        raise ExportError(
+            "mt5 exports need model.tie_word_embeddings=false (mT5 is T5 v1.1: an untied LM head; transformers' "
+            "MT5ForConditionalGeneration has no rescaled tied head)"
+        )
+    return t5_config(cfg, "MT5Config")
 
 
 def bart_config(cfg: ModelConfig) -> Any:
@@ -387,8 +408,12 @@ def bert_from_hf(raw: dict[str, Any], path: str) -> ModelConfig:
     return _encoder_from_hf(raw, path, "bert")
 
 
-def roberta_from_hf(raw: dict[str, Any], path: str) -> ModelConfig:
-    return _encoder_from_hf(raw, path, "roberta", offset=(raw.get("pad_token_id") or 0) + 1)
+def roberta_from_hf(raw: dict[str, Any], path: str, family: str = "roberta") -> ModelConfig:
+    return _encoder_from_hf(raw, path, family, offset=(raw.get("pad_token_id") or 0) + 1)
+
+
+def xlm_roberta_from_hf(raw: dict[str, Any], path: str) -> ModelConfig:
+    return roberta_from_hf(raw, path, "xlm_roberta")
 
 
 def albert_from_hf(raw: dict[str, Any], path: str) -> ModelConfig:
@@ -397,10 +422,10 @@ def albert_from_hf(raw: dict[str, Any], path: str) -> ModelConfig:
     )
 
 
-def t5_from_hf(raw: dict[str, Any], path: str) -> ModelConfig:
+def t5_from_hf(raw: dict[str, Any], path: str, family: str = "t5") -> ModelConfig:
     t5_act, gated = t5_activation_from_hf(raw.get("feed_forward_proj", "relu"), f"{path}/config.json")
     return ModelConfig(
-        family="t5",
+        family=family,
         hidden_size=raw["d_model"],
         num_layers=raw["num_layers"],
         num_decoder_layers=raw.get("num_decoder_layers") or raw["num_layers"],
@@ -419,6 +444,15 @@ def t5_from_hf(raw: dict[str, Any], path: str) -> ModelConfig:
         eos_token_id=raw.get("eos_token_id", 1),
         **_common_from_hf(raw),
     )
+
+
+def mt5_from_hf(raw: dict[str, Any], path: str) -> ModelConfig:
+    """An mT5 config.json: T5's fields, its feed-forward 'gated-gelu' by default, and always an untied head
+    (transformers' MT5 writes tie_word_embeddings=true but never ties the logits' rescaling; google/mt5-* hold their
+    own lm_head)."""
+    cfg = t5_from_hf({"feed_forward_proj": "gated-gelu", **raw}, path, "mt5")
+    cfg.tie_word_embeddings = False
+    return cfg
 
 
 def bart_from_hf(raw: dict[str, Any], path: str) -> ModelConfig:
@@ -443,7 +477,7 @@ def bart_from_hf(raw: dict[str, Any], path: str) -> ModelConfig:
 
 def config_from_hf(path: str | Path) -> ModelConfig:
     """Our ModelConfig for a transformers checkpoint directory (every family whose adapter imports: BERT, RoBERTa,
-    ALBERT, T5, BART)."""
+    ALBERT, T5, BART, mT5, XLM-R, XLM, ...)."""
     import json
 
     raw = json.loads((Path(path) / "config.json").read_text())

@@ -8,6 +8,12 @@ numerics are tested against, huggingface/transformers src/transformers/models/t5
 (T5ForConditionalGeneration, T5DenseActDense / T5DenseGatedActDense, T5PreTrainedModel._init_weights) with the
 activations of src/transformers/activations.py (ACT2FN).
 
+mT5 (family 'mt5', registered at the bottom) is this model: T5 v1.1 (gated-GELU, untied head, relative bias, no
+dropout in pretraining) over a multilingual vocabulary of 250,112 pieces; its presets `mt5-small` / `mt5-base` follow
+google-research/multilingual-t5 multilingual_t5/models/mt5_{small,base}.gin (shapes, dropout_rate 0) and
+multilingual_t5/tasks.py (span corruption on mC4); it exports as transformers' MT5ForConditionalGeneration
+(src/transformers/models/mt5/modeling_mt5.py: T5's module tree and key names under model_type 'mt5').
+
 Shapes: B batch, S encoder length, T decoder length, D model width, N heads, K head width, F FFN width, V vocabulary.
 Blocks are modeling/layers.py's `Attention` (fused qkv; cross-attention q + fused kv) and `FeedForward` (v1.1: one
 fused wi_0|wi_1 projection); the adapter at the bottom maps them onto transformers' T5ForConditionalGeneration
@@ -19,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -266,7 +273,7 @@ def check_t5_config(cfg: ModelConfig) -> None:
     """T5's feed-forward takes any parameter-free transformers activation (FamilySpec.check_config)."""
     if cfg.activation not in T5_ACTIVATIONS:
         raise ModelConfigError(
-            f"model.activation={cfg.activation!r} is not supported for model.family='t5'; choose one of "
+            f"model.activation={cfg.activation!r} is not supported for model.family={cfg.family!r}; choose one of "
             f"{', '.join(T5_ACTIVATIONS)} (transformers' ACT2FN names; 'prelu' and 'xielu' carry learnable "
             "parameters and are not supported)"
         )
@@ -306,33 +313,38 @@ def _t5_names(stack: str, ffn_index: int) -> tuple[list[tuple[str, str]], list[t
 
 
 _ENC, _DEC = _t5_names("encoder", 1), _t5_names("decoder", 2)
-T5_HF = HFAdapter(
-    parts=(
-        HFPart(
-            "T5ForConditionalGeneration",
-            hf.t5_config,
-            rename=(*_ENC[0], *_DEC[0]),
-            fuse=(*_ENC[1], *_DEC[1]),
-        ),
-    ),
-    model_type="t5",
-    from_hf_config=hf.t5_from_hf,
-    fix_hf_model=hf.untie_t5_head,
-    post_layer_norm_only=False,
-)
 
-register_family(
-    FamilySpec(
-        name="t5",
-        build=T5ForPretraining,
-        objectives=("t5",),
-        param_count=flops.t5_params,
-        flops_per_token=flops.t5_flops,
-        framing="raw",
-        seq2seq=True,
-        decoder_start="pad",
-        learned_positions=False,
-        check_config=check_t5_config,
-        hf=T5_HF,
+
+def t5_adapter(
+    hf_class: str, config: Callable[[ModelConfig], Any], model_type: str, from_hf: Callable[..., ModelConfig]
+) -> HFAdapter:
+    """The adapter of a transformers class with T5's module tree (T5ForConditionalGeneration,
+    MT5ForConditionalGeneration): the same key tables under another class name, config and model_type."""
+    return HFAdapter(
+        parts=(HFPart(hf_class, config, rename=(*_ENC[0], *_DEC[0]), fuse=(*_ENC[1], *_DEC[1])),),
+        model_type=model_type,
+        from_hf_config=from_hf,
+        fix_hf_model=hf.untie_t5_head,
+        post_layer_norm_only=False,
     )
-)
+
+
+T5_HF = t5_adapter("T5ForConditionalGeneration", hf.t5_config, "t5", hf.t5_from_hf)
+MT5_HF = t5_adapter("MT5ForConditionalGeneration", hf.mt5_config, "mt5", hf.mt5_from_hf)
+
+for _name, _adapter in (("t5", T5_HF), ("mt5", MT5_HF)):
+    register_family(
+        FamilySpec(
+            name=_name,
+            build=T5ForPretraining,
+            objectives=("t5",),
+            param_count=flops.t5_params,
+            flops_per_token=flops.t5_flops,
+            framing="raw",
+            seq2seq=True,
+            decoder_start="pad",
+            learned_positions=False,
+            check_config=check_t5_config,
+            hf=_adapter,
+        )
+    )
