@@ -15,6 +15,7 @@ from .encoder import BertForPretraining, MLMOutput
 from .longformer import LongformerForPretraining
 from .registry import FamilySpec, get_family, register_family
 from .t5 import Seq2SeqOutput, T5ForPretraining
+from .xlm import XLMForPretraining
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -40,6 +41,7 @@ __all__ = [
     "LongformerForPretraining",
     "T5ForPretraining",
     "BartForPretraining",
+    "XLMForPretraining",
     "Seq2SeqOutput",
     "build_model",
     "FamilySpec",

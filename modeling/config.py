@@ -28,8 +28,9 @@ class ModelConfig:
 
     family: str = "bert"
     """Model family: 'bert', 'roberta', 'albert' (encoders), 'electra' (generator + discriminator), 'deberta'
-    (v2/v3), 'deberta_v1', 'distilbert' (a student, distilled when model.teacher is set), 't5', 'bart'
-    (encoder-decoders), or one a plugin registered (modeling/registry.py)."""
+    (v2/v3), 'deberta_v1', 'distilbert' (a student, distilled when model.teacher is set), 'xlm_roberta', 'xlm'
+    (multilingual encoders), 't5', 'mt5', 'bart' (encoder-decoders), or one a plugin registered
+    (modeling/registry.py)."""
     preset: str = ""
     """Name of the size preset the other fields started from ('' = none). See `PRESETS`."""
     vocab_size: int = 30522
@@ -180,6 +181,16 @@ class ModelConfig:
     """Longformer: the full sliding window of each layer (even; w/2 tokens on each side), one value for all layers or
     one per layer (transformers' `attention_window`; 512 in longformer-base-4096)."""
 
+    # XLM (modeling/xlm.py). Read by family 'xlm' only.
+    languages: list[str] = field(default_factory=list)
+    """XLM: the language names, in language-id order (transformers' `XLMConfig.id2lang`; a batch's `langs` holds
+    these ids, one per token); more than one adds a language embedding table. [] = one unnamed language."""
+    unk_token_id: int = 1
+    """Id of <unk> (cloze's tokenizer layout: 1); written as XLMConfig `unk_index` by an XLM export."""
+    mask_token_id: int = 6
+    """Id of [MASK] (cloze's tokenizer layout: 6); written as XLMConfig `mask_index` / `mask_token_id` by an XLM
+    export."""
+
     def __post_init__(self) -> None:
         from .registry import get_family  # registry imports this module
 
@@ -219,6 +230,8 @@ class ModelConfig:
                 f"model.hidden_size={self.hidden_size} is not divisible by model.num_heads={self.num_heads}; "
                 "change one of them"
             )
+        if len(set(self.languages)) != len(self.languages):
+            raise ModelConfigError(f"model.languages names a language twice: {self.languages}")
         spec.check_config(self)  # the family's own checks (T5: its activations)
         if self.checkpoint_every < 1:
             raise ModelConfigError(f"model.checkpoint_every must be >= 1, got {self.checkpoint_every}")
@@ -229,6 +242,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_kv or self.hidden_size // self.num_heads
+
+    @property
+    def n_langs(self) -> int:
+        """XLM: the number of languages (at least 1)."""
+        return max(1, len(self.languages))
 
     @property
     def emb_size(self) -> int:
@@ -388,6 +406,64 @@ PRESETS: dict[str, dict[str, Any]] = {
         intermediate_size=3072,
         max_position_embeddings=1024,
         layer_norm_eps=1e-5,
+    ),
+    # mT5 (google-research/multilingual-t5, multilingual_t5/models/mt5_{small,base}.gin and transformers'
+    # google/mt5-{small,base} config.json): T5 v1.1's shapes over a 250,112-token vocabulary, no dropout in
+    # pretraining (the gin files set dropout_rate = 0.0; tasks.py trains on mC4).
+    "mt5-small": dict(
+        **{**T5_V1_1, "family": "mt5"},
+        vocab_size=250112,
+        hidden_size=512,
+        num_layers=8,
+        num_heads=6,
+        d_kv=64,
+        intermediate_size=1024,
+        **NO_DROPOUT,
+    ),
+    "mt5-base": dict(
+        **{**T5_V1_1, "family": "mt5"},
+        vocab_size=250112,
+        hidden_size=768,
+        num_layers=12,
+        num_heads=12,
+        d_kv=64,
+        intermediate_size=2048,
+        **NO_DROPOUT,
+    ),
+    # XLM-R (Conneau et al. 2020, fairseq examples/xlmr; transformers FacebookAI/xlm-roberta-{base,large}): RoBERTa's
+    # shapes over a 250,002-token sentencepiece vocabulary.
+    "xlmr-base": dict(
+        family="xlm_roberta",
+        vocab_size=250002,
+        hidden_size=768,
+        num_layers=12,
+        num_heads=12,
+        intermediate_size=3072,
+        type_vocab_size=1,
+        position_offset=1,
+        layer_norm_eps=1e-5,
+    ),
+    "xlmr-large": dict(
+        family="xlm_roberta",
+        vocab_size=250002,
+        hidden_size=1024,
+        num_layers=24,
+        num_heads=16,
+        intermediate_size=4096,
+        type_vocab_size=1,
+        position_offset=1,
+        layer_norm_eps=1e-5,
+    ),
+    # XLM (facebookresearch/XLM): a base-sized MLM/TLM encoder, BERT-base's shape (768 wide, 12 layers, 12 heads,
+    # FFN 4 x 768 as the reference always has); the released XLM-15 (xlm-mlm-tlm-xnli15-1024) is 1024 wide with
+    # 8 heads, XLM-17/100 are 1280 wide with 16 layers. The vocabulary and languages come from the data.
+    "xlm-base": dict(
+        family="xlm",
+        hidden_size=768,
+        num_layers=12,
+        num_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
     ),
     "tiny_t5": dict(**T5_V1_1, hidden_size=128, num_layers=2, num_heads=4, d_kv=32, intermediate_size=256),
     "tiny_bart": dict(

@@ -69,6 +69,15 @@ def longformer_params(cfg: ModelConfig) -> int:
     return encoder_params(cfg) + cfg.num_layers * 3 * (H * H + H)
 
 
+def xlm_params(cfg: ModelConfig) -> int:
+    """XLM: word, position (and, with more than one language, language) embeddings + their LayerNorm, post-LN
+    blocks, the prediction layer's bias (its weight is the word embeddings)."""
+    H, V = cfg.hidden_size, cfg.vocab_size
+    langs = cfg.n_langs * H if cfg.n_langs > 1 else 0
+    embeddings = (V + cfg.max_position_embeddings) * H + langs + 2 * H
+    return embeddings + cfg.num_layers * _encoder_block(H, cfg.intermediate_size) + V
+
+
 def electra_params(cfg: ModelConfig) -> int:
     gen = cfg.generator()
     disc_head = cfg.hidden_size * cfg.hidden_size + cfg.hidden_size + cfg.hidden_size + 1
@@ -113,6 +122,12 @@ def longformer_flops(
     tokens (a few per sequence) are not counted."""
     w = max(cfg.attention_window) if cfg.attention_window else seq_len
     return encoder_flops(cfg, min(seq_len, w + 1), target_len, mask_fraction)
+
+
+def xlm_flops(cfg: ModelConfig, seq_len: int, target_len: int = 0, mask_fraction: float = 0.15) -> float:
+    """XLM: the blocks on every token, the (tied) prediction layer on the masked positions only."""
+    head = mask_fraction * 2 * cfg.hidden_size * cfg.vocab_size
+    return 3.0 * (_encoder_matmul_per_token(cfg, seq_len) + head)
 
 
 def electra_flops(cfg: ModelConfig, seq_len: int, target_len: int = 0, mask_fraction: float = 0.15) -> float:
