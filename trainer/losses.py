@@ -422,6 +422,14 @@ class DistillTask(Task):
         return out
 
 
+class XLMMLMTask(MLMTask):
+    """MLM / TLM for XLM (facebookresearch/XLM xlm/trainer.py `mlm_step`: the model reads `langs` and `positions`):
+    each token's language id (`langs`) and position (`position_ids`, restarting at a TLM pair's second sentence) are
+    passed on when the batch carries them; XLM has no token types."""
+
+    keys = (*(k for k in MLMTask.keys if k != "token_type_ids"), "langs", "position_ids")
+
+
 TaskFactory = Callable[[ModelConfig], Task]
 """The model's config -> a fresh training task for it."""
 
@@ -452,6 +460,8 @@ def task_for(model: ModelConfig | str, rtd_weight: float | None = None) -> Task:
 
 register_task("bert", lambda cfg: MLMTask())
 register_task("roberta", lambda cfg: MLMTask())
+register_task("xlm_roberta", lambda cfg: MLMTask())
+register_task("xlm", lambda cfg: XLMMLMTask())
 register_task("albert", lambda cfg: MLMTask())
 register_task("longformer", lambda cfg: LongformerMLMTask())
 register_task("electra", lambda cfg: ElectraTask(cfg.rtd_weight))
@@ -459,6 +469,7 @@ register_task("deberta", lambda cfg: MLMTask())
 register_task("deberta_v1", lambda cfg: MLMTask())
 register_task("deberta_rtd", lambda cfg: ElectraTask(cfg.rtd_weight, decoupled=cfg.decoupled_training))
 register_task("t5", lambda cfg: Seq2SeqTask())
+register_task("mt5", lambda cfg: Seq2SeqTask())
 register_task("bart", lambda cfg: Seq2SeqTask())
 register_task("distilbert", lambda cfg: DistillTask(cfg) if cfg.teacher else MLMTask())
 
