@@ -291,7 +291,8 @@ register_family(
     FamilySpec(
         name="xlm",
         build=XLMForPretraining,
-        objectives=("mlm", "wwm", "span", "tokens"),
+        # "tlm": translation LM shards (sentence pairs, langs, restarting position_ids), written by the data pipeline
+        objectives=("mlm", "wwm", "span", "tokens", "tlm"),
         param_count=flops.xlm_params,
         flops_per_token=flops.xlm_flops,
         check_config=check_xlm_config,
