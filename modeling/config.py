@@ -410,7 +410,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # mT5 (google-research/multilingual-t5, multilingual_t5/models/mt5_{small,base}.gin and transformers'
     # google/mt5-{small,base} config.json): T5 v1.1's shapes over a 250,112-token vocabulary, no dropout in
     # pretraining (the gin files set dropout_rate = 0.0; tasks.py trains on mC4).
-    "mt5-small": dict(
+    "mt5_small": dict(
         **{**T5_V1_1, "family": "mt5"},
         vocab_size=250112,
         hidden_size=512,
@@ -420,7 +420,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         intermediate_size=1024,
         **NO_DROPOUT,
     ),
-    "mt5-base": dict(
+    "mt5_base": dict(
         **{**T5_V1_1, "family": "mt5"},
         vocab_size=250112,
         hidden_size=768,
@@ -432,7 +432,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # XLM-R (Conneau et al. 2020, fairseq examples/xlmr; transformers FacebookAI/xlm-roberta-{base,large}): RoBERTa's
     # shapes over a 250,002-token sentencepiece vocabulary.
-    "xlmr-base": dict(
+    "xlmr_base": dict(
         family="xlm_roberta",
         vocab_size=250002,
         hidden_size=768,
@@ -443,7 +443,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         position_offset=1,
         layer_norm_eps=1e-5,
     ),
-    "xlmr-large": dict(
+    "xlmr_large": dict(
         family="xlm_roberta",
         vocab_size=250002,
         hidden_size=1024,
@@ -457,7 +457,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # XLM (facebookresearch/XLM): a base-sized MLM/TLM encoder, BERT-base's shape (768 wide, 12 layers, 12 heads,
     # FFN 4 x 768 as the reference always has); the released XLM-15 (xlm-mlm-tlm-xnli15-1024) is 1024 wide with
     # 8 heads, XLM-17/100 are 1280 wide with 16 layers. The vocabulary and languages come from the data.
-    "xlm-base": dict(
+    "xlm_base": dict(
         family="xlm",
         hidden_size=768,
         num_layers=12,

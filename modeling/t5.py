@@ -9,7 +9,7 @@ numerics are tested against, huggingface/transformers src/transformers/models/t5
 activations of src/transformers/activations.py (ACT2FN).
 
 mT5 (family 'mt5', registered at the bottom) is this model: T5 v1.1 (gated-GELU, untied head, relative bias, no
-dropout in pretraining) over a multilingual vocabulary of 250,112 pieces; its presets `mt5-small` / `mt5-base` follow
+dropout in pretraining) over a multilingual vocabulary of 250,112 pieces; its presets `mt5_small` / `mt5_base` follow
 google-research/multilingual-t5 multilingual_t5/models/mt5_{small,base}.gin (shapes, dropout_rate 0) and
 multilingual_t5/tasks.py (span corruption on mC4); it exports as transformers' MT5ForConditionalGeneration
 (src/transformers/models/mt5/modeling_mt5.py: T5's module tree and key names under model_type 'mt5').

@@ -144,9 +144,9 @@ def test_only_engine_imports_deepspeed() -> None:
         "tiny_t5",
         "tiny_bart",
         "tiny_electra",
-        "mt5-small",
-        "xlmr-base",
-        "xlm-base",
+        "mt5_small",
+        "xlmr_base",
+        "xlm_base",
     ],
 )
 def test_parameter_accounting_matches_every_family(preset: str) -> None:

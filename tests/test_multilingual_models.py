@@ -243,5 +243,5 @@ def test_family_rules() -> None:
     tied = cfg_of(**{**KW["mt5"], "tie_word_embeddings": True})
     with pytest.raises(ExportError, match="tie_word_embeddings=false"):
         hf_model(make(tied), tied)
-    assert ModelConfig.from_preset("mt5-small").vocab_size == 250112
-    assert ModelConfig.from_preset("xlmr-large").hidden_size == 1024
+    assert ModelConfig.from_preset("mt5_small").vocab_size == 250112
+    assert ModelConfig.from_preset("xlmr_large").hidden_size == 1024
