@@ -16,9 +16,11 @@ import shutil
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import sentencepiece as spm
@@ -39,6 +41,12 @@ META_FILE = "tokenizer.json"
 NUM_SENTINELS = 100
 PROGRESS_SECONDS = 5.0
 """`train_tokenizer` reports progress at most this often while it reads, and this often while it trains."""
+DEFAULT_ALPHA = 0.3
+"""Language sampling exponent: mT5's (temperature 1/0.3) and XLM-R's (alpha 0.3)."""
+CHARACTER_COVERAGE = 0.9995
+MULTILINGUAL_CHARACTER_COVERAGE = 0.9999
+"""With two or more language tags, unless --character-coverage is given (docs/data.md, "Tokenizer")."""
+_LANG_TAG = re.compile(r"([A-Za-z]{2,3}(?:[_@-][A-Za-z0-9]+)*)=(.+)", re.S)
 
 
 @dataclass
@@ -81,6 +89,8 @@ class TokenizerInfo:
     sentinel_ids: list[int] = field(default_factory=list)
     model_type: str = "unigram"
     sha256: str = ""
+    multilingual: dict[str, Any] | None = None
+    """Per-language sampling of a tokenizer trained on tagged inputs (`train_tokenizer`); None otherwise."""
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -91,26 +101,95 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def split_language_tag(item: str) -> tuple[str | None, str]:
+    """`fr=corpus/fr/` -> ("fr", "corpus/fr/"); an untagged input (or an existing path that merely contains "=")
+    -> (None, item). A tag is a language code: 2-3 letters, then optional `_`/`@`/`-` parts (pt_BR, sr@latin)."""
+    m = _LANG_TAG.fullmatch(item)
+    if m is None or os.path.exists(item):
+        return None, item
+    return m.group(1), m.group(2)
+
+
+def language_shares(counts: dict[str, int], alpha: float) -> dict[str, float]:
+    """Each language's share of the sampled sentences, p_l = q_l^alpha / sum_k q_k^alpha with q_l = n_l / sum n.
+
+    Ports XLM's language sampling (facebookresearch/XLM `xlm/data/loader.py` `set_sampling_probs`, the exponent
+    being `train.py`'s `--lg_sampling_factor`), which is mT5's mixing rate (google-research/multilingual-t5
+    `multilingual_t5/tasks.py`: `DEFAULT_MIX_RATE = rate_num_examples(temperature=1/0.3)`, rate n^(1/T))."""
+    if not 0 < alpha <= 1:
+        raise InputError(
+            f"--alpha {alpha}: the language sampling exponent must be in (0, 1] (mT5/XLM-R: 0.3)"
+        )
+    total = sum(counts.values())
+    q = {lang: (n / total) ** alpha for lang, n in counts.items()}
+    z = sum(q.values())
+    return {lang: v / z for lang, v in q.items()}
+
+
+def sample_counts(shares: dict[str, float], total: int) -> dict[str, int]:
+    """Sentences to draw per language: `total` split by `shares`, rounded by largest remainder (sums to `total`)."""
+    raw = {lang: p * total for lang, p in shares.items()}
+    out = {lang: int(v) for lang, v in raw.items()}
+    for lang in sorted(raw, key=lambda k: (out[k] - raw[k], k))[: total - sum(out.values())]:
+        out[lang] += 1
+    return out
+
+
+def _picks(n: int, m: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices (with repeats) of `m` draws from `n` sentences: every sentence m // n times, and m % n of
+    them, chosen without replacement, once more. Small languages are repeated, large ones subsampled."""
+    q, r = divmod(m, n)
+    extra = rng.choice(n, size=r, replace=False) if r else np.empty(0, dtype=np.int64)
+    return np.sort(np.concatenate([np.repeat(np.arange(n, dtype=np.int64), q), extra.astype(np.int64)]))
+
+
 def train_tokenizer(
     inputs: list[str],
     out_dir: str | Path,
     vocab_size: int = 32000,
     model_type: str = "unigram",
-    character_coverage: float = 0.9995,
+    character_coverage: float | None = None,
     input_sentence_size: int = 2_000_000,
     num_sentinels: int = NUM_SENTINELS,
-    byte_fallback: bool = False,
+    byte_fallback: bool | None = None,
     sources: SourceOptions | None = None,
     progress: Callable[[str], None] | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    seed: int = 0,
 ) -> TokenizerInfo:
     """Train a sentencepiece model on `inputs` and write tokenizer.model + tokenizer.json into `out_dir`.
 
     Written to a temporary directory first and moved into place complete, so a failure leaves nothing behind.
     `progress` gets a line now and then: sentences and bytes read, then the time spent training.
-    """
+
+    Inputs tagged with a language (`fr=builtin:gettext:fr`, `de=corpus/de/`; `split_language_tag`) are read
+    twice: once to count each language's sentences n_l, then to draw sum n_l (at most `input_sentence_size`)
+    sentences with shares p_l ~ n_l^alpha (`language_shares`: mT5 / XLM-R temperature sampling, as mT5 trained its
+    vocabulary, google-research/multilingual-t5 `multilingual_t5/vocab.py`), seeded by `seed`. With two or more
+    languages byte fallback is on and character coverage 0.9999 unless given. Untagged inputs are read as they
+    always were (character coverage 0.9995, no byte fallback unless asked)."""
     sources = sources or SourceOptions()
-    files = resolve_inputs(inputs)
+    tagged = [split_language_tag(item) for item in inputs]
+    languages: dict[str, list[str]] = {}
+    language_shares({"x": 1}, alpha)  # checks --alpha before anything is read
+    if any(lang for lang, _ in tagged):
+        untagged = [item for lang, item in tagged if lang is None]
+        if untagged:
+            raise InputError(
+                f"--input {untagged[0]} has no language tag while others have one; tag every input "
+                f"(LANG=SOURCE, e.g. en={untagged[0]}) or none"
+            )
+        for lang, item in tagged:
+            assert lang is not None
+            languages.setdefault(lang, []).append(item)
+    lang_files = {lang: resolve_inputs(items) for lang, items in languages.items()}
+    files = [f for fs in lang_files.values() for f in fs] if languages else resolve_inputs(inputs)
     check_inputs(files, sources)
+    multilingual = len(languages) >= 2
+    if byte_fallback is None:
+        byte_fallback = multilingual
+    if character_coverage is None:
+        character_coverage = MULTILINGUAL_CHARACTER_COVERAGE if multilingual else CHARACTER_COVERAGE
     say = progress or (lambda line: None)
     if model_type not in ("unigram", "bpe"):
         raise InputError(f"--model-type {model_type!r}: use unigram or bpe")
@@ -122,10 +201,17 @@ def train_tokenizer(
     stats = SourceStats()
     read = {"sentences": 0, "chars": 0}
     t0 = time.perf_counter()
+    sampling: dict[str, Any] | None = None
+    lines: Callable[[], Iterator[str]] = lambda: iter_lines(files, sources, stats)  # noqa: E731
+    if languages:
+        sampling, lines = _language_sampling(
+            lang_files, sources, stats, alpha, seed, input_sentence_size, say
+        )
+        sampling.update(byte_fallback=byte_fallback, character_coverage=character_coverage)
 
     def sentences() -> Iterator[str]:
         last = time.perf_counter()
-        for line in iter_lines(files, sources, stats):
+        for line in lines():
             read["sentences"] += 1
             read["chars"] += len(line)
             if time.perf_counter() - last >= PROGRESS_SECONDS:
@@ -215,6 +301,7 @@ def train_tokenizer(
         say(f"tokenizer: trained in {time.perf_counter() - t0:.1f}s")
         info = describe(tmp / MODEL_FILE)
         info.model_type = model_type
+        info.multilingual = sampling
         (tmp / META_FILE).write_text(json.dumps(tokenizer_meta(info), indent=2) + "\n")
         out.mkdir(parents=True, exist_ok=True)
         for name in (MODEL_FILE, "tokenizer.vocab", META_FILE):
@@ -222,6 +309,54 @@ def train_tokenizer(
         return info
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _language_sampling(
+    lang_files: dict[str, list[str]],
+    sources: SourceOptions,
+    stats: SourceStats,
+    alpha: float,
+    seed: int,
+    input_sentence_size: int,
+    say: Callable[[str], None],
+) -> tuple[dict[str, Any], Callable[[], Iterator[str]]]:
+    """Count each language's sentences (one read), then return the sampling record (for tokenizer.json) and a
+    reader that yields the drawn sentences (a second read): language by language, each sentence as often as it was
+    drawn. `input_sentence_size` is passed on to sentencepiece too, so it keeps every drawn sentence."""
+    counts: dict[str, int] = {}
+    for lang, fs in lang_files.items():
+        counts[lang] = sum(1 for _ in iter_lines(fs, sources, SourceStats()))
+        if counts[lang] == 0:
+            raise InputError(
+                f"language {lang}: its inputs {' '.join(fs)} hold no text; check them or drop the {lang}= inputs"
+            )
+    shares = language_shares(counts, alpha)
+    total = min(input_sentence_size, sum(counts.values()))
+    drawn = sample_counts(shares, total)
+    record: dict[str, Any] = {"alpha": alpha, "seed": seed, "sentences": total, "languages": {}}
+    for lang in counts:
+        record["languages"][lang] = {
+            "sentences": counts[lang],
+            "sampled": drawn[lang],
+            "share": round(drawn[lang] / total, 6),
+            "target_share": round(shares[lang], 6),
+        }
+        say(
+            f"tokenizer: {lang}: {counts[lang]} sentences -> {drawn[lang]} sampled "
+            f"(share {drawn[lang] / total:.4f}, n^{alpha} target {shares[lang]:.4f})"
+        )
+
+    def lines() -> Iterator[str]:
+        for lang, fs in lang_files.items():
+            rng = np.random.default_rng([seed, zlib.crc32(lang.encode())])
+            picks = _picks(counts[lang], drawn[lang], rng).tolist()
+            j = 0
+            for i, line in enumerate(iter_lines(fs, sources, stats)):
+                while j < len(picks) and picks[j] == i:
+                    yield line
+                    j += 1
+
+    return record, lines
 
 
 def _read_line(read: dict[str, int], files_done: int, files: int, t0: float) -> str:
@@ -233,7 +368,7 @@ def _read_line(read: dict[str, int], files_done: int, files: int, t0: float) -> 
 
 
 def tokenizer_meta(info: TokenizerInfo) -> dict:
-    return {
+    meta = {
         "file": MODEL_FILE,
         "sha256": info.sha256,
         "vocab_size": info.vocab_size,
@@ -241,6 +376,9 @@ def tokenizer_meta(info: TokenizerInfo) -> dict:
         "special_tokens": info.special_tokens.to_dict(),
         "sentinel_ids": info.sentinel_ids,
     }
+    if info.multilingual is not None:
+        meta["multilingual"] = info.multilingual
+    return meta
 
 
 def describe(model_path: str | Path) -> TokenizerInfo:

@@ -39,11 +39,21 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
             format=args.format, text_mode=args.text_mode, field=args.field, column=args.column
         ),
         progress=lambda line: print(line, flush=True),
+        alpha=args.alpha,
+        seed=args.seed,
     )
     print(
         f"tokenizer: {args.out}/tokenizer.model  vocab {info.vocab_size}  specials {info.special_tokens.to_dict()}  "
         f"sentinels {len(info.sentinel_ids)}"
     )
+    if info.multilingual:
+        langs = info.multilingual["languages"]
+        print(
+            f"tokenizer: {len(langs)} languages, alpha {info.multilingual['alpha']}, byte fallback "
+            f"{'on' if info.multilingual['byte_fallback'] else 'off'}, character coverage "
+            f"{info.multilingual['character_coverage']}; shares: "
+            + ", ".join(f"{lang} {v['share']:.3f}" for lang, v in langs.items())
+        )
     return 0
 
 
@@ -539,12 +549,21 @@ def build_parser() -> argparse.ArgumentParser:
     td = _defaults(train_tokenizer)
     t = sub.add_parser("tokenizer", help="train a sentencepiece model with cloze's special tokens")
     t.add_argument(
-        "--input", nargs="+", required=True, help="text files, directories, globs, or builtin:stdlib-docs"
+        "--input",
+        nargs="+",
+        action="extend",
+        required=True,
+        help="text files, directories, globs, builtin:stdlib-docs or builtin:gettext:LANG; LANG=SOURCE tags a "
+        "language (e.g. --input fr=builtin:gettext:fr --input de=corpus/de/): languages are then sampled "
+        "with shares ~ n^alpha (repeatable)",
     )
     t.add_argument("--vocab-size", type=int, default=td["vocab_size"], help="(default %(default)s)")
     t.add_argument("--model-type", default=td["model_type"], choices=["unigram", "bpe"])
     t.add_argument(
-        "--character-coverage", type=float, default=td["character_coverage"], help="(default %(default)s)"
+        "--character-coverage",
+        type=float,
+        default=td["character_coverage"],
+        help="(default 0.9995; 0.9999 with two or more language tags)",
     )
     t.add_argument(
         "--input-sentence-size",
@@ -552,7 +571,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=td["input_sentence_size"],
         help="sentences sampled for training (default %(default)s)",
     )
-    t.add_argument("--byte-fallback", action="store_true")
+    t.add_argument(
+        "--byte-fallback",
+        action=argparse.BooleanOptionalAction,
+        default=td["byte_fallback"],
+        help="unknown characters as UTF-8 byte pieces (default: on with two or more language tags, else off)",
+    )
+    t.add_argument(
+        "--alpha",
+        type=float,
+        default=td["alpha"],
+        help="language sampling exponent for tagged inputs, in (0, 1]: shares ~ n^alpha (default %(default)s, "
+        "mT5/XLM-R)",
+    )
+    t.add_argument(
+        "--seed", type=int, default=td["seed"], help="seed of the language sampling (default %(default)s)"
+    )
     _add_source_flags(t)
     t.add_argument("--out", required=True, help="directory for tokenizer.model and tokenizer.json")
     t.set_defaults(fn=_cmd_tokenizer)
