@@ -53,6 +53,10 @@ class Manifest:
     inputs: list[str] = field(default_factory=list)
     build: dict[str, Any] = field(default_factory=dict)
     """How it was written: valid_fraction, docs_per_block, dupe_factor, source options, num_slices, blocks."""
+    languages: list[str] = field(default_factory=list)
+    """The dataset's languages, sorted: `[LANG]` for monolingual text written with `--language`, every language
+    of the pairs for `--parallel` (the tlm `langs` member holds indices into it); [] when not recorded (datasets
+    written before it, or without --language)."""
     format: str = FORMAT
     version: int = VERSION
 
@@ -78,6 +82,8 @@ class Manifest:
             "objective_params": self.objective_params,
             "shards": [[s.name, s.samples, s.sha256, s.index_sha256] for s in self.shards],
         }
+        if self.languages:  # only when recorded: fingerprints of datasets without languages stay as they were
+            ident["languages"] = self.languages
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
     def write(self, directory: str | Path) -> None:

@@ -12,12 +12,14 @@ sample's corruption is the same whatever process, worker or slice writes it; dyn
 | electra   | [CLS] + seq_len-1            | same as mlm (85% [MASK] / 15% kept): the generator's input |
 | t5        | raw_len (T5 arithmetic)      | input_ids (seq_len), labels (target_len); sentinel spans   |
 | bart      | [BOS] + seq_len-2 + [EOS]    | input_ids (>= seq_len, padded), labels = the original      |
+| tlm       | one sentence pair, unpacked  | input_ids, labels, position_ids, langs (<= seq_len)        |
 
 Each objective follows a reference implementation by default (named in its docstring; the table with every
 parameter is in docs/data.md): BERT google-research/bert create_pretraining_data.py, SpanBERT
 facebookresearch/SpanBERT pretraining/fairseq/data/masking.py, ELECTRA google-research/electra
 pretrain/pretrain_helpers.py, T5 google-research/text-to-text-transfer-transformer t5/data/preprocessors.py,
-BART facebookresearch/fairseq fairseq/data/denoising_dataset.py.
+BART facebookresearch/fairseq fairseq/data/denoising_dataset.py, TLM facebookresearch/XLM xlm/trainer.py,
+xlm/utils.py, xlm/data/dataset.py.
 | tokens    | [CLS] + seq_len-1            | input_ids only: corrupted on the fly by the loader         |
 """
 
@@ -849,6 +851,184 @@ register_objective(
         inspect_kind="bart",
     )
 )
+
+
+# ---- XLM translation language modelling (parallel sentence pairs) ----------------------------------------------
+
+MIN_PAIR_LEN = 6
+"""The shortest tlm sample: `</s> a </s> </s> b </s>` (XLM drops pairs with an empty side)."""
+LONG_PAIRS = ("drop", "truncate")
+RANDOM_IDS = ("vocab", "ordinary")
+
+
+@dataclass
+class TLMParams:
+    """XLM's masking of a concatenated sentence pair (facebookresearch/XLM train.py flags in brackets)."""
+
+    rate: float = 0.15
+    """Each eligible token is predicted with this probability, independently (`--word_pred`, `sample_alpha` 0)."""
+    mask_prob: float = 0.8
+    """Of the predicted tokens: [MASK] (`--word_mask_keep_rand` 0.8,0.1,0.1: mask, keep, random)."""
+    random_prob: float = 0.1
+    """Of the predicted tokens: a random id; the rest (0.1) stay unchanged."""
+    random_ids: str = "vocab"
+    """'vocab': random ids uniform over the whole vocabulary, special ids included (XLM `random_(n_words)`);
+    'ordinary': over the non-special ids (as cloze's mlm)."""
+    skip_first: bool = True
+    """The first position (the leading </s>) is never predicted (XLM `pred_mask[0] = 0`)."""
+    predict_eos: bool = True
+    """The other </s> may be predicted like words (XLM masks every non-pad position but the first); False keeps
+    every </s> out of the prediction."""
+    long_pairs: str = "drop"
+    """A pair longer than seq_len (both sentences + 4 </s>): 'drop' it (XLM `remove_long_sentences`), or
+    'truncate' the longer sentence from its end until it fits. Counted in manifest packing.dropped_pairs /
+    truncated_pairs."""
+    max_len: int = 0
+    """Pairs with a sentence of more than max_len tokens are dropped (XLM `--max_len`, per side); 0 = no limit
+    other than seq_len."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.rate < 1.0:
+            raise ObjectiveError(f"tlm rate (--mask-rate) must be in (0, 1), got {self.rate}")
+        if self.mask_prob < 0 or self.random_prob < 0 or self.mask_prob + self.random_prob > 1.0:
+            raise ObjectiveError(
+                f"tlm mask_prob={self.mask_prob} + random_prob={self.random_prob} must be within [0, 1]"
+            )
+        if self.random_ids not in RANDOM_IDS:
+            raise ObjectiveError(f"tlm random_ids={self.random_ids!r}: use {' or '.join(RANDOM_IDS)}")
+        if self.long_pairs not in LONG_PAIRS:
+            raise ObjectiveError(f"tlm long_pairs={self.long_pairs!r}: use {' or '.join(LONG_PAIRS)}")
+        if self.max_len < 0:
+            raise ObjectiveError(f"tlm max_len must be >= 0 (0: no limit), got {self.max_len}")
+
+
+@dataclass
+class SentencePair:
+    """One parallel pair: the token ids of each sentence (no </s>) and the index of each one's language in the
+    dataset's `languages`."""
+
+    first: np.ndarray
+    second: np.ndarray
+    lang1: int
+    lang2: int
+
+
+class TLM:
+    """XLM translation language modelling: one sample is one sentence pair `</s> s1 </s> </s> s2 </s>`, positions
+    restarting at 0 at the second sentence, a language index per token, and XLM's masking over both sentences.
+
+    Reference: facebookresearch/XLM
+      - xlm/data/dataset.py `batch_sentences` (each sentence as `</s> w1 .. wn </s>`), `ParallelDataset`
+        (`remove_empty_sentences`, `remove_long_sentences`);
+      - xlm/utils.py `concat_batches(..., reset_positions=True)` (sentence 2 follows sentence 1's closing </s>,
+        positions restart, langs switch where sentence 2 begins);
+      - xlm/trainer.py `mask_out` (Bernoulli(word_pred) per position, pad and position 0 excluded; then
+        80% [MASK] / 10% kept / 10% random over the vocabulary), `generate_batch`, `mlm_step`.
+    Deviations: masks are drawn per pair when the shards are written (XLM draws them per batch at every step);
+    XLM's fp16 rounding of the number of predicted tokens to a multiple of 8 is not applied (a batch-level
+    speed trick)."""
+
+    name = "tlm"
+    packing = "parallel"
+
+    def __init__(self, vocab: Vocab, seq_len: int, params: TLMParams | None = None) -> None:
+        self.vocab, self.p, self.seq_len = vocab, params or TLMParams(), seq_len
+        if seq_len < MIN_PAIR_LEN:
+            raise ObjectiveError(
+                f"tlm needs --seq-len >= {MIN_PAIR_LEN} (</s> a </s> </s> b </s>), got {seq_len}"
+            )
+
+    def params(self) -> dict[str, Any]:
+        return asdict(self.p)
+
+    def fit(self, first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray, str] | None:
+        """The pair as written: (first, second, 'kept' | 'truncated'), or None when it is dropped (an empty side,
+        a side over max_len, or too long for seq_len with long_pairs='drop')."""
+        if len(first) == 0 or len(second) == 0:
+            return None
+        if self.p.max_len and max(len(first), len(second)) > self.p.max_len:
+            return None
+        room = self.seq_len - 4
+        if len(first) + len(second) <= room:
+            return first, second, "kept"
+        if self.p.long_pairs == "drop":
+            return None
+        a, b = len(first), len(second)
+        while a + b > room:  # cut the longer sentence (the first on a tie) one token at a time
+            if a >= b:
+                a -= 1
+            else:
+                b -= 1
+        return first[:a], second[:b], "truncated"
+
+    def layout(self, pair: SentencePair) -> dict[str, np.ndarray]:
+        """concat_batches(reset_positions=True) for one pair: tokens, position_ids, langs."""
+        eos = self.vocab.eos
+        s1 = np.concatenate([[eos], pair.first, [eos]]).astype(np.int32)
+        s2 = np.concatenate([[eos], pair.second, [eos]]).astype(np.int32)
+        return {
+            "tokens": np.concatenate([s1, s2]),
+            "position_ids": np.concatenate([np.arange(len(s1)), np.arange(len(s2))]).astype(np.int32),
+            "langs": np.concatenate([np.full(len(s1), pair.lang1), np.full(len(s2), pair.lang2)]).astype(
+                np.int32
+            ),
+        }
+
+    def eligible(self, tokens: np.ndarray) -> np.ndarray:
+        """Positions that may be predicted: not padding, not the first position, not </s> unless predict_eos."""
+        ok = tokens != self.vocab.pad
+        if self.p.skip_first:
+            ok[0] = False
+        if not self.p.predict_eos:
+            ok &= tokens != self.vocab.eos
+        return ok
+
+    def mask(self, tokens: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """XLM `mask_out` on one sequence, draw for draw: rand <= rate per position, eligible positions only; then
+        for the chosen positions (in order) a random id each, then mask/keep/random by a 3-way draw."""
+        p = self.p
+        pred = (rng.random(len(tokens)) <= p.rate) & self.eligible(tokens)
+        real = tokens[pred]
+        if p.random_ids == "vocab":
+            rand = rng.integers(0, self.vocab.size, size=len(real)).astype(np.int64)
+        else:
+            pick = rng.integers(0, len(self.vocab.ordinary_ids), size=len(real))
+            rand = self.vocab.ordinary_ids[pick].astype(np.int64)
+        probs = rng.choice(
+            3, size=len(real), p=[p.mask_prob, 1.0 - p.mask_prob - p.random_prob, p.random_prob]
+        )
+        new = np.where(probs == 0, self.vocab.mask, np.where(probs == 1, real, rand))
+        inputs = tokens.astype(np.int32, copy=True)
+        inputs[pred] = new
+        labels = np.full(tokens.shape, IGNORE, dtype=np.int32)
+        labels[pred] = real
+        return {"input_ids": inputs, "labels": labels}
+
+    def __call__(self, pair: SentencePair, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        lay = self.layout(pair)
+        return {**self.mask(lay["tokens"], rng), "position_ids": lay["position_ids"], "langs": lay["langs"]}
+
+
+register_objective(
+    ObjectiveSpec(
+        name="tlm",
+        params=TLMParams,
+        build=lambda vocab, seq_len, o: TLM(vocab, seq_len, TLMParams(**o)),
+        packing="parallel",
+        labels_length=lambda seq_len, params: (MIN_PAIR_LEN, seq_len),
+        inspect_kind="pairs",
+    )
+)
+
+
+def tlm_sides(sample: dict[str, np.ndarray]) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """A tlm sample cut where its positions restart: per sentence (language index, input_ids, labels), each
+    sentence with its two </s>."""
+    cut = int(np.flatnonzero(sample["position_ids"][1:] == 0)[0]) + 1
+    out = []
+    for a, b in ((0, cut), (cut, len(sample["input_ids"]))):
+        out.append((int(sample["langs"][a]), sample["input_ids"][a:b], sample["labels"][a:b]))
+    return out
 
 
 # ---- clean tokens, corrupted on the fly by the loader ---------------------------------------------------------
