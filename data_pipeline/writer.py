@@ -32,14 +32,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .manifest import MANIFEST, Manifest, ShardEntry, atomic_write, read_manifest
-from .objectives import SPLIT_CODES, Vocab, build_objective, sample_rng
+from .objectives import SPLIT_CODES, SentencePair, Vocab, build_objective, sample_rng
 from .packing import (
     GLOBAL_TOKENS,
     PackedBlock,
@@ -48,6 +48,14 @@ from .packing import (
     pack_block,
     packer_for,
     pair_block,
+)
+from .parallel import (
+    DEFAULT_KEYS,
+    PairStats,
+    ParallelOptions,
+    iter_pairs,
+    resolve_parallel_inputs,
+    scan_parallel_inputs,
 )
 from .registry import ObjectiveError, get_objective, objective_names
 from .sources import (
@@ -64,6 +72,8 @@ from .tokenizer import MODEL_FILE, Tokenizer, sha256_file, tokenizer_meta, vocab
 
 BUILD = ".build"
 PLAN = "plan.json"
+PARALLEL = "parallel"
+"""The packing kind of pair objectives (tlm): one sample per sentence pair, read by data_pipeline/parallel.py."""
 
 
 @dataclass
@@ -86,12 +96,51 @@ class ShardOptions:
     (`--global-tokens`)."""
     objective_options: dict[str, Any] = field(default_factory=dict)
     sources: SourceOptions = field(default_factory=SourceOptions)
+    language: str = ""
+    """Monolingual text: its language, recorded as the manifest's `languages: [LANG]` (`--language`)."""
+    parallel: bool = False
+    """Inputs are sentence pairs (data_pipeline/parallel.py), one sample a pair (`--parallel`; objectives with
+    packing 'parallel', e.g. tlm)."""
+    pair_format: str = "auto"
+    """Parallel inputs: 'auto', 'jsonl' or 'tsv' (`--pair-format`)."""
+    pair_keys: list[str] = field(default_factory=lambda: list(DEFAULT_KEYS))
+    """Parallel JSONL: the keys of text1, text2, lang1, lang2 (`--pair-keys`)."""
+    languages: list[str] = field(default_factory=list)
+    """Parallel: the dataset's languages, sorted (filled in by `write_shards` from the inputs; `langs` holds
+    indices into it)."""
 
     def __post_init__(self) -> None:
         try:
             spec = get_objective(self.objective)
         except ObjectiveError as e:
             raise InputError(str(e)) from None
+        if self.parallel != (spec.packing == PARALLEL):
+            pairs = ", ".join(objective_names(lambda s: s.packing == PARALLEL))
+            raise InputError(
+                f"--objective {self.objective} reads sentence pairs; add --parallel"
+                if not self.parallel
+                else f"--parallel writes one sample per sentence pair: use --objective {pairs or 'tlm'}, or drop "
+                "--parallel"
+            )
+        if self.parallel and (
+            self.sentence_task or self.doc_boundaries or self.global_tokens or self.language
+        ):
+            flag = (
+                f"--sentence-task {self.sentence_task}"
+                if self.sentence_task
+                else "--doc-boundaries"
+                if self.doc_boundaries
+                else f"--language {self.language}"
+                if self.language
+                else f"--global-tokens {self.global_tokens}"
+            )
+            raise InputError(
+                f"{flag} does not go with --parallel (each sample is one sentence pair; its languages come from "
+                "the pairs); drop it"
+            )
+        if self.language and (not self.language.strip() or any(c.isspace() for c in self.language)):
+            raise InputError(f"--language {self.language!r}: give a language code such as en or fr")
+        ParallelOptions(self.pair_format, list(self.pair_keys))  # checks them
         if not 0.0 <= self.valid_fraction < 1.0:
             raise InputError(f"--valid-fraction must be in [0, 1), got {self.valid_fraction}")
         if self.docs_per_block < 1:
@@ -267,7 +316,9 @@ def _init_worker(tokenizer_path: str, opts: dict[str, Any]) -> None:
     spec = get_objective(o.objective)
     objective = None if spec.clean else build_objective(o.objective, vocab, o.seq_len, o.objective_options)
     kind = spec.packing
-    length = o.seq_len if spec.packed_length is None else spec.packed_length(objective, o.seq_len)
+    length = (
+        o.seq_len if spec.packed_length is None or o.parallel else spec.packed_length(objective, o.seq_len)
+    )
     _worker.update(tok=tok, opts=o, vocab=vocab, objective=objective, kind=kind, length=length)
 
 
@@ -347,6 +398,62 @@ def process_block(out: str, block: int, first_doc: int, joined: list[str]) -> di
     return record
 
 
+def process_pair_block(
+    out: str, block: int, first_pair: int, pairs: list[tuple[str, str, str, str]]
+) -> dict[str, Any]:
+    """`--parallel`: tokenize, fit, mask and write one block of sentence pairs (global indices from
+    `first_pair`); pairs go to the validation split by a hash of their index. A pair that does not fit seq_len is
+    dropped or truncated as the objective says (`TLM.fit`), and counted. Returns the block's record."""
+    w = _worker
+    o: ShardOptions = w["opts"]
+    obj = w["objective"]
+    outp = Path(out)
+    lang_index = {lang: i for i, lang in enumerate(o.languages)}
+    encoded = w["tok"].encode([p[0] for p in pairs] + [p[1] for p in pairs])  # one call per block
+    n_pairs = len(pairs)
+    by_split: dict[str, list[SentencePair]] = {s: [] for s in SPLIT_CODES}
+    dropped = dropped_pairs = truncated = 0
+    for i, (_, _, la, lb) in enumerate(pairs):
+        a = np.asarray(encoded[i], dtype=np.int32)
+        b = np.asarray(encoded[n_pairs + i], dtype=np.int32)
+        fitted = obj.fit(a, b)
+        if fitted is None:
+            dropped_pairs += 1
+            dropped += len(a) + len(b)
+            continue
+        fa, fb, how = fitted
+        if how == "truncated":
+            truncated += 1
+            dropped += len(a) + len(b) - len(fa) - len(fb)
+        split = split_of(first_pair + i, o.seed, o.valid_fraction)
+        by_split[split].append(SentencePair(fa, fb, lang_index[la], lang_index[lb]))
+    entries, longest = [], 0
+    for split, code in SPLIT_CODES.items():
+        kept = by_split[split]
+        if not kept:
+            continue
+        samples = []
+        for i, pair in enumerate(kept):
+            for d in range(o.dupe_factor):
+                sample = obj(pair, sample_rng(o.seed, code, block, i, d))
+                samples.append((f"{split}-{block:06d}-{i * o.dupe_factor + d:07d}", sample))
+        tokens = sum(int(s["input_ids"].size) for _, s in samples)
+        longest = max(longest, *(int(s["input_ids"].size) for _, s in samples))
+        entries.append(write_tar(outp, f"{split}-{block:06d}.tar", samples, tokens, split))
+    record = {
+        "block": block,
+        "shards": [asdict(e) for e in entries],
+        "dropped_tokens": dropped,
+        "dropped_pairs": dropped_pairs,
+        "truncated_pairs": truncated,
+        "documents": n_pairs,
+        "longest_input": longest,
+        "pad_tokens": 0,
+    }
+    _atomic_json(outp / BUILD / f"block-{block:06d}.json", record)
+    return record
+
+
 def _atomic_json(path: Path, obj: Any) -> None:
     atomic_write(path, (json.dumps(obj, indent=1) + "\n").encode())
 
@@ -365,12 +472,19 @@ def _block_done(out: Path, block: int) -> bool:
 # ---- the driver -----------------------------------------------------------------------------------------------
 
 
-def _blocks(files: list[str], opts: ShardOptions, stats: SourceStats) -> Iterator[tuple[int, int, list[str]]]:
-    """(block number, global index of its first document, its documents as newline-joined strings)."""
-    block: list[str] = []
+def _blocks(files: list[str], opts: ShardOptions, stats: SourceStats) -> Iterator[tuple[int, int, list[Any]]]:
+    """(block number, global index of its first document, its documents as newline-joined strings; with
+    --parallel its sentence pairs as (text1, text2, lang1, lang2))."""
+    block: list[Any] = []
     b = 0
-    for doc in iter_documents(files, stats, opts.sources):
-        block.append("\n".join(doc))
+    items: Iterator[Any]
+    if opts.parallel:
+        assert isinstance(stats, PairStats)
+        items = iter_pairs(files, stats, ParallelOptions(opts.pair_format, list(opts.pair_keys)))
+    else:
+        items = ("\n".join(doc) for doc in iter_documents(files, stats, opts.sources))
+    for item in items:
+        block.append(item)
         if len(block) == opts.docs_per_block:
             yield b, b * opts.docs_per_block, block
             b, block = b + 1, []
@@ -395,8 +509,14 @@ def write_shards(
         raise InputError(f"--slice {slice_index} must be in [0, --num-slices {num_slices})")
     if workers < 1:
         raise InputError(f"--workers must be >= 1, got {workers}")
-    files = resolve_inputs(inputs)  # every input checked before anything is written
-    check_inputs(files, opts.sources)
+    if opts.parallel:  # every input read once before anything is written: bad files, and the languages
+        files = resolve_parallel_inputs(inputs)
+        opts = replace(
+            opts, languages=scan_parallel_inputs(files, ParallelOptions(opts.pair_format, opts.pair_keys))
+        )
+    else:
+        files = resolve_inputs(inputs)  # every input checked before anything is written
+        check_inputs(files, opts.sources)
     tok = Tokenizer(tokenizer)
     if not get_objective(opts.objective).clean:
         built = build_objective(
@@ -408,7 +528,7 @@ def write_shards(
                 f"--objective {opts.objective} masks whole training micro-batches at once: write `--objective tokens` "
                 f"shards and train with data.objective={opts.objective}"
             )
-    else:
+    else:  # not reached with --parallel: pair objectives are built (not clean)
         packer_for(get_objective(opts.objective).packing, opts.seq_len, vocab_of(tok))
         check_layout(opts, vocab_of(tok))
     out = Path(out)
@@ -466,7 +586,8 @@ def _run(
     slice_index: int,
     progress: Callable[[dict[str, float]], None] | None,
 ) -> None:
-    stats = SourceStats()
+    stats = PairStats() if opts.parallel else SourceStats()
+    work = process_pair_block if opts.parallel else process_block
     t0 = time.perf_counter()
     done_tokens = done_docs = done_blocks = reused_blocks = reused_docs = 0
     total_blocks = 0
@@ -510,7 +631,7 @@ def _run(
         for b, first, docs in _blocks(files, opts, stats):
             total_blocks = b + 1
             if b % num_slices == slice_index and not reused(b, docs):
-                account(process_block(str(out), b, first, docs))
+                account(work(str(out), b, first, docs))
     else:
         pending: list[Future] = []
         parent = 0 if multiprocessing.get_start_method() == "forkserver" else os.getpid()
@@ -521,7 +642,7 @@ def _run(
                 total_blocks = b + 1
                 if b % num_slices != slice_index or reused(b, docs):
                     continue
-                pending.append(pool.submit(process_block, str(out), b, first, docs))
+                pending.append(pool.submit(work, str(out), b, first, docs))
                 while len(pending) >= 2 * workers:  # bound the documents held in memory
                     account(pending.pop(0).result())
             for f in pending:
@@ -584,6 +705,8 @@ def _merge(out: Path) -> Manifest:
             raise InputError(f"block {b} of {out} was not written ({p} is missing); rerun its slice")
         records.append(json.loads(p.read_text()))
     opts = plan["options"]
+    documents = bool(opts.get("doc_boundaries", False))
+    parallel = bool(opts.get("parallel", False))
     stats = slices[0]["source_stats"]
     inputs = " ".join(plan["inputs"])
     shards = [ShardEntry(**s) for r in records for s in r["shards"]]
@@ -600,6 +723,13 @@ def _merge(out: Path) -> Manifest:
         raise InputError(no_documents_message(plan["inputs"], stats, SourceOptions(**opts["sources"])))
     # every token of the corpus, packed or not (tokens that fill no whole sequence are dropped)
     corpus_tokens = sum(v["tokens"] for v in splits.values()) + sum(r["dropped_tokens"] for r in records)
+    if splits["train"]["samples"] == 0 and parallel:
+        kept = sum(int(r.get("dropped_pairs", 0)) for r in records)
+        raise InputError(
+            f"the pairs of {inputs} ({stats['documents']} pairs read, {kept} dropped as longer than --seq-len "
+            f"{opts['seq_len']} or empty) give no training sample; raise --seq-len, or truncate long pairs "
+            "(--opt long_pairs=truncate)"
+        )
     if splits["train"]["samples"] == 0:
         raise InputError(
             f"the corpus {inputs} ({stats['documents']} documents, about {corpus_tokens} tokens) gives no training "
@@ -622,7 +752,6 @@ def _merge(out: Path) -> Manifest:
     atomic_write(out / MODEL_FILE, tok.path.read_bytes())
     meta = tokenizer_meta(tok.info)
     objective_params: dict[str, Any] = {}
-    documents = bool(opts.get("doc_boundaries", False))
     spec = get_objective(opts["objective"])
     if not spec.clean:
         objective_params = build_objective(
@@ -639,14 +768,28 @@ def _merge(out: Path) -> Manifest:
         splits=splits,
         shards=shards,
         packing={
-            "method": "pairs" if opts["sentence_task"] else "documents" if documents else "concat",
+            "method": PARALLEL
+            if parallel
+            else "pairs"
+            if opts["sentence_task"]
+            else "documents"
+            if documents
+            else "concat",
             "dropped_tokens": sum(r["dropped_tokens"] for r in records),
             # The longest input written: BART's noise makes inputs longer than seq_len by an amount no formula
             # bounds (every zero-length span inserts a mask); the loader and the model's positions check this.
             "longest_input": max((int(r.get("longest_input", 0)) for r in records), default=0),
             "kind": spec.packing,
         }
-        | ({"pad_tokens": sum(int(r.get("pad_tokens", 0)) for r in records)} if documents else {}),
+        | ({"pad_tokens": sum(int(r.get("pad_tokens", 0)) for r in records)} if documents else {})
+        | (
+            {
+                "dropped_pairs": sum(int(r.get("dropped_pairs", 0)) for r in records),
+                "truncated_pairs": sum(int(r.get("truncated_pairs", 0)) for r in records),
+            }
+            if parallel
+            else {}
+        ),
         source_stats=stats,
         inputs=plan["inputs"],
         build={
@@ -654,7 +797,17 @@ def _merge(out: Path) -> Manifest:
             for k2 in ("valid_fraction", "docs_per_block", "dupe_factor", "sentence_task", "sources")
         }
         | {"doc_boundaries": documents, "global_tokens": opts.get("global_tokens", "")}
-        | {"num_slices": k, "blocks": n_blocks},
+        | {"num_slices": k, "blocks": n_blocks}
+        | (
+            {"parallel": True, "pair_format": opts["pair_format"], "pair_keys": opts["pair_keys"]}
+            if parallel
+            else {}
+        ),
+        languages=list(opts.get("languages") or [])
+        if parallel
+        else [opts["language"]]
+        if opts.get("language")
+        else [],
     )
     manifest.write(out)
     shutil.rmtree(out / BUILD, ignore_errors=True)

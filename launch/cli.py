@@ -104,6 +104,10 @@ def _cmd_shards(args: argparse.Namespace) -> int:
         sources=SourceOptions(
             format=args.format, text_mode=args.text_mode, field=args.field, column=args.column
         ),
+        language=args.language,
+        parallel=args.parallel,
+        pair_format=args.pair_format,
+        pair_keys=[k.strip() for k in args.pair_keys.split(",")],
     )
     bars: list[Any] = []  # shown once the job has run 2 s (so quick failures print only their error)
     started = time.perf_counter()
@@ -163,6 +167,16 @@ def _summary(out: str, m: Any) -> None:
             for k, v in m.splits.items()
         )
     )
+    if m.packing.get("method") == "parallel":
+        print(
+            f"input: {s['documents']} pairs ({', '.join(m.languages)}); skipped {s['bad_json_lines']} non-JSON lines, "
+            f"{s.get('bad_tsv_lines', 0)} TSV lines without 4 columns, {s.get('missing_side', 0)} without a text, "
+            f"{s.get('missing_language', 0)} without a language, {s.get('same_language', 0)} in one language; "
+            f"dropped {m.packing.get('dropped_pairs', 0)} pairs longer than seq_len, truncated "
+            f"{m.packing.get('truncated_pairs', 0)}"
+            + (f" (e.g. {s['examples'][0]})" if s.get("examples") else "")
+        )
+        return
     print(
         f"input: {s['documents']} documents; skipped {s['empty_documents']} empty, {s['bad_json_lines']} "
         f"non-JSON lines, {s['missing_field']} records without the text field; {s['invalid_utf8_lines']} lines "
@@ -626,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mask-rate",
         type=float,
         default=None,
-        help=f"mlm/wwm/span/electra: fraction predicted ({mlm.rate:g})",
+        help=f"mlm/wwm/span/electra/tlm: fraction predicted ({mlm.rate:g})",
     )
     s.add_argument(
         "--noise-density",
@@ -672,6 +686,30 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["", *GLOBAL_TOKENS],
         help="write a global_attention_mask for Longformer: cls = the first position, first-of-each-line = it and "
         "the first token of every line of the text (default: none)",
+    )
+    s.add_argument(
+        "--language",
+        default=sd["language"],
+        help="the language of monolingual text, recorded as the manifest's languages: [LANG] (default: none)",
+    )
+    s.add_argument(
+        "--parallel",
+        action="store_true",
+        default=sd["parallel"],
+        help="inputs are sentence pairs, one sample a pair (--objective tlm): TSV text1<TAB>text2<TAB>lang1<TAB>lang2, "
+        "JSONL (--pair-keys), or builtin:gettext-pairs:LANG (en-LANG)",
+    )
+    s.add_argument(
+        "--pair-format",
+        default=sd["pair_format"],
+        choices=["auto", "jsonl", "tsv"],
+        help="--parallel: auto = .jsonl/.json/.ndjson JSONL, anything else TSV (default %(default)s)",
+    )
+    s.add_argument(
+        "--pair-keys",
+        default=",".join(sd["pair_keys"]),
+        metavar="TEXT1,TEXT2,LANG1,LANG2",
+        help="--parallel JSONL: the keys of the two texts and their languages (default %(default)s)",
     )
     s.add_argument(
         "--valid-fraction",
