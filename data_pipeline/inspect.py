@@ -10,7 +10,7 @@ import numpy as np
 
 from .loader import ShardReader
 from .manifest import read_manifest
-from .objectives import IGNORE, SpanParams, span_length_distribution
+from .objectives import IGNORE, SpanParams, TLMParams, span_length_distribution, tlm_sides
 from .registry import ObjectiveError, get_objective
 from .sources import InputError
 from .tokenizer import Tokenizer, sha256_file
@@ -39,8 +39,22 @@ def inspect_kind(objective: str) -> str:
         return ""
 
 
-def render(tok: Tokenizer, objective: str, sample: dict[str, np.ndarray]) -> str:
+def render_pairs(tok: Tokenizer, sample: dict[str, np.ndarray], languages: list[str]) -> str:
+    """A sentence-pair sample (tlm): each sentence on its own line after its language, masked positions as in
+    render_mlm (each sentence keeps its two </s>)."""
+    out = []
+    for lang, ids, labels in tlm_sides(sample):
+        name = languages[lang] if 0 <= lang < len(languages) else f"lang {lang}"
+        out.append(f"[{name}] {render_mlm(tok, ids.tolist(), labels.tolist())}")
+    return "\n".join(out)
+
+
+def render(
+    tok: Tokenizer, objective: str, sample: dict[str, np.ndarray], languages: list[str] | None = None
+) -> str:
     kind = inspect_kind(objective)
+    if kind == "pairs":
+        return render_pairs(tok, sample, languages or [])
     if kind == "masked":
         return render_mlm(tok, sample["input_ids"].tolist(), sample["labels"].tolist())
     if kind in ("t5", "bart"):
@@ -64,7 +78,9 @@ def inspect_dataset(directory: str | Path, n: int = 3, split: str = "train") -> 
         + ", ".join(f"{k} {v['samples']} samples" for k, v in m.splits.items()),
     ]
     kind = inspect_kind(m.objective)
-    if kind == "masked":
+    if m.languages:
+        lines.append(f"languages: {', '.join(f'{i} {lang}' for i, lang in enumerate(m.languages))}")
+    if kind in ("masked", "pairs"):
         lines.append("legend: [MASK→x] masked, [y→x] replaced by a random token, [=x] kept but predicted")
     elif kind == "t5":
         lines.append(
@@ -77,7 +93,7 @@ def inspect_dataset(directory: str | Path, n: int = 3, split: str = "train") -> 
                 if shown >= n:
                     return "\n".join(lines)
                 lines.append(f"--- {entry.name} #{i}")
-                lines.append(render(tok, m.objective, reader.read(shard, i)))
+                lines.append(render(tok, m.objective, reader.read(shard, i), m.languages))
                 shown += 1
     finally:
         reader.close()
@@ -90,6 +106,16 @@ def inspect_dataset(directory: str | Path, n: int = 3, split: str = "train") -> 
 def reference_values(objective: str, params: dict[str, Any]) -> dict[str, float]:
     """What the reference recipe asks for, from the manifest's objective_params (keys as in `dataset_stats`)."""
     kind = inspect_kind(objective)
+    if kind == "pairs":
+        d = TLMParams()
+        mask_prob = float(params.get("mask_prob", d.mask_prob))
+        random_prob = float(params.get("random_prob", d.random_prob))
+        return {
+            "rate": float(params.get("rate", d.rate)),
+            "mask_share": mask_prob,
+            "random_share": random_prob,
+            "kept_share": 1.0 - mask_prob - random_prob,
+        }
     if kind == "masked":
         spec = get_objective(objective)
         default = spec.params() if spec.params is not None else None  # its dataclass defaults (electra: 85/0)
@@ -151,7 +177,18 @@ def dataset_stats(directory: str | Path, split: str = "train", max_samples: int 
                 seen += 1
                 s = reader.read(shard, i)
                 x, y = s["input_ids"].astype(np.int64), s["labels"].astype(np.int64)
-                if kind == "masked":
+                if kind == "pairs":  # tlm: XLM's eligible positions (all but the first; </s> per predict_eos)
+                    orig = np.where(y != IGNORE, y, x)
+                    chosen = y != IGNORE
+                    eligible = orig != st["pad"]
+                    eligible[0] = not m.objective_params.get("skip_first", True)
+                    if not m.objective_params.get("predict_eos", True):
+                        eligible &= orig != st["eos"]
+                    add("maskable", float(eligible.sum()))
+                    add("chosen", float(chosen.sum()))
+                    add("as_mask", float((x[chosen] == st["mask"]).sum()))
+                    add("kept", float((x[chosen] == y[chosen]).sum()))
+                elif kind == "masked":
                     orig = np.where(y != IGNORE, y, x)
                     chosen = y != IGNORE
                     add("maskable", float((~special[orig]).sum()))
@@ -180,7 +217,15 @@ def dataset_stats(directory: str | Path, split: str = "train", max_samples: int 
     finally:
         reader.close()
     out: dict[str, float] = {"samples": float(seen)}
-    if kind == "masked" and acc.get("chosen"):
+    if kind == "pairs" and acc.get("chosen"):
+        c = acc["chosen"]
+        out.update(
+            rate=c / acc["maskable"],
+            mask_share=acc["as_mask"] / c,
+            random_share=(c - acc["as_mask"] - acc["kept"]) / c,
+            kept_share=acc["kept"] / c,
+        )
+    elif kind == "masked" and acc.get("chosen"):
         c = acc["chosen"]
         out.update(
             rate=c / acc["maskable"],

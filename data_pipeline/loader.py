@@ -46,6 +46,10 @@ from .sources import InputError
 from .tarshard import sample_crc
 
 MASKS = ("attention_mask", "global_attention_mask")
+PAIR_MEMBERS = ("position_ids", "langs")
+"""Per-token members of sentence-pair samples (tlm): padded with 0 (the attention mask covers the padding)."""
+PARALLEL_METHOD = "parallel"
+"""manifest packing.method of datasets written with --parallel: one sentence pair a sample, variable length."""
 """0/1 sample members (`--doc-boundaries`, `--global-tokens`): batched as long tensors, padded with 0."""
 
 
@@ -66,6 +70,7 @@ class SampleCheck:
 
     def __init__(self, manifest: Manifest) -> None:
         n, p = manifest.seq_len, manifest.objective_params
+        self.seq_len = n
         self.vocab = int(manifest.tokenizer["vocab_size"])
         spec = objective_of(manifest)
         # member -> (shortest, longest) length; the objective bounds them (t5: targets of exactly target_len;
@@ -83,6 +88,18 @@ class SampleCheck:
             self.lengths["attention_mask"] = (n, n)
         if manifest.build.get("global_tokens"):
             self.lengths["global_attention_mask"] = (n, n)
+        self.tops: dict[str, int] = {}
+        """Members bounded otherwise than by the vocabulary: value < top."""
+        self.same_length = False
+        """Every member has input_ids' length (variable-length samples)."""
+        if manifest.packing.get("method") == PARALLEL_METHOD:
+            # one sentence pair a sample (tlm): no packing, so any length from the shortest pair to seq_len;
+            # positions restart at the second sentence, langs index the manifest's languages
+            shortest = labels[0] if labels is not None else 1
+            for key in ("input_ids", "labels", *PAIR_MEMBERS):
+                self.lengths[key] = (shortest, n)
+            self.tops = {"position_ids": n, "langs": len(manifest.languages)}
+            self.same_length = True
 
     def problem(self, sample: dict[str, np.ndarray]) -> str:
         """What is wrong with `sample` ("" when nothing is)."""
@@ -94,8 +111,10 @@ class SampleCheck:
                 return f"{key} is a {a.dtype} array of shape {a.shape}, expected 1-D integers"
             if not lo <= len(a) <= hi:
                 want = str(lo) if lo == hi else f"{lo}..{hi}"
-                return f"{key} has length {len(a)}, the manifest says {want} (seq_len {self.lengths['input_ids'][0]})"
-            top = 2 if key in ("token_type_ids", "sentence_label", *MASKS) else self.vocab
+                return f"{key} has length {len(a)}, the manifest says {want} (seq_len {self.seq_len})"
+            if self.same_length and len(a) != len(sample["input_ids"]):
+                return f"{key} has length {len(a)}, input_ids {len(sample['input_ids'])}: they must be equal"
+            top = 2 if key in ("token_type_ids", "sentence_label", *MASKS) else self.tops.get(key, self.vocab)
             ok = (a >= 0) & (a < top)
             if key == "labels":
                 ok |= a == IGNORE
@@ -315,8 +334,9 @@ class SkipBudget:
 @dataclass
 class Collator:
     """Stacks samples into a batch. Padded inputs get a padding mask (`attention_mask`: the samples' own when they
-    carry one, `--doc-boundaries`; a `global_attention_mask` is carried through), labels are padded with -100, and
-    encoder-decoder samples (t5, bart) get decoder inputs = labels shifted right behind `decoder_start`."""
+    carry one, `--doc-boundaries`; from the samples' lengths for sentence pairs, tlm; a `global_attention_mask` is
+    carried through), labels are padded with -100, `position_ids` and `langs` with 0, and encoder-decoder samples
+    (t5, bart) get decoder inputs = labels shifted right behind `decoder_start`."""
 
     pad_id: int = 0
     seq2seq: bool = False
@@ -325,7 +345,7 @@ class Collator:
     def __call__(self, samples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for key in samples[0]:
-            fill = IGNORE if key == "labels" else 0 if key in MASKS else self.pad_id
+            fill = IGNORE if key == "labels" else 0 if key in (*MASKS, *PAIR_MEMBERS) else self.pad_id
             width = max(len(s[key]) for s in samples)
             arr = np.full((len(samples), width), fill, dtype=np.int64)
             for i, s in enumerate(samples):
@@ -334,6 +354,11 @@ class Collator:
         ids = out["input_ids"]
         # padded inputs (bart, sentence pairs) get a padding mask, unless the samples carry theirs
         if "attention_mask" not in out and (ids == self.pad_id).any():
+        if "attention_mask" not in out and "position_ids" in out:
+            # variable-length samples (tlm) are padded here only: the mask follows their lengths (a random
+            # replacement may be the <pad> id, XLM's random_(n_words), and must still be attended to)
+            lengths = torch.tensor([len(s["input_ids"]) for s in samples])
+            out["attention_mask"] = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
             out["attention_mask"] = (ids != self.pad_id).long()
         if "sentence_label" in out:
             out["sentence_label"] = out["sentence_label"].reshape(-1)
