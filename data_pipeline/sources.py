@@ -502,8 +502,9 @@ def read_mo(path: str, translations: bool = True) -> list[tuple[str, str]]:
     """(msgid, msgstr) of every translated message of a GNU .mo catalog, in the file's order (sorted by msgid).
 
     Ports the parser of Python's `gettext.GNUTranslations._parse` (the .mo layout of GNU gettext), with three
-    differences: the header (empty msgid) is read for its charset only, and is not decoded as UTF-8 first (the
-    stdlib fails on 8 of this machine's catalogs whose header names a translator in Latin-1); a plural message
+    differences: the header (empty msgid) is read for its charset only, and is not decoded as UTF-8 first nor its
+    Plural-Forms parsed (the stdlib fails on 8 of this machine's catalogs: 7 whose header names a translator in
+    Latin-1, 1 with a malformed Plural-Forms line); a plural message
     gives one pair, its singular msgid with the first form; a `msgctxt` prefix (`ctx\\x04`) is dropped. Undecodable
     bytes become U+FFFD. `translations=False` leaves msgstr empty (reads the English side only, faster).
     A file that is not a .mo catalog is an InputError naming it."""
