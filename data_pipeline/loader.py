@@ -352,13 +352,13 @@ class Collator:
                 arr[i, : len(s[key])] = s[key]
             out[key] = torch.from_numpy(arr)
         ids = out["input_ids"]
-        # padded inputs (bart, sentence pairs) get a padding mask, unless the samples carry theirs
-        if "attention_mask" not in out and (ids == self.pad_id).any():
         if "attention_mask" not in out and "position_ids" in out:
             # variable-length samples (tlm) are padded here only: the mask follows their lengths (a random
             # replacement may be the <pad> id, XLM's random_(n_words), and must still be attended to)
             lengths = torch.tensor([len(s["input_ids"]) for s in samples])
             out["attention_mask"] = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
+        # padded inputs (bart, sentence pairs) get a padding mask, unless the samples carry theirs
+        if "attention_mask" not in out and (ids == self.pad_id).any():
             out["attention_mask"] = (ids != self.pad_id).long()
         if "sentence_label" in out:
             out["sentence_label"] = out["sentence_label"].reshape(-1)
