@@ -149,6 +149,8 @@ class ShardReader:
         self._index: OrderedDict[int, np.ndarray] = OrderedDict()
         self._broken: dict[int, str] = {}
         self._files: OrderedDict[int, Any] = OrderedDict()
+        self.open_limit = self.OPEN_SHARDS
+        """Shards kept open (a mixture's stream gives each of its sources a share of a bounded total)."""
 
     def __len__(self) -> int:
         return int(self.counts.sum())
@@ -180,7 +182,7 @@ class ShardReader:
         if shard in self._broken:
             raise InputError(self._broken[shard])
         self._index[shard] = idx
-        if len(self._index) > self.OPEN_SHARDS:
+        if len(self._index) > self.open_limit:
             self._index.popitem(last=False)
         return idx
 
@@ -194,7 +196,7 @@ class ShardReader:
                 f = self._files[shard] = open(name, "rb")  # noqa: SIM115 - kept open across reads, closed on eviction
             except OSError as e:
                 raise InputError(f"shard {name} cannot be opened ({e}); rebuild or restore it") from None
-            if len(self._files) > self.OPEN_SHARDS:
+            if len(self._files) > self.open_limit:
                 self._files.popitem(last=False)[1].close()
         else:
             self._files.move_to_end(shard)
@@ -437,27 +439,20 @@ class DynamicMasking:
         return {**batch, **{k: torch.from_numpy(v.astype(np.int64)) for k, v in out.items()}}
 
 
-class TrainStream(IterableDataset):
-    """Endless stream of this rank's micro-batches, from global sample `spec.start_sample` on, in the global order.
-    Each batch carries `skipped_samples` (unreadable samples left out of it, a 0-d tensor) and `skip_error`
-    (the first one's error, or ""); the caller counts them against its budget. A micro-batch none of whose samples
-    could be read holds only those two and `UNREADABLE_KEY` (the error to raise once the budget is checked)."""
-
-    UNREADABLE_KEY = "unreadable_batch"
+class StreamSource:
+    """One dataset a TrainStream reads: its manifest, reader seed, collator and on-the-fly masking."""
 
     def __init__(
         self,
         directory: str | Path,
-        spec: StreamSpec,
-        split: str = "train",
+        split: str,
         objective: str = "",
         objective_options: dict[str, Any] | None = None,
+        name: str = "",
     ) -> None:
-        super().__init__()
         self.dir = Path(directory)
+        self.name = name or self.dir.name
         self.manifest = read_manifest(self.dir)
-        self.spec = spec
-        self.split = split
         self.collate = collator_for(self.manifest)
         self.dynamic: DynamicMasking | None = None
         if objective_of(self.manifest).clean:
@@ -467,46 +462,124 @@ class TrainStream(IterableDataset):
                 f"data.objective={objective!r} but {self.dir} holds {self.manifest.objective!r} shards (masked when "
                 "written); leave data.objective empty, or write `--objective tokens` shards to mask on the fly"
             )
-        counts = np.asarray([s.samples for s in self.manifest.shards_of(split)], dtype=np.int64)
-        self.num_samples = int(counts.sum())
-        if self.num_samples < spec.global_batch:
+        self.counts = np.asarray([s.samples for s in self.manifest.shards_of(split)], dtype=np.int64)
+        self.num_samples = int(self.counts.sum())
+        self.languages: LanguageIds | None = None
+        """Set by `use_languages` for families with language embeddings (XLM)."""
+
+    def use_languages(self, run_languages: list[str]) -> None:
+        """Give every sample a `langs` member in the run's language ids (see LanguageIds)."""
+        self.languages = LanguageIds(self.dir, self.manifest, run_languages)
+
+    def finish(self, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return sample if self.languages is None else self.languages(sample)
+
+
+class LanguageIds:
+    """For families with language embeddings (XLM): a tlm sample's per-token `langs` (indices into its manifest's
+    `languages`) mapped to the run's ids (model.languages order); a monolingual dataset's samples get `langs`
+    filled with its one language."""
+
+    def __init__(self, directory: Path, manifest: Manifest, run_languages: list[str]) -> None:
+        ours = list(manifest.languages)
+        missing = [lang for lang in ours if lang not in run_languages]
+        if not ours or missing:
             raise InputError(
-                f"{self.dir}: the {split} split has {self.num_samples} samples, fewer than one global batch of "
-                f"{spec.global_batch}; lower trainer.global_batch_size or write more data"
+                f"{directory}: the model's languages are {run_languages}, but the dataset records "
+                f"{ours or 'no language'}; write it with `cloze shards --language LANG` (or add "
+                f"{missing or 'its language'} to model.languages)"
             )
+        self.table = np.asarray([run_languages.index(lang) for lang in ours], dtype=np.int64)
+
+    def __call__(self, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if "langs" in sample:
+            return {**sample, "langs": self.table[sample["langs"]]}
+        return {**sample, "langs": np.full(len(sample["input_ids"]), self.table[0], dtype=np.int64)}
+
+
+class TrainStream(IterableDataset):
+    """Endless stream of this rank's micro-batches, from global sample `spec.start_sample` on, in the global order.
+    Each batch carries `skipped_samples` (unreadable samples left out of it, a 0-d tensor) and `skip_error`
+    (the first one's error, or ""); the caller counts them against its budget. A micro-batch none of whose samples
+    could be read holds only those two and `UNREADABLE_KEY` (the error to raise once the budget is checked).
+
+    With a `mixture` (data_pipeline/mixture.py) the stream reads several datasets (`sources`; `directory` is the
+    first): global sample i is sample `mixture.locate(i)` of one source's own sequence, each source in its own
+    seeded order (seed `source_seed(seed, k)`); batches then also carry `mixture_counts` (samples per source)."""
+
+    UNREADABLE_KEY = "unreadable_batch"
+    COUNTS_KEY = "mixture_counts"
+
+    def __init__(
+        self,
+        directory: str | Path,
+        spec: StreamSpec,
+        split: str = "train",
+        objective: str = "",
+        objective_options: dict[str, Any] | None = None,
+        sources: list[StreamSource] | None = None,
+        mixture: Any = None,
+    ) -> None:
+        super().__init__()
+        self.sources = sources or [StreamSource(directory, split, objective, objective_options)]
+        self.mixture = mixture
+        first = self.sources[0]
+        self.dir, self.manifest, self.collate = first.dir, first.manifest, first.collate
+        self.dynamic = first.dynamic
+        self.spec = spec
+        self.split = split
+        self.num_samples = first.num_samples
+        for src in self.sources:
+            if src.num_samples < (spec.global_batch if mixture is None else 1):
+                raise InputError(
+                    f"{src.dir}: the {split} split has {src.num_samples} samples, fewer than one global batch of "
+                    f"{spec.global_batch}; lower trainer.global_batch_size or write more data"
+                )
+
+    def _seed(self, k: int) -> int:
+        return self.spec.seed if self.mixture is None else source_seed(self.spec.seed, k)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        reader = ShardReader(self.dir, self.manifest, self.split)
-        orders: dict[int, EpochOrder] = {}
+        readers = [ShardReader(src.dir, src.manifest, self.split) for src in self.sources]
+        if len(readers) > 1:  # open files stay bounded however many sources
+            for r in readers:
+                r.open_limit = max(2, ShardReader.OPEN_SHARDS * 2 // len(readers))
+        orders: list[dict[int, EpochOrder]] = [{} for _ in self.sources]
         j = worker
         try:
             while True:
                 samples = []
                 skipped, first_error = 0, ""
                 indices = micro_batch_indices(self.spec, j)
+                per_source = np.zeros(len(self.sources), dtype=np.int64)
                 for index in indices:
-                    epoch, position = divmod(int(index), self.num_samples)
-                    if epoch not in orders:
-                        if len(orders) > 1:  # a micro-batch spans at most two epochs
-                            del orders[min(orders)]
-                        orders[epoch] = EpochOrder(reader.counts, self.spec.seed, epoch)
-                    shard, offset = orders[epoch].locate(position)
+                    k, position = (0, int(index)) if self.mixture is None else self.mixture.locate(int(index))
+                    src, seed = self.sources[k], self._seed(k)
+                    per_source[k] += 1
+                    epoch, position = divmod(position, src.num_samples)
+                    cache = orders[k]
+                    if epoch not in cache:
+                        if len(cache) > 1:  # a micro-batch spans at most two epochs
+                            del cache[min(cache)]
+                        cache[epoch] = EpochOrder(src.counts, seed, epoch)
+                    shard, offset = cache[epoch].locate(position)
                     try:
-                        sample = reader.read(shard, offset)
+                        sample = readers[k].read(shard, offset)
                     except InputError as e:
                         skipped += 1
                         first_error = first_error or str(e)
                         continue
-                    if self.dynamic is not None:
-                        sample = self.dynamic(sample, self.spec.seed, epoch, shard, offset)
-                    samples.append(sample)
+                    if src.dynamic is not None:
+                        sample = src.dynamic(sample, seed, epoch, shard, offset)
+                    samples.append((k, src.finish(sample)))
                 batch: dict[str, Any] = {}
                 if samples:
-                    batch = dict(self.collate(samples))
-                    if self.dynamic is not None:
-                        batch = self.dynamic.mask_batch(batch, self.spec.seed, int(indices[0]))
+                    src = self.sources[samples[0][0]]
+                    batch = dict(src.collate([s for _, s in samples]))
+                    if src.dynamic is not None:
+                        batch = src.dynamic.mask_batch(batch, self._seed(samples[0][0]), int(indices[0]))
                 else:  # reported, not raised: an exception in a DataLoader worker reaches the user as its traceback
                     batch[self.UNREADABLE_KEY] = (
                         f"every sample of micro-batch {j} in {self.dir} is unreadable ({first_error}); no skip "
@@ -514,10 +587,18 @@ class TrainStream(IterableDataset):
                     )
                 batch["skipped_samples"] = torch.tensor(skipped)
                 batch["skip_error"] = first_error
+                if self.mixture is not None:
+                    batch[self.COUNTS_KEY] = torch.from_numpy(per_source)
                 yield batch
                 j += workers
         finally:
-            reader.close()
+            for r in readers:
+                r.close()
+
+
+def source_seed(seed: int, k: int) -> int:
+    """The sample-order seed of a mixture's k-th source: its own permutations, independent of the others'."""
+    return int.from_bytes(hashlib.sha256(f"cloze-mixture:{seed}:{k}".encode()).digest()[:4], "little")
 
 
 class EvalStream(IterableDataset):
@@ -542,10 +623,13 @@ class EvalStream(IterableDataset):
         batches: int,
         objective: str = "",
         objective_options: dict[str, Any] | None = None,
+        languages: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.dir = Path(directory)
         self.manifest = read_manifest(self.dir)
+        self.languages = LanguageIds(self.dir, self.manifest, languages) if languages else None
+        """`languages`: the run's (model.languages of a language-embedding family): samples get `langs`."""
         self.micro_batch, self.world_size, self.rank = micro_batch, world_size, rank
         self.collate = collator_for(self.manifest)
         self.dynamic = (
@@ -588,7 +672,7 @@ class EvalStream(IterableDataset):
                     sample = reader.read(shard, offset)
                     if self.dynamic is not None:  # fixed masks for evaluation: epoch 0, seed 0, per sample
                         sample = self.dynamic(sample, 0, 0, shard, offset, whole=True)
-                    samples.append(sample)
+                    samples.append(sample if self.languages is None else self.languages(sample))
                 batch = self.collate(samples)
                 batch[self.PADDING_KEY] = torch.tensor(int(padding))
                 yield batch
@@ -603,9 +687,11 @@ def train_loader(
     prefetch: int = 4,
     objective: str = "",
     objective_options: dict[str, Any] | None = None,
+    sources: list[StreamSource] | None = None,
+    mixture: Any = None,
 ) -> DataLoader:
     """This rank's training micro-batches (see TrainStream); skipped samples are reported, not budgeted here."""
-    ds = TrainStream(directory, spec, "train", objective, objective_options)
+    ds = TrainStream(directory, spec, "train", objective, objective_options, sources, mixture)
     kwargs: dict[str, Any] = (
         {"prefetch_factor": prefetch, "persistent_workers": False, "worker_init_fn": _ignore_stop_signals}
         if num_workers

@@ -178,11 +178,21 @@ def eval_lines(step: int, metrics: dict[str, float]) -> list[str]:
             if k.endswith("_accuracy")
             and k != "mlm_accuracy"
             and not k.startswith(("baseline", *KIND_LABELS))
+            and "/" not in k
         }
     else:
-        rest = {k: v for k, v in metrics.items() if k.endswith("_accuracy")}
+        rest = {k: v for k, v in metrics.items() if k.endswith("_accuracy") and "/" not in k}
     if rest:
         lines.append("  " + "  ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in rest.items()))
+    # a mixture: each dataset's own figures (its accuracy next to its own baseline)
+    for name in [k[: -len("/loss")] for k in metrics if k.endswith("/loss")]:
+        acc = [k for k in ("mlm_accuracy", "seq2seq_accuracy") if f"{name}/{k}" in metrics]
+        part = f"  {name}: loss {metrics[f'{name}/loss']:.4f}"
+        if acc:
+            part += f"  accuracy {metrics[f'{name}/{acc[0]}']:.4f}"
+        if f"{name}/baseline_accuracy" in metrics:
+            part += f"  baseline {metrics[f'{name}/baseline_accuracy']:.4f}"
+        lines.append(part)
     return lines
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from data_pipeline.loader import SkipBudget
-from data_pipeline.manifest import Manifest
 
 from . import checkpoint as ckpt
 from . import distributed as D
@@ -81,30 +80,37 @@ def run_schedule(cfg: RunConfig, saved: list[int] | None) -> tuple[tuple[int, in
     )
 
 
-def dataset_change(tag_dir: Path, state: dict[str, Any], manifest: Manifest, cfg: RunConfig) -> str:
-    """Empty when the checkpoint was trained on this dataset (or does not say which); a note when it was not and
-    data.allow_dataset_change allows that; otherwise CheckpointError."""
+def dataset_change(tag_dir: Path, state: dict[str, Any], ours: str, cfg: RunConfig) -> str:
+    """Empty when the checkpoint was trained on this dataset (fingerprint `ours`: the manifest's, or a mixture's)
+    or does not say which; a note when it was not and data.allow_dataset_change allows that; otherwise
+    CheckpointError."""
     saved = state.get("dataset_fingerprint")
-    ours = manifest.fingerprint()
     if not saved or saved == ours:
         return ""
+    mixture = bool(cfg.data.mixture.sources)
+    what = "data.mixture" if mixture else f"data.path={cfg.data.path}"
     if cfg.data.allow_dataset_change:
         return (
-            f"data.allow_dataset_change: resuming on {cfg.data.path} (dataset {ours}), not the dataset the "
+            f"data.allow_dataset_change: resuming on {what} (dataset {ours}), not the dataset the "
             f"checkpoint was trained on ({saved}); the data position carries over"
         )
+    differ = (
+        "its datasets, their order, weights or stages differ"
+        if mixture
+        else "its shards, tokenizer, objective, seq_len or seed differ"
+    )
     raise ckpt.CheckpointError(
-        f"checkpoint {tag_dir} was trained on another dataset (fingerprint {saved}) than data.path={cfg.data.path} "
-        f"(fingerprint {ours}: its shards, tokenizer, objective, seq_len or seed differ). Point data.path at the "
-        "run's dataset, or set data.allow_dataset_change=true to continue on this one"
+        f"checkpoint {tag_dir} was trained on another dataset (fingerprint {saved}) than {what} "
+        f"(fingerprint {ours}: {differ}). Point {what.split('=')[0]} at the "
+        "run's data, or set data.allow_dataset_change=true to continue on this one"
     )
 
 
 class Checkpointer:
     """should_save / save / find / restore for one run directory (run_dir/checkpoints)."""
 
-    def __init__(self, cfg: RunConfig, info: DistInfo, run_dir: Path, manifest: Manifest) -> None:
-        self.cfg, self.info, self.manifest = cfg, info, manifest
+    def __init__(self, cfg: RunConfig, info: DistInfo, run_dir: Path, fingerprint: str) -> None:
+        self.cfg, self.info, self.fingerprint = cfg, info, fingerprint
         self.root = run_dir / "checkpoints"
         self.expected = ckpt.expected_rank_files(
             info.world_size, cfg.deepspeed.zero_stage, cfg.deepspeed.precision
@@ -161,7 +167,7 @@ class Checkpointer:
             consumed=saved.get("consumed_samples"),
             skipped=saved.get("skipped_samples"),
             schedule=saved_schedule(saved),
-            notes=[dataset_change(self.root / found, saved, self.manifest, self.cfg)],
+            notes=[dataset_change(self.root / found, saved, self.fingerprint, self.cfg)],
         )
         return point, meta
 
@@ -196,7 +202,7 @@ class Checkpointer:
             "skipped_samples": progress.skips.skipped,  # unreadable samples skipped so far, against skip_budget
             "cloze_skipped_steps": progress.skipped_steps,  # DeepSpeed's own state has a "skipped_steps"
             "schedule": {"max_steps": schedule[0], "warmup_steps": schedule[1]},  # what the lr follows
-            "dataset_fingerprint": self.manifest.fingerprint(),  # resuming on another dataset is an error
+            "dataset_fingerprint": self.fingerprint,  # resuming on another dataset is an error
             "config": self.cfg.to_dict(),
         }
         on_written = overriding(self.callbacks, "on_checkpoint_written")

@@ -25,6 +25,7 @@ from data_pipeline.loader import EvalStream, ShardReader, SkipBudget
 from data_pipeline.manifest import Manifest
 from data_pipeline.sources import InputError
 from modeling.flops import peak_flops_for, train_flops_per_token
+from modeling.registry import get_family
 
 from . import distributed as D
 from .callbacks import Callback
@@ -171,28 +172,43 @@ def most_frequent_label(
 class Evaluator:
     """Held-out metrics on the dataset's eval split (capped by trainer.eval_batches), every trainer.eval_every steps
     and once at the end. Accuracy comes with its trivial baseline: always predicting the most frequent label token
-    (encoder families), which is what "learned something" is measured against."""
+    (encoder families), which is what "learned something" is measured against.
+
+    With a mixture every dataset's validation split is scored on its own (`<name>/loss`, `<name>/mlm_accuracy`
+    with its own baseline, ...: per language for a multilingual run), and the unprefixed metrics pool them all."""
 
     def __init__(
-        self, cfg: RunConfig, info: DistInfo, manifest: Manifest, task: Task, skips: SkipBudget
+        self,
+        cfg: RunConfig,
+        info: DistInfo,
+        sources: Sequence[tuple[str, str, Manifest]],
+        task: Task,
+        skips: SkipBudget,
     ) -> None:
         t, d = cfg.trainer, cfg.data
         self.every, self.max_steps, self.task = t.eval_every, t.max_steps, task
         # Unreadable samples met by the baseline scan count against the budget (not saved: a resumed run scans
         # them again).
         scan_budget = SkipBudget(skips.budget, skips.skipped)
-        self.baseline_id = (
-            most_frequent_label(d.path, manifest, budget=scan_budget) if not cfg.model.is_seq2seq else None
-        )
-        self.stream = EvalStream(
-            d.path,
-            t.micro_batch_size,
-            info.world_size,
-            info.rank,
-            t.eval_batches,
-            d.objective,
-            d.objective_options,
-        )
+        self.parts: list[tuple[str, EvalStream, int | None]] = []
+        """(name, its validation stream, its baseline label): one per dataset ("" for a single dataset)."""
+        for name, path, manifest in sources:
+            baseline = (
+                most_frequent_label(path, manifest, budget=scan_budget) if not cfg.model.is_seq2seq else None
+            )
+            stream = EvalStream(
+                path,
+                t.micro_batch_size,
+                info.world_size,
+                info.rank,
+                t.eval_batches,
+                d.objective,
+                d.objective_options,
+                list(cfg.model.languages) if get_family(cfg.model.family).languages else None,
+            )
+            self.parts.append((name if len(sources) > 1 else "", stream, baseline))
+        self.stream = self.parts[0][1]
+        self.baseline_id = self.parts[0][2]
         self.callbacks: Sequence[Callback] = ()
         self.beat: Callable[[str], None] = lambda where: None
 
@@ -200,22 +216,35 @@ class Evaluator:
         """Every trainer.eval_every steps, except the last (run() evaluates once after it)."""
         return bool(self.every) and step % self.every == 0 and step < self.max_steps
 
+    def _sums(self, engine: Engine, at: int, stream: EvalStream, baseline: int | None) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        for i, batch in enumerate(stream):
+            self.beat(f"evaluation at step {at}, batch {i}")
+            # A padding batch only keeps this rank's forward passes in step with the others': not counted.
+            weight = 0.0 if int(batch.pop(EvalStream.PADDING_KEY, 0)) else 1.0
+            r = self.task(engine.forward, engine.to_device(batch), baseline)
+            for k, v in r.sums.items():
+                sums[k] = sums.get(k, 0.0) + weight * v
+        return sums
+
     def evaluate(self, engine: Engine, at: int) -> dict[str, float]:
         engine.train(False)
-        sums: dict[str, float] = {}
         with torch.no_grad():
-            for i, batch in enumerate(self.stream):
-                self.beat(f"evaluation at step {at}, batch {i}")
-                # A padding batch only keeps this rank's forward passes in step with the others': not counted.
-                weight = 0.0 if int(batch.pop(EvalStream.PADDING_KEY, 0)) else 1.0
-                r = self.task(engine.forward, engine.to_device(batch), self.baseline_id)
-                for k, v in r.sums.items():
-                    sums[k] = sums.get(k, 0.0) + weight * v
+            parts = [(name, stream, self._sums(engine, at, stream, b)) for name, stream, b in self.parts]
         engine.train(True)
-        m = self.task.summarize(all_reduce_dict(sums))
+        pooled: dict[str, float] = {}
+        m: dict[str, float] = {}
+        for name, stream, sums in parts:
+            for k, v in sums.items():
+                pooled[k] = pooled.get(k, 0.0) + v
+            if name:
+                own = self.task.summarize(all_reduce_dict(sums))
+                m.update({f"{name}/{k}": v for k, v in own.items()})
+                m[f"{name}/eval_samples"] = float(stream.samples)
+        m.update(self.task.summarize(all_reduce_dict(pooled)))
         # Which part of the held-out split this is: the whole of it unless trainer.eval_batches caps it.
-        m["eval_samples"] = float(self.stream.samples)
-        m["eval_split_samples"] = float(self.stream.total)
+        m["eval_samples"] = float(sum(stream.samples for _, stream, _ in self.parts))
+        m["eval_split_samples"] = float(sum(stream.total for _, stream, _ in self.parts))
         for cb in self.callbacks:
             cb.on_eval(at, m)
         return m

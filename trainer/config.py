@@ -33,6 +33,88 @@ class ConfigError(ClozeError, ValueError):
 
 
 @dataclass
+class MixtureSource:
+    """One dataset of a mixture."""
+
+    path: str = ""
+    """Dataset directory written by `cloze shards`. Required."""
+    name: str = ""
+    """Label in logs and TensorBoard (mixture/<name>, eval/<name>/loss). Default: the dataset's language
+    (`cloze shards --language`), else the directory's name."""
+    weight: float = 0.0
+    """Sampling weight (normalised over the sources). 0 = derived from the dataset's training tokens with
+    data.mixture.alpha; give every source a weight or none."""
+
+
+@dataclass
+class MixtureStage:
+    """From optimizer step `step` on, new weights: an alpha, or explicit weights by source name."""
+
+    step: int = 0
+    """First step of the stage (> 0; the config's own weights hold from step 0)."""
+    alpha: float = 0.0
+    """Temperature exponent from this step on (0 = explicit `weights`)."""
+    weights: dict[str, float] = field(default_factory=dict)
+    """Weight of every source by name (when alpha is 0)."""
+
+
+@dataclass
+class MixtureConfig:
+    """Several datasets sampled by weight (data_pipeline/mixture.py; docs/data.md "Mixtures"): p_l ∝ n_l^alpha
+    over the sources' training tokens n_l unless weights are given. The sample order stays a pure function of
+    (seed, global sample index), so exact and elastic resume cost what they cost on one dataset."""
+
+    sources: list[MixtureSource] = field(default_factory=list)
+    """The datasets (two or more). Every one must share the tokenizer (sha256) and sequence length; with
+    unit: sample also the objective."""
+    alpha: float = 0.3
+    """Temperature exponent when no weights are given: 0.3 is mT5's and XLM-R's, 0.5 XLM's, 1 = by size. In
+    (0, 1]."""
+    unit: str = "sample"
+    """'sample': every batch mixes the sources; 'step': each optimizer step's whole batch comes from one source
+    (XLM's alternation of MLM and TLM steps)."""
+    stages: list[MixtureStage] = field(default_factory=list)
+    """Weights that change during the run (mmBERT-style annealing): stages at increasing steps."""
+
+    def __post_init__(self) -> None:
+        if self.unit not in ("sample", "step"):
+            raise ConfigError(f"data.mixture.unit={self.unit!r}: use 'sample' or 'step'")
+        if not 0.0 < self.alpha <= 1.0:
+            raise ConfigError(
+                f"data.mixture.alpha={self.alpha}: it must be in (0, 1] (mT5 and XLM-R use 0.3, XLM 0.5)"
+            )
+        if len(self.sources) == 1:
+            raise ConfigError("data.mixture.sources lists one dataset: use data.path for one, or add more")
+        given = [s.weight != 0 for s in self.sources]
+        if any(given) and not all(given):
+            raise ConfigError(
+                "data.mixture.sources: give every source a weight, or none (weights then come from alpha)"
+            )
+        for i, src in enumerate(self.sources):
+            if not src.path:
+                raise ConfigError(
+                    f"data.mixture.sources[{i}].path is empty; point it at a `cloze shards` dataset"
+                )
+            if src.weight < 0:
+                raise ConfigError(
+                    f"data.mixture.sources[{i}].weight={src.weight}: weights must be > 0 (drop the source instead)"
+                )
+        last = 0
+        for i, st in enumerate(self.stages):
+            if st.step <= last:
+                raise ConfigError(
+                    f"data.mixture.stages[{i}].step={st.step}: stage steps must be > 0 and increasing"
+                )
+            last = st.step
+            if st.alpha and st.weights:
+                raise ConfigError(f"data.mixture.stages[{i}]: give an alpha or weights, not both")
+            if not st.weights and not 0.0 < st.alpha <= 1.0:
+                raise ConfigError(
+                    f"data.mixture.stages[{i}].alpha={st.alpha}: it must be in (0, 1] (or give weights)"
+                )
+
+
+@dataclass
 class DataConfig:
     """Where the pretraining shards are and how they are read."""
 
@@ -53,6 +135,8 @@ class DataConfig:
     allow_dataset_change: bool = False
     """Resume on a dataset other than the one the checkpoint was trained on (its manifest fingerprint, saved in the
     checkpoint, differs): an error unless this is true. The data position (samples consumed) carries over."""
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    """Train on several datasets sampled by weight (leave data.path empty then)."""
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:
@@ -358,6 +442,8 @@ class RunConfig:
             # slurm.python may be a bare command found on PATH ("python3"): only paths with a directory part move.
             if value and (leaf != "python" or "/" in value):
                 node[leaf] = os.path.abspath(root / Path(value).expanduser())  # keeps symbolic links
+        for src in data["data"]["mixture"]["sources"]:  # data.mixture.sources[*].path
+            src["path"] = os.path.abspath(root / Path(src["path"]).expanduser())
         return yaml.safe_dump(data, sort_keys=False)
 
 

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from data_pipeline.hf_tokenizer import save_run_tokenizer
-from data_pipeline.loader import SkipBudget, StreamSpec, TrainStream, train_loader
+from data_pipeline.loader import SkipBudget, StreamSource, StreamSpec, TrainStream, train_loader
 from data_pipeline.sources import InputError
 from modeling import build_model
 from modeling.hf import init_from_hf
+from modeling.registry import get_family
 
 from . import checkpoint as ckpt
 from . import distributed as D
@@ -151,6 +152,10 @@ def forward_backward_phases(
     raise AssertionError("unreachable: the last phase returns")
 
 
+MIXTURE_COUNT = "mixture_count_"
+"""Step sums: samples of a mixture's k-th source in the step (summed over ranks)."""
+
+
 class Trainer:
     """One pretraining run on this rank: `Trainer(state, info, plugins).run()`. Building it writes the run
     directory, builds the model and the engine, and restores the checkpoint it resumes from (checkpoint.resume)."""
@@ -162,7 +167,7 @@ class Trainer:
         self._write_run_dir()
         torch.manual_seed(self.cfg.trainer.seed)
         model = build_model(self.cfg.model)
-        self.checkpointer = Checkpointer(self.cfg, info, self.run_dir, state.manifest)
+        self.checkpointer = Checkpointer(self.cfg, info, self.run_dir, state.fingerprint)
         point = self.checkpointer.find(model)
         if point is None and self.cfg.model.init_from:  # a fresh run from a transformers checkpoint
             left = init_from_hf(model, self.cfg.model, self.cfg.model.init_from)
@@ -194,7 +199,7 @@ class Trainer:
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(self.cfg.to_yaml_absolute())
-            save_run_tokenizer(self.cfg.data.path, self.state.manifest, self.run_dir)
+            save_run_tokenizer(self.state.data_path, self.state.manifest, self.run_dir)
         D.barrier()
 
     def _restore(self, point: ResumePoint, schedule_note: str) -> None:
@@ -215,12 +220,43 @@ class Trainer:
             self.callbacks.append(ConsoleCallback(cfg.logging.log_every, t.max_steps))
             if cfg.logging.progress_bar:
                 self.callbacks.append(ProgressCallback(t.max_steps, p.step))
-        self.evaluator = Evaluator(cfg, info, self.state.manifest, self.task, p.skips)
+        plan = self.state.mixture
+        eval_sources = (
+            list(zip(plan.names, plan.paths, plan.manifests, strict=True))
+            if plan is not None
+            else [("", self.state.data_path, self.state.manifest)]
+        )
+        self.evaluator = Evaluator(cfg, info, eval_sources, self.task, p.skips)
         spec = StreamSpec(
             t.global_batch_size, t.micro_batch_size, info.world_size, info.rank, p.consumed, t.seed
         )
+        sources, order = None, None
+        if plan is not None:
+            sources = [
+                StreamSource(path, "train", d.objective, d.objective_options, name)
+                for path, name in zip(plan.paths, plan.names, strict=True)
+            ]
+            order = plan.order(t.seed, t.global_batch_size)
+            if info.is_main:
+                print(f"cloze: {plan.describe()}", flush=True)
+        if cfg.model.languages and get_family(cfg.model.family).languages:
+            sources = sources or [
+                StreamSource(self.state.data_path, "train", d.objective, d.objective_options)
+            ]
+            for src in sources:  # every sample gets `langs` in the run's language ids
+                src.use_languages(list(cfg.model.languages))
+        self.mixture_order = order
         self.batches = iter(
-            train_loader(d.path, spec, d.num_workers, d.prefetch_factor, d.objective, d.objective_options)
+            train_loader(
+                self.state.data_path,
+                spec,
+                d.num_workers,
+                d.prefetch_factor,
+                d.objective,
+                d.objective_options,
+                sources,
+                order,
+            )
         )
         atexit.register(_kill_workers, self.batches)
         self.throughput = Throughput(cfg, self.state.manifest, info.world_size)
@@ -276,6 +312,7 @@ class Trainer:
         for cb in self.on_step_begin:
             cb.on_step_begin(p.step + 1, rank)
         t0 = time.perf_counter()
+        self._source_counts = torch.zeros(len(self.state.mixture.names) if self.state.mixture else 0)
         micro_batches, skipped_here, skip_error = self._micro_batches()
         data_wait = time.perf_counter() - t0
         phase_metrics: dict[str, float] = {}
@@ -283,6 +320,8 @@ class Trainer:
         sums["skipped_samples"] = float(skipped_here)
         sums["stop_requested"] = self.preemption.requested_here
         sums["nonfinite_ranks"] = float(nonfinite)
+        for k, n in enumerate(self._source_counts.tolist()):
+            sums[f"{MIXTURE_COUNT}{k}"] = n
         # One all-reduce before the optimizer step: metrics, whether any rank was told to stop, and whether any
         # rank's loss was NaN/Inf (then every rank skips this step).
         totals = all_reduce_dict(sums)
@@ -307,10 +346,26 @@ class Trainer:
             "consumed_samples": p.consumed,
             "consumed_tokens": p.consumed * self.state.seq_len,
             "skipped_samples": p.skips.skipped,
+            **self._mixture_shares(totals),
         }
         for cb in self.callbacks:
             cb.on_step(p.step, metrics)
         return totals
+
+    def _mixture_shares(self, totals: dict[str, float]) -> dict[str, float]:
+        """A mixture's realised share of each source in the step just taken (mixture/<name>), next to the
+        configured one (mixture_target/<name>)."""
+        plan = self.state.mixture
+        if plan is None:
+            return {}
+        b = self.cfg.trainer.global_batch_size
+        assert self.mixture_order is not None
+        target = self.mixture_order.probs_at(self.progress.step - 1, b)
+        out = {}
+        for k, name in enumerate(plan.names):
+            out[f"mixture/{name}"] = totals.get(f"{MIXTURE_COUNT}{k}", 0.0) / b
+            out[f"mixture_target/{name}"] = target[k]
+        return out
 
     def _micro_batches(self) -> tuple[list[Batch], int, str]:
         """The step's micro-batches (all read first: the loss is normalised by the step's global target count),
@@ -318,6 +373,9 @@ class Trainer:
         micro_batches = [next(self.batches) for _ in range(self.state.grad_accum)]
         skipped_here, skip_error = 0, ""
         for mb in micro_batches:
+            counts = mb.pop(TrainStream.COUNTS_KEY, None)
+            if counts is not None:  # a mixture's samples per source, summed over the step
+                self._source_counts = self._source_counts + counts.double()
             skipped_here += int(mb.pop("skipped_samples"))
             error = cast(str, mb.pop("skip_error"))
             skip_error = skip_error or error
