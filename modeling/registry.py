@@ -92,6 +92,9 @@ class FamilySpec:
     check_dataset: Callable[[ModelConfig, str, str], None] | None = None
     """(cfg, the dataset's tokenizer sha256, the dataset's directory) -> raises ModelConfigError when the model
     cannot train on that dataset for a family reason (DistilBERT: a teacher trained with another tokenizer)."""
+    languages: bool = False
+    """The model embeds a language id per token (XLM): the run takes `model.languages` from the datasets'
+    manifests when it is empty, and the loader gives every sample a `langs` member in those ids."""
     hf: HFAdapter | None = None
     """transformers export/import; None = the family cannot be exported."""
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)

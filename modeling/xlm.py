@@ -297,6 +297,7 @@ register_family(
         flops_per_token=flops.xlm_flops,
         check_config=check_xlm_config,
         configure=_configure,
+        languages=True,
         hf=XLM_HF,
     )
 )
