@@ -449,7 +449,10 @@ class StreamSource:
         objective: str = "",
         objective_options: dict[str, Any] | None = None,
         name: str = "",
+        mixed: bool = False,
     ) -> None:
+        """`mixed`: one dataset of a mixture, where data.objective masks the `tokens` datasets on the fly and leaves
+        datasets masked when written (e.g. XLM's tlm pairs beside mlm streams) as they are."""
         self.dir = Path(directory)
         self.name = name or self.dir.name
         self.manifest = read_manifest(self.dir)
@@ -457,7 +460,7 @@ class StreamSource:
         self.dynamic: DynamicMasking | None = None
         if objective_of(self.manifest).clean:
             self.dynamic = DynamicMasking(self.dir, self.manifest, objective or "mlm", objective_options)
-        elif objective and objective != self.manifest.objective:
+        elif objective and objective != self.manifest.objective and not mixed:
             raise InputError(
                 f"data.objective={objective!r} but {self.dir} holds {self.manifest.objective!r} shards (masked when "
                 "written); leave data.objective empty, or write `--objective tokens` shards to mask on the fly"

@@ -43,7 +43,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def multilingual(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """root/{tok, text/LANG.txt, tokens/LANG, t5/LANG}: a 5-language tokenizer and per-language datasets."""
-    from data_pipeline.sources import SourceStats, iter_documents
+    from data_pipeline.sources import SourceStats, iter_documents, iter_gettext_pairs
     from data_pipeline.writer import ShardOptions, write_shards
 
     root = tmp_path_factory.mktemp("multilingual")
@@ -53,7 +53,12 @@ def multilingual(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert len(lines) == cap, lang
         blocks = ["\n".join(lines[i : i + 20]) for i in range(0, cap, 20)]
         (root / "text" / f"{lang}.txt").write_text("\n\n".join(blocks) + "\n")
-    inputs = [f"{lang}={root / 'text' / f'{lang}.txt'}" for lang in LANGS]
+    # English for XLM's monolingual en stream and its en-fr translation pairs (tests below)
+    en = [x for doc in iter_documents(["builtin:gettext:en"], SourceStats()) for x in doc][:3000]
+    (root / "text" / "en.txt").write_text("\n\n".join("\n".join(en[i : i + 20]) for i in range(0, 3000, 20)))
+    pairs = [p for _, p in zip(range(1500), iter_gettext_pairs("fr"), strict=False)]
+    (root / "text" / "en-fr.tsv").write_text("".join("\t".join(p) + "\n" for p in pairs))
+    inputs = [f"{lang}={root / 'text' / f'{lang}.txt'}" for lang in (*LANGS, "en")]
     tok = run_cloze(["tokenizer", "--input", *inputs, "--vocab-size", "1500", "--out", str(root / "tok")])
     assert tok.returncode == 0, tok.stderr[-3000:]
     for objective, kind in (("tokens", "tokens"), ("t5", "t5")):
@@ -65,6 +70,20 @@ def multilingual(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 ShardOptions(objective=objective, seq_len=64, valid_fraction=0.05, language=lang, seed=1),
                 workers=1,
             )
+    write_shards(
+        [str(root / "text" / "en.txt")],
+        root / "tok",
+        root / "tokens" / "en",
+        ShardOptions(objective="tokens", seq_len=64, valid_fraction=0.05, language="en", seed=1),
+        workers=1,
+    )
+    write_shards(
+        [str(root / "text" / "en-fr.tsv")],
+        root / "tok",
+        root / "tlm" / "en-fr",
+        ShardOptions(objective="tlm", seq_len=64, valid_fraction=0.05, parallel=True, seed=1),
+        workers=1,
+    )
     return root
 
 
@@ -114,3 +133,57 @@ def test_multilingual_mixture_trains_with_per_language_eval(
         assert abs(np.mean(list(shares.values())) - target) < 0.01, (lang, shares)
     # alpha 0.3 lifts the small language well above its share of the data
     assert p[list(LANGS).index("eu")] > 1.5 * sizes["eu"] / sum(sizes.values())
+
+
+XLM_SOURCES = "data.mixture.sources=[{{path: {t}/en, weight: 1}}, {{path: {t}/fr, weight: 1}}, {{path: {p}, name: en-fr, weight: 1}}]"
+
+
+def test_xlm_alternates_mlm_and_tlm_steps(multilingual: Path, tmp_path: Path) -> None:
+    """configs/xlm-base.yaml at tiny width: monolingual en and fr MLM streams and en-fr TLM pairs, one dataset per
+    optimizer step (XLM's --mlm_steps 'en,fr,en-fr'); the run takes its languages from the data, every step is
+    one stream's, each stream gets a third of the steps, and the loss falls on all three held-out sets."""
+    run = tmp_path / "run"
+    sources = XLM_SOURCES.format(t=multilingual / "tokens", p=multilingual / "tlm" / "en-fr")
+    proc = torchrun_cloze(
+        [
+            "train",
+            "configs/xlm-base.yaml",
+            *TINY,
+            "model.intermediate_size=128",  # XLM's FFN is 4 x hidden
+            "optimizer.lr=2e-3",
+            "optimizer.warmup_steps=5",
+            sources,
+            f"run_dir={run}",
+        ],
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    import yaml
+
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["languages"] == ["en", "fr"]
+    tb = run / "tensorboard"
+    per_step = {n: read_scalars(tb, f"train/mixture/{n}") for n in ("en", "fr", "en-fr")}
+    for step in range(1, STEPS + 1):
+        assert sorted(per_step[n][step] for n in per_step) == [0.0, 0.0, 1.0], step  # one stream a step
+    for n, shares in per_step.items():
+        assert abs(sum(shares.values()) - STEPS / 3) <= 1, (n, shares)
+    losses = read_scalars(tb, "train/loss")
+    first, last = (np.mean([losses[s] for s in r]) for r in (range(1, 7), range(STEPS - 5, STEPS + 1)))
+    assert last < first - 0.3, losses
+    for n in per_step:
+        held = read_scalars(tb, f"eval/{n}/loss")
+        assert held[STEPS] < held[25] + 0.05, (n, held)
+
+
+def test_language_errors(multilingual: Path) -> None:
+    """A configured language the data lacks, and a dataset with no language, are refused before training."""
+    from trainer.config import ConfigError, load_config
+    from trainer.state import prepare
+
+    sources = XLM_SOURCES.format(t=multilingual / "tokens", p=multilingual / "tlm" / "en-fr")
+    with pytest.raises(ConfigError, match=r"names \['de'\], absent from the data"):
+        prepare(load_config("configs/xlm-base.yaml", [sources, "model.languages=[en, fr, de]"]), 1)
+    with pytest.raises(ConfigError, match=r"lacks \['fr'\]"):
+        prepare(load_config("configs/xlm-base.yaml", [sources, "model.languages=[en]"]), 1)
+    state = prepare(load_config("configs/xlm-base.yaml", [sources]), 1)
+    assert state.cfg.model.languages == ["en", "fr"]

@@ -34,7 +34,7 @@ RECIPES = {
     "deberta-v3-base": ("electra", "AdamW"),
     "longformer-base-4096": ("tokens", "AdamW"),  # initialised from LONG_INIT (model.init_from)
 }
-MULTILINGUAL = ("xlmr-base", "mt5-small")
+MULTILINGUAL = ("xlmr-base", "mt5-small", "xlm-base")
 """Recipes over a data.mixture of per-language datasets: started (at tiny width, 50 steps on 2 ranks, real text in
 five languages) by tests/test_multilingual_train.py."""
 SHARDS = {

@@ -233,7 +233,7 @@ class Trainer:
         sources, order = None, None
         if plan is not None:
             sources = [
-                StreamSource(path, "train", d.objective, d.objective_options, name)
+                StreamSource(path, "train", d.objective, d.objective_options, name, mixed=True)
                 for path, name in zip(plan.paths, plan.names, strict=True)
             ]
             order = plan.order(t.seed, t.global_batch_size)
