@@ -217,7 +217,7 @@ def dataset_stats(directory: str | Path, split: str = "train", max_samples: int 
     finally:
         reader.close()
     out: dict[str, float] = {"samples": float(seen)}
-    if kind == "pairs" and acc.get("chosen"):
+    if kind in ("pairs", "masked") and acc.get("chosen"):
         c = acc["chosen"]
         out.update(
             rate=c / acc["maskable"],
@@ -225,13 +225,8 @@ def dataset_stats(directory: str | Path, split: str = "train", max_samples: int 
             random_share=(c - acc["as_mask"] - acc["kept"]) / c,
             kept_share=acc["kept"] / c,
         )
-    elif kind == "masked" and acc.get("chosen"):
-        c = acc["chosen"]
+    if kind == "masked" and acc.get("chosen"):
         out.update(
-            rate=c / acc["maskable"],
-            mask_share=acc["as_mask"] / c,
-            random_share=(c - acc["as_mask"] - acc["kept"]) / c,
-            kept_share=acc["kept"] / c,
             mean_span_tokens=acc["run_tokens"] / acc["runs"],
             mean_span_words=acc["run_words"] / acc["runs"],
         )

@@ -3,10 +3,11 @@ plus helpers to run `cloze` as a subprocess (under torchrun for multi-process De
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -161,3 +162,34 @@ def installed_cloze(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from .test_install import install_cloze
 
     return install_cloze(tmp_path_factory.mktemp("installed"))
+
+
+@contextlib.contextmanager
+def transformers_messages() -> Iterator[list[str]]:
+    """Collects every message transformers warns or logs (WARNING and above) inside the block; the list is filled
+    when the block ends."""
+    import logging
+    import warnings
+
+    import transformers
+
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    messages: list[str] = []
+    handler = Collect(level=logging.WARNING)
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_warning()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield messages
+    finally:
+        logger.removeHandler(handler)
+        transformers.logging.set_verbosity(verbosity)
+    messages.extend([str(w.message) for w in caught] + [r.getMessage() for r in records])

@@ -12,7 +12,7 @@ from data_pipeline.hf_tokenizer import save_hf_tokenizer
 from modeling import ModelConfig, build_model
 from modeling.hf import export_hf, hf_model, import_hf
 from modeling.registry import get_family
-from tests.conftest import tiny_model_config
+from tests.conftest import tiny_model_config, transformers_messages
 
 transformers = pytest.importorskip("transformers")
 
@@ -174,9 +174,6 @@ T5_UNTIED_NOTICE = "both are present in the checkpoints with different values, s
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "albert", "electra", "t5", "t5_untied", "bart"])
 def test_export_loads_without_warnings(tmp_path: Path, family: str, monkeypatch) -> None:
-    import logging
-    import warnings
-
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     kw = {
         **ENCODERS,
@@ -189,27 +186,10 @@ def test_export_loads_without_warnings(tmp_path: Path, family: str, monkeypatch)
     ours = make(cfg)
     dirs = export_hf(ours, cfg, tmp_path / "hf")
     classes = [part.hf_class for part in get_family(cfg.family).hf.parts]  # type: ignore[union-attr]
-    records: list[logging.LogRecord] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    handler = Collect(level=logging.WARNING)
-    logger = logging.getLogger("transformers")
-    logger.addHandler(handler)
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_warning()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for path, cls in zip(dirs, classes):
-                getattr(transformers, cls).from_pretrained(str(path))
-                transformers.AutoConfig.from_pretrained(str(path))
-    finally:
-        logger.removeHandler(handler)
-        transformers.logging.set_verbosity(verbosity)
-    messages = [str(w.message) for w in caught] + [r.getMessage() for r in records]
+    with transformers_messages() as messages:
+        for path, cls in zip(dirs, classes):
+            getattr(transformers, cls).from_pretrained(str(path))
+            transformers.AutoConfig.from_pretrained(str(path))
     if family == "t5_untied":
         assert any(T5_UNTIED_NOTICE in m for m in messages), messages  # the capture works
         messages = [m for m in messages if T5_UNTIED_NOTICE not in m]

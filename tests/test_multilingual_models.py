@@ -6,8 +6,6 @@ transformers loads offline."""
 from __future__ import annotations
 
 import json
-import logging
-import warnings
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import torch
 
 from modeling import ModelConfig, ModelConfigError, build_model
 from modeling.hf import export_hf, hf_model, import_hf, load_hf
+from tests.conftest import transformers_messages
 from tests.test_hf import ENCODERS, SEQ2SEQ, T5_UNTIED_NOTICE, V, batch, cfg_of, make
 
 transformers = pytest.importorskip("transformers")
@@ -152,27 +151,10 @@ def test_export_directory_loads_offline_and_imports_back(tmp_path: Path, family:
     (out,) = export_hf(ours, cfg, tmp_path / "hf")
     raw = json.loads((out / "config.json").read_text())
     assert raw["model_type"] == {"mt5": "mt5", "xlm_roberta": "xlm-roberta", "xlm": "xlm"}[family]
-    records: list[logging.LogRecord] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    handler = Collect(level=logging.WARNING)
-    logger = logging.getLogger("transformers")
-    logger.addHandler(handler)
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_warning()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            loaded = getattr(transformers, HF_CLASS[family]).from_pretrained(str(out)).eval()
-            transformers.AutoConfig.from_pretrained(str(out))
-    finally:
-        logger.removeHandler(handler)
-        transformers.logging.set_verbosity(verbosity)
+    with transformers_messages() as messages:
+        loaded = getattr(transformers, HF_CLASS[family]).from_pretrained(str(out)).eval()
+        transformers.AutoConfig.from_pretrained(str(out))
     # mT5, like T5 v1.1 and google/mt5-*, holds its own lm_head: transformers' one notice (tests/test_hf.py)
-    messages = [str(w.message) for w in caught] + [r.getMessage() for r in records]
     assert [m for m in messages if T5_UNTIED_NOTICE not in m] == []
     back, back_cfg, left = load_hf(out)
     assert back_cfg.family == family and left == []
