@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 export DS_ACCELERATOR ?= cpu
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint bench clean system-deps slurm-up slurm-down
+.PHONY: setup demo test lint bench wheels clean system-deps slurm-up slurm-down
 
 setup: $(STAMP)
 
@@ -48,6 +48,12 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/model_throughput.py
+
+# The wheels the GPU suite carries to a GPU machine that has no deepspeed/webdataset and no registry (.wheels/,
+# ignored; skips those already there): `bash benchmarks/gpu.sh` there installs them (docs/benchmarks.md).
+WHEELS ?= .wheels
+wheels: setup
+	$(PY) benchmarks/gpu.py --build-wheels $(WHEELS)
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
