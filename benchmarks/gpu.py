@@ -115,6 +115,16 @@ def installed_version(name: str) -> str | None:
         return None
 
 
+def installed_requires(name: str) -> list[str]:
+    """The Requires-Dist lines of an installed distribution."""
+    from importlib import metadata
+
+    try:
+        return metadata.requires(name) or []
+    except metadata.PackageNotFoundError:
+        return []
+
+
 @dataclasses.dataclass
 class Plan:
     install: list[Wheel]  # carried wheels to install (one pip --no-deps command: their order does not matter)
@@ -127,11 +137,13 @@ def plan_install(
     installed: Callable[[str], str | None] = installed_version,
     supported: frozenset[Any] | None = None,
     roots: tuple[str, ...] = ROOTS,
+    requires: Callable[[str], list[str]] = installed_requires,
 ) -> Plan:
     """What to install from `folder` so that `roots` and everything they need are importable: each need (Requires-
     Dist, markers evaluated here, extras skipped) is either installed in a version it accepts, or taken from a
-    carried wheel that this interpreter can install (`supported`: its tags), whose own needs are then planned too;
-    otherwise it is missing. Installs nothing."""
+    carried wheel that this interpreter can install (`supported`: its tags); otherwise it is missing. The needs of
+    what is taken, and of what is installed among the roots and the carried names (`requires`: an installed one's
+    Requires-Dist; not those of torch, numpy, ...: the image's own), are planned too. Installs nothing."""
     from packaging.requirements import Requirement
     from packaging.tags import sys_tags
 
@@ -142,6 +154,14 @@ def plan_install(
     plan = Plan([], [], [])
     chosen: dict[str, str] = {}  # name -> version it will have
     queue = [(Requirement(r), "the suite") for r in roots]
+    ours = {norm(Requirement(r).name) for r in roots} | set(CARRIED)
+
+    def need(lines: list[str] | tuple[str, ...], by: str) -> None:
+        for line in lines:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                queue.append((req, by))
+
     while queue:
         req, by = queue.pop(0)
         name = norm(req.name)
@@ -153,6 +173,8 @@ def plan_install(
         if have is not None and req.specifier.contains(have, prereleases=True):
             chosen[name] = have
             plan.present.append(f"{name} {have}")
+            if name in ours:
+                need(requires(name), f"{name} {have}")
             continue
         fits = [w for w in carried.get(name, []) if req.specifier.contains(w.version, prereleases=True)]
         usable = [w for w in fits if w.tags & tags]
@@ -166,10 +188,7 @@ def plan_install(
         wheel = usable[0]
         chosen[name] = wheel.version
         plan.install.append(wheel)
-        for line in wheel.requires:
-            need = Requirement(line)
-            if need.marker is None or need.marker.evaluate({"extra": ""}):
-                queue.append((need, f"{name} {wheel.version}"))
+        need(wheel.requires, f"{name} {wheel.version}")
     return plan
 
 
@@ -244,6 +263,7 @@ def ensure_installed(folder: Path, site: Path) -> None:
     """Install what the plan says from the carried wheels into `site` (pip --no-index --no-deps, nothing fetched),
     then re-exec this script with `site` first on PYTHONPATH. Returns when nothing needs installing."""
     plan = plan_install(folder)
+    print(f"gpu suite: present: {', '.join(plan.present)}", flush=True)
     for m in plan.missing:
         print(f"gpu suite: MISSING {m}", flush=True)
     if not plan.install:

@@ -131,10 +131,26 @@ def test_plan_installs_what_is_missing_needs_first(tmp_path: Path) -> None:
     assert "torch 2.11.0" in plan.present
     assert not any("email" in line for line in plan.present + plan.missing)  # an extra's needs are not needs
 
+    # once installed, their needs are read from what is installed (here: the same metadata)
     everything = {**image, **{w.name: w.version for w in plan.install}, "msgpack": "1.1.0"}
-    done = gpu.plan_install(tmp_path, installed(everything))
+    requires = {w.name: list(w.requires) for w in gpu.read_wheels(tmp_path)}
+    done = gpu.plan_install(tmp_path, installed(everything), requires=lambda n: requires.get(n, []))
     assert done.install == [] and done.missing == []
-    assert gpu.plan_install(tmp_path / "absent", installed(everything)).install == []
+    assert "pydantic-core 2.50.5" in done.present  # a need of the installed pydantic
+    gone = gpu.plan_install(
+        tmp_path / "absent", installed(everything), requires=lambda n: requires.get(n, [])
+    )
+    assert gone.install == [] and gone.missing == []
+
+
+def test_plan_checks_the_needs_of_an_installed_deepspeed(tmp_path: Path) -> None:
+    image = {"deepspeed": "0.19.8", "webdataset": "1.0.2", "braceexpand": "0.1.7", "torch": "2.11.0"}
+    requires = {"deepspeed": ["hjson", "torch>=2.0.0"], "torch": ["sympy>=1.13"]}
+    plan = gpu.plan_install(tmp_path, installed(image), requires=lambda n: requires.get(n, []))
+    assert plan.install == []
+    assert plan.missing == [
+        "hjson (needed by deepspeed 0.19.8; installed: no; carried: no)"
+    ]  # not torch's sympy
 
 
 def test_plan_refuses_wheels_for_another_python(tmp_path: Path) -> None:
