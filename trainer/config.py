@@ -273,6 +273,10 @@ class TrainerConfig:
     """A step whose loss is NaN/Inf on any rank, or whose gradient norm is (fp16 overflows aside), is skipped on
     every rank (no update, counted in train/skipped_steps); this many in a row stop the run with an error
     (0 = never stop)."""
+    compile: bool = False
+    """Compile the model's forward (and so its backward) with torch.compile (inductor: C++ on CPU, triton on GPU),
+    in place: parameter names, checkpoints and exports are unchanged. The first steps are slow (compilation);
+    with dropout the compiled model draws other (equally distributed, still seeded) masks than the eager one."""
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "global_batch_size", "micro_batch_size"):
@@ -398,6 +402,13 @@ class RunConfig:
                 f"optimizer.name={self.optimizer.name} needs deepspeed.zero_stage=0 and precision fp32 or fp16 (got "
                 f"zero_stage={ds.zero_stage}, precision={ds.precision}): ZeRO and the bf16 optimizer flatten "
                 f"parameters into partitions, which breaks {breaks}; {fix} or optimizer.name=adamw"
+            )
+
+        if self.trainer.compile and ds.zero_stage == 3:
+            raise ConfigError(
+                "trainer.compile=true works with deepspeed.zero_stage 0, 1 or 2, not 3 (ZeRO-3 gathers and releases "
+                "each module's parameters in hooks that torch.compile cannot trace): set trainer.compile=false or "
+                "a lower zero_stage"
             )
 
     def resolve_batch(self, world_size: int) -> int:

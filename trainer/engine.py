@@ -186,6 +186,44 @@ def check_precision(precision: str) -> None:
         )
 
 
+COMPILE_BACKEND = "inductor"
+"""torch.compile's backend for trainer.compile=true (tests pass a cheaper one to Engine)."""
+
+
+def check_compile(backend: str, device: torch.device) -> None:
+    """trainer.compile=true needs torch.compile on this Python and, for inductor, a C++ compiler on CPU or triton on
+    a GPU: a ConfigError naming the key, at start-up, rather than an error from the first forward's compilation."""
+    import torch._dynamo
+
+    try:
+        torch._dynamo.eval_frame.check_if_dynamo_supported()
+    except Exception as e:
+        raise ConfigError(
+            f"trainer.compile=true: torch.compile is not available here ({e}); set trainer.compile=false"
+        ) from None
+    if backend != "inductor":
+        return
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            raise ConfigError(
+                "trainer.compile=true: torch.compile's inductor backend needs triton on a GPU, which is not "
+                "installed; install it (pip install triton) or set trainer.compile=false"
+            )
+    elif device.type == "cpu":
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        try:
+            get_cpp_compiler()
+        except Exception as e:
+            raise ConfigError(
+                "trainer.compile=true: torch.compile's inductor backend compiles C++ on a CPU and found no C++ "
+                f"compiler ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); install one (g++; "
+                "or name it in CXX) or set trainer.compile=false"
+            ) from None
+
+
 class Engine:
     """A DeepSpeed engine over `model` with the configured optimizer and schedule."""
 
@@ -196,9 +234,10 @@ class Engine:
         grad_accum: int,
         load_universal: bool = False,
         schedule: tuple[int, int] | None = None,
+        compile_backend: str = COMPILE_BACKEND,
     ) -> None:
         """`schedule`: (max_steps, warmup_steps) of the lr schedule when they are not the config's (a resumed run
-        keeps the schedule it started with)."""
+        keeps the schedule it started with). `compile_backend`: torch.compile's backend under trainer.compile."""
         self.cfg = cfg
         self.grad_accum = grad_accum
         check_precision(cfg.deepspeed.precision)
@@ -210,6 +249,8 @@ class Engine:
                 "model.decoupled_training=true (one optimizer step per phase) is not supported with ZeRO-3 "
                 "optimizer offload (deepspeed.offload_optimizer=true): set either to false"
             )
+        if cfg.trainer.compile:
+            check_compile(compile_backend, torch.device(deepspeed.get_accelerator().device_name()))
         optimizer = _optimizer(model, cfg)
         steps, warmup = schedule or (cfg.trainer.max_steps, cfg.optimizer.warmup_steps)
         opt_cfg = dataclasses.replace(cfg.optimizer, warmup_steps=warmup)
@@ -219,6 +260,10 @@ class Engine:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config
         )
         self.device = self.engine.device
+        if cfg.trainer.compile:
+            # DeepSpeed's compile is nn.Module.compile on the model: in place, so parameter names (state dicts,
+            # checkpoints, exports) keep no `_orig_mod.` prefix.
+            self.engine.compile(backend=compile_backend)
         self._own_grad_norm = _own_grad_norm(cfg)
         self._grad_norm = float("nan")
 
