@@ -10,6 +10,8 @@ import time
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from benchmarks import gpu
 from tests.conftest import ROOT, cloze_env
 
@@ -200,3 +202,15 @@ def main_rc(argv: list[str]) -> int:
     finally:
         os.environ.clear()
         os.environ.update(before)
+
+
+def test_op_builds_are_refused_on_the_gpu(monkeypatch) -> None:
+    """On the GPU the suite turns any DeepSpeed JIT op build (minutes of device time) into an error naming it."""
+    import deepspeed
+    from deepspeed.ops.op_builder import builder
+
+    monkeypatch.setattr(builder.OpBuilder, "jit_load", builder.OpBuilder.jit_load)  # restored after the test
+    gpu.forbid_op_builds()
+    op = deepspeed.get_accelerator().create_op_builder("CPUAdamBuilder")
+    with pytest.raises(RuntimeError, match="would JIT-compile its cpu_adam op; the GPU suite never compiles"):
+        op.jit_load()
