@@ -215,9 +215,10 @@ def shutdown(barrier: bool = True) -> None:
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:
-    """Element-wise sum over ranks. NCCL reduces only CUDA tensors: the values travel on this rank's GPU there."""
+    """Element-wise sum over ranks (no collective on one rank). NCCL reduces only CUDA tensors: the values travel on
+    this rank's GPU there."""
     t = torch.tensor(values, dtype=torch.float64)
-    if initialized():
+    if initialized() and dist.get_world_size() > 1:
         if dist.get_backend() == "nccl":
             t = t.to(torch.device("cuda", torch.cuda.current_device()))
         dist.all_reduce(t)

@@ -32,6 +32,8 @@ class LossResult:
     """Additive statistics; `Task.summarize` turns their totals into metrics."""
     carry: dict[str, torch.Tensor] | None = None
     """A phased task (`Task.phases`): this micro-batch's input to the next phase."""
+    correct: torch.Tensor | None = None
+    """(M,) bool: the argmax is the target, at each MLM target (computed once, reused by `position_kind_sums`)."""
 
 
 def _inputs(batch: dict[str, torch.Tensor], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -58,14 +60,11 @@ def mlm_loss(
     loss_sum = F.cross_entropy(logits, targets, reduction="sum")
     loss = loss_sum / _denominator(norm, "count", n)
     with torch.no_grad():
-        sums = {
-            "loss_sum": loss_sum.item(),
-            "correct": float((logits.argmax(-1) == targets).sum()),
-            "count": n,
-        }
+        correct = logits.argmax(-1) == targets
+        sums = {"loss_sum": loss_sum.item(), "correct": float(correct.sum()), "count": n}
         if baseline_id is not None:
             sums["baseline_correct"] = float((targets == baseline_id).sum())
-    return LossResult(loss, sums)
+    return LossResult(loss, sums, correct=correct)
 
 
 class Task:
@@ -127,7 +126,9 @@ class MLMTask(Task):
     ) -> LossResult:
         out = forward(**_inputs(batch, self.keys))
         r = mlm_loss(out, baseline_id, norm)
-        r.sums.update(position_kind_sums(batch, out.logits, out.targets, self.mask_id, baseline_id))
+        r.sums.update(
+            position_kind_sums(batch, out.logits, out.targets, self.mask_id, baseline_id, correct=r.correct)
+        )
         if out.sentence_logits is not None and "sentence_label" in batch:
             target = batch["sentence_label"]
             n = float(target.numel())
@@ -237,14 +238,11 @@ class ElectraTask(Task):
     ) -> dict[str, float]:
         """The generator's MLM statistics at the masked positions (joint or decoupled)."""
         m = float(targets.numel())
-        sums = {
-            "gen_loss_sum": gen_loss.item() * m,
-            "correct": float((logits.argmax(-1) == targets).sum()),
-            "count": m,
-        }
+        correct = logits.argmax(-1) == targets
+        sums = {"gen_loss_sum": gen_loss.item() * m, "correct": float(correct.sum()), "count": m}
         if baseline_id is not None:
             sums["baseline_correct"] = float((targets == baseline_id).sum())
-        sums.update(position_kind_sums(batch, logits, targets, self.mask_id, baseline_id))
+        sums.update(position_kind_sums(batch, logits, targets, self.mask_id, baseline_id, correct=correct))
         return sums
 
     def _generator_step(
@@ -386,6 +384,7 @@ class DistillTask(Task):
             + self.alpha_cos * cos_sum / _denominator(norm, "cos_count", c)
         )
         with torch.no_grad():
+            correct = logits.argmax(-1) == targets
             sums = {
                 "ce_loss_sum": ce_sum.item(),
                 "mlm_loss_sum": mlm_sum.item(),
@@ -393,12 +392,14 @@ class DistillTask(Task):
                 "count": m,
                 "ce_count": r,
                 "cos_count": c,
-                "correct": float((logits.argmax(-1) == targets).sum()),
+                "correct": float(correct.sum()),
                 "teacher_correct": float((out.teacher_logits.argmax(-1) == targets).sum()),
             }
             if baseline_id is not None:
                 sums["baseline_correct"] = float((targets == baseline_id).sum())
-            sums.update(position_kind_sums(batch, logits, targets, self.mask_id, baseline_id))
+            sums.update(
+                position_kind_sums(batch, logits, targets, self.mask_id, baseline_id, correct=correct)
+            )
         return LossResult(loss, sums)
 
     def summarize(self, s: dict[str, float]) -> dict[str, float]:
@@ -485,6 +486,7 @@ def position_kind_sums(
     targets: torch.Tensor,
     mask_id: int | None,
     baseline_id: int | None = None,
+    correct: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Sums per kind of target position, each next to its trivial baseline's, so that the figure that shows
     learning (accuracy at [MASK] positions) is not hidden in the total.
@@ -494,7 +496,9 @@ def position_kind_sums(
     `mask`; the label itself -> `kept` (a random replacement that drew the original token counts here too: the
     model cannot tell it apart); anything else -> `random`. Baselines (eval, where `baseline_id` is known): the
     most frequent token at `mask` and `random` positions, copying the input at `kept` ones. The same keys on
-    every rank and batch (zeros where a kind is absent); nothing when `mask_id` is None.
+    every rank and batch (zeros where a kind is absent); nothing when `mask_id` is None. `correct`: the (M,) bool
+    `logits.argmax(-1) == targets` when the caller has it (computed here otherwise). The training counts are read
+    in one conversion (one device sync on a GPU), without boolean indexing.
     """
     if mask_id is None:
         return {}
@@ -505,16 +509,21 @@ def position_kind_sums(
             raise ValueError(f"{inputs.numel()} labelled inputs but {targets.numel()} targets")
         kinds = {"mask": inputs == mask_id, "kept": inputs == targets}
         kinds["random"] = ~(kinds["mask"] | kinds["kept"])
-        correct: torch.Tensor = (
-            logits.argmax(-1).eq(targets) if targets.numel() else torch.zeros_like(targets, dtype=torch.bool)
-        )
+        if correct is None:
+            correct = (
+                logits.argmax(-1).eq(targets)
+                if targets.numel()
+                else torch.zeros_like(targets, dtype=torch.bool)
+            )
         token_loss = (
             F.cross_entropy(logits.float(), targets, reduction="none") if baseline_id is not None else None
         )
+        counts = torch.stack([c for where in kinds.values() for c in (where.sum(), (correct & where).sum())])
+        values = counts.tolist()
         sums: dict[str, float] = {}
-        for kind, where in kinds.items():
-            sums[f"{kind}_count"] = float(where.sum())
-            sums[f"{kind}_correct"] = float(correct[where].sum())
+        for i, (kind, where) in enumerate(kinds.items()):
+            sums[f"{kind}_count"] = float(values[2 * i])
+            sums[f"{kind}_correct"] = float(values[2 * i + 1])
             if token_loss is not None and baseline_id is not None:
                 trivial = inputs.eq(targets) if kind == "kept" else targets.eq(baseline_id)
                 sums[f"{kind}_baseline_correct"] = float(trivial[where].sum())
