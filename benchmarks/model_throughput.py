@@ -11,6 +11,14 @@
 3. peak memory of a 12-layer BERT-base step at seq 512 with vs without activation checkpointing (goal <= 0.5),
    each measured in a fresh process: the kernel's peak-RSS counter is reset after a warm-up step, then one step runs.
 
+    python benchmarks/model_throughput.py --families [FAMILY ...] [--runs 2] [--dry]
+    python benchmarks/model_throughput.py --profile FAMILY [--top 25]
+
+4. `--families`: every registered family against its transformers class (`CASES`: BERT-base and DistilBERT-base as
+   they are, the other encoders at 12 layers of width 256 with their own vocabularies, T5 / mT5 small, BART base),
+   a full training step each side, `--runs` medians of `--rounds` alternating rounds, the ratio of each run; `--dry` runs every row at a tiny shape with one round (tests/test_model_throughput.py);
+   `--profile FAMILY`: torch.profiler (record_shapes) of one step of each side, ops by self CPU time.
+
 Both sides use torch's fused AdamW (transformers' Trainer default on torch >= 2.8, and cloze's). Runs on CPU or GPU
 (bf16 autocast on GPU with --bf16).
 """
@@ -18,13 +26,17 @@ Both sides use torch's fused AdamW (transformers' Trainer default on torch >= 2.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -34,6 +46,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from modeling import ModelConfig, build_model  # noqa: E402
 from modeling.hf import hf_model  # noqa: E402
+from modeling.registry import FAMILIES  # noqa: E402
 
 
 def masked_batch(B: int, T: int, V: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,62 +56,106 @@ def masked_batch(B: int, T: int, V: int, device: str) -> tuple[torch.Tensor, tor
     return ids.to(device), labels.to(device)
 
 
-def bert_steps(cfg: ModelConfig, B: int, T: int, device: str, bf16: bool):
+def _optimizers(ours: torch.nn.Module, theirs: torch.nn.Module) -> tuple[torch.optim.Optimizer, ...]:
+    return tuple(torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True) for m in (ours, theirs))
+
+
+def _step(
+    loss_fn: Callable[[], torch.Tensor], opt: torch.optim.Optimizer, device: str, bf16: bool
+) -> Callable:
+    """A training step: loss under (optional) bf16 autocast, backward, fused AdamW, grads dropped."""
+
+    def step() -> None:
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _pair(cfg: ModelConfig, device: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """cloze's pretraining model and transformers' model of the family (the same weights), both in train mode."""
     torch.manual_seed(0)
     ours = build_model(cfg).to(device).train()
     theirs = hf_model(build_model(cfg), cfg).to(device).train()
+    return ours, theirs
+
+
+def mlm_steps(cfg: ModelConfig, B: int, T: int, device: str, bf16: bool):
+    """Masked-LM encoders (BERT, RoBERTa, ALBERT, DeBERTa, DistilBERT, Longformer, XLM-R, XLM): cloze's model, whose
+    head runs at the labelled positions, against the family's transformers *ForMaskedLM / *WithLMHeadModel, whose
+    loss comes from `labels` (the head over every position). Returns (cloze step, transformers step, tokens)."""
+    ours, theirs = _pair(cfg, device)
+    ids, labels = masked_batch(B, T, cfg.vocab_size, device)
+    opt_a, opt_b = _optimizers(ours, theirs)
+
+    def a() -> torch.Tensor:
+        out = ours(ids, labels=labels)
+        return F.cross_entropy(out.logits.float(), out.targets)
+
+    def b() -> torch.Tensor:
+        return theirs(input_ids=ids, labels=labels).loss
+
+    return _step(a, opt_a, device, bf16), _step(b, opt_b, device, bf16), B * T
+
+
+def rtd_steps(cfg: ModelConfig, B: int, T: int, device: str, bf16: bool):
+    """Replaced-token detection (ELECTRA, DeBERTa-v3 RTD, joint loss): cloze's generator + discriminator in one
+    model against transformers' generator (ElectraForMaskedLM / DebertaV2ForMaskedLM, MLM loss from `labels`) and
+    discriminator (ElectraForPreTraining / DebertaV2Model + the RTD head); replacements sampled from each side's own
+    generator logits at the masked positions (modeling/electra.py `sample_replacements`), loss MLM + rtd_weight x
+    binary cross-entropy."""
+    from modeling.electra import rtd_loss, sample_replacements
+
+    torch.manual_seed(0)
+    ours = build_model(cfg).to(device).train()
+    source = build_model(cfg)
+    disc, gen = (hf_model(source, cfg, generator=g).to(device).train() for g in (False, True))
     ids, labels = masked_batch(B, T, cfg.vocab_size, device)
     opt_a = torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=True)
-    opt_b = torch.optim.AdamW(theirs.parameters(), lr=1e-4, fused=True)
+    opt_b = torch.optim.AdamW([*disc.parameters(), *gen.parameters()], lr=1e-4, fused=True)
+    masked = labels != -100
 
-    def a() -> None:
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            out = ours(ids, labels=labels)
-            loss = F.cross_entropy(out.logits.float(), out.targets)
-        loss.backward()
-        opt_a.step()
-        opt_a.zero_grad(set_to_none=True)
+    def a() -> torch.Tensor:
+        return ours(ids, labels).loss
 
-    def b() -> None:
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            loss = theirs(input_ids=ids, labels=labels).loss
-        loss.backward()
-        opt_b.step()
-        opt_b.zero_grad(set_to_none=True)
+    def b() -> torch.Tensor:
+        g = gen(input_ids=ids, labels=labels)
+        replaced = sample_replacements(g.logits[masked], ids, labels, None)
+        if hasattr(disc, "mask_predictions"):  # DeBERTa-v3 RTD: DebertaV2Model + the reference's head
+            logits = disc.mask_predictions(disc(input_ids=replaced.input_ids).last_hidden_state)
+        else:
+            logits = disc(input_ids=replaced.input_ids).logits
+        return g.loss + cfg.rtd_weight * rtd_loss(logits, replaced.labels, replaced.real)
 
-    return a, b, B * T
+    return _step(a, opt_a, device, bf16), _step(b, opt_b, device, bf16), B * T
 
 
-def t5_steps(cfg: ModelConfig, B: int, S: int, device: str, bf16: bool):
+def seq2seq_steps(cfg: ModelConfig, B: int, S: int, device: str, bf16: bool, target_len: int | None = None):
+    """Encoder-decoders (T5, mT5, BART): cross-entropy of the decoder's logits over the whole vocabulary at every
+    target position, cloze vs the family's *ForConditionalGeneration (loss from `labels`). target_len: None = T5's
+    span-corruption target length for inputs of S tokens."""
     from data_pipeline.objectives import T5Params, t5_raw_length
 
-    _, target_len = t5_raw_length(S, T5Params())
-    torch.manual_seed(0)
-    ours = build_model(cfg).to(device).train()
-    theirs = hf_model(build_model(cfg), cfg).to(device).train()
+    if target_len is None:
+        _, target_len = t5_raw_length(S, T5Params())
+    ours, theirs = _pair(cfg, device)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(107, cfg.vocab_size, (B, S), generator=g).to(device)
     labels = torch.randint(107, cfg.vocab_size, (B, target_len), generator=g).to(device)
     dec = torch.cat([torch.zeros_like(labels[:, :1]), labels[:, :-1]], 1)
-    opt_a = torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=True)
-    opt_b = torch.optim.AdamW(theirs.parameters(), lr=1e-4, fused=True)
+    opt_a, opt_b = _optimizers(ours, theirs)
 
-    def a() -> None:
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            logits = ours(ids, dec).logits
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
-        loss.backward()
-        opt_a.step()
-        opt_a.zero_grad(set_to_none=True)
+    def a() -> torch.Tensor:
+        logits = ours(ids, dec).logits
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
-    def b() -> None:
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            loss = theirs(input_ids=ids, decoder_input_ids=dec, labels=labels).loss
-        loss.backward()
-        opt_b.step()
-        opt_b.zero_grad(set_to_none=True)
+    def b() -> torch.Tensor:
+        return theirs(input_ids=ids, decoder_input_ids=dec, labels=labels).loss
 
-    return a, b, B * (S + target_len)
+    return _step(a, opt_a, device, bf16), _step(b, opt_b, device, bf16), B * (S + target_len)
 
 
 def distill_steps(teacher_layers: int, B: int, T: int, device: str, bf16: bool, tmp: Path):
@@ -132,7 +189,184 @@ def distill_steps(teacher_layers: int, B: int, T: int, device: str, bf16: bool, 
     return (lambda: step(ours, task_a, opt_a)), (lambda: step(alone, task_b, opt_b)), B * T, len(layers)
 
 
-def alternate(a, b, rounds: int, device: str) -> tuple[float, float]:
+# ---- every family against its transformers class (--families) -----------------------------------------------------
+
+SMALL: dict[str, Any] = dict(hidden_size=256, num_heads=4, intermediate_size=1024)
+"""The 12-layer width of the CPU-sized family rows (ELECTRA-small's blocks; BERT-base's own row keeps 768)."""
+TINY: dict[str, Any] = dict(
+    hidden_size=32,
+    num_heads=2,
+    intermediate_size=128,
+    num_layers=2,
+    vocab_size=211,
+    max_position_embeddings=64,
+)
+"""--dry: every family at this size (a smoke run that keeps the rows from rotting)."""
+DEBERTA_TINY: dict[str, Any] = dict(position_buckets=16, max_relative_positions=64)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One family's row: cloze's model from `preset` + `overrides` against transformers' class(es) `hf`."""
+
+    kind: str
+    """'mlm' (mlm_steps), 'rtd' (rtd_steps) or 'seq2seq' (seq2seq_steps)."""
+    hf: str
+    preset: str
+    overrides: dict[str, Any]
+    batch: int
+    seq: int
+    goal: float
+    target: int | None = None
+    """seq2seq: target length (None = T5's span-corruption length for `seq` inputs)."""
+    dry: dict[str, Any] = field(default_factory=dict)
+    """Overrides on top of TINY for --dry."""
+
+    def config(self, dry: bool) -> ModelConfig:
+        extra = {**TINY, **self.dry} if dry else {}
+        return ModelConfig.from_preset(self.preset, **{**self.overrides, **extra})
+
+    def shape(self, cfg: ModelConfig, B: int, T: int, target: int) -> str:
+        width = f"H {cfg.hidden_size}" + (f", E {cfg.emb_size}" if cfg.emb_size != cfg.hidden_size else "")
+        if self.kind == "seq2seq":
+            return f"{cfg.num_layers}+{cfg.decoder_layers} layers, {width}, V {cfg.vocab_size}, batch {B}, inputs {T} / targets {target}"
+        return f"{cfg.num_layers} layers, {width}, V {cfg.vocab_size}, batch {B} x {T}"
+
+
+EMD_OFF = dict(
+    enhanced_mask_decoder=False
+)  # transformers has no Enhanced Mask Decoder: both sides run the encoder
+CASES: dict[str, Case] = {
+    "bert": Case("mlm", "BertForMaskedLM", "bert_base", {}, 8, 128, 1.5),
+    "roberta": Case(
+        "mlm", "RobertaForMaskedLM", "roberta_base", {**SMALL, "vocab_size": 50265}, 16, 128, 1.5
+    ),
+    "albert": Case(
+        "mlm",
+        "AlbertForMaskedLM",
+        "albert_base",
+        {**SMALL, "vocab_size": 30000},
+        16,
+        128,
+        1.5,
+        dry={"embedding_size": 16},
+    ),
+    "electra": Case(
+        "rtd",
+        "ElectraForMaskedLM + ElectraForPreTraining",
+        "electra_small",
+        {},
+        16,
+        128,
+        1.5,
+        dry={"embedding_size": 16},
+    ),
+    "deberta": Case(
+        "mlm", "DebertaV2ForMaskedLM", "deberta_v3_base", {**SMALL, **EMD_OFF}, 8, 128, 1.5, dry=DEBERTA_TINY
+    ),
+    "deberta_v1": Case("mlm", "DebertaForMaskedLM", "deberta_v1_base", {**SMALL, **EMD_OFF}, 8, 128, 1.5),
+    "deberta_rtd": Case(
+        "rtd",
+        "DebertaV2ForMaskedLM + DebertaV2Model",
+        "deberta_v3_base_rtd",
+        {**SMALL, **EMD_OFF},
+        8,
+        128,
+        1.5,
+        dry=DEBERTA_TINY,
+    ),
+    "distilbert": Case("mlm", "DistilBertForMaskedLM", "distilbert_base", {}, 8, 128, 1.5),
+    "longformer": Case(
+        "mlm",
+        "LongformerForMaskedLM",
+        "longformer_base_4096",
+        {**SMALL, "attention_window": [128]},
+        4,
+        512,
+        1.5,
+        dry={"attention_window": [8], "max_position_embeddings": 64},
+    ),
+    "xlm_roberta": Case("mlm", "XLMRobertaForMaskedLM", "xlmr_base", SMALL, 4, 128, 1.5),
+    "xlm": Case("mlm", "XLMWithLMHeadModel", "xlm_base", {**SMALL, "vocab_size": 30522}, 16, 128, 1.5),
+    "t5": Case(
+        "seq2seq",
+        "T5ForConditionalGeneration",
+        "t5_small",
+        {"vocab_size": 32128},
+        16,
+        128,
+        1.3,
+        dry={"d_kv": 16},
+    ),
+    "mt5": Case("seq2seq", "MT5ForConditionalGeneration", "mt5_small", {}, 8, 128, 1.3, dry={"d_kv": 16}),
+    "bart": Case(
+        "seq2seq", "BartForConditionalGeneration", "bart_base", {"vocab_size": 50265}, 4, 128, 1.3, target=128
+    ),
+}
+"""One row per registered family (a family registered without a row here stops `--families`: add its row)."""
+
+
+def family_steps(name: str, dry: bool, device: str, bf16: bool):
+    """(cloze step, transformers step, tokens per step, shape text) of family `name`'s row."""
+    case = CASES[name]
+    cfg = case.config(dry)
+    B, T = (2, 16) if dry else (case.batch, case.seq)
+    if case.kind == "seq2seq":
+        target = 8 if dry else case.target
+        a, b, tokens = seq2seq_steps(cfg, B, T, device, bf16, target)
+        target = tokens // B - T
+    else:
+        a, b, tokens = (mlm_steps if case.kind == "mlm" else rtd_steps)(cfg, B, T, device, bf16)
+        target = 0
+    return a, b, tokens, case.shape(cfg, B, T, target)
+
+
+def run_families(names: list[str], runs: int, rounds: int, dry: bool, device: str, bf16: bool) -> list[dict]:
+    """Each family's row: `runs` medians of `rounds` alternating rounds (one warm-up step each side first)."""
+    registered = sorted(n for n, spec in FAMILIES.items() if spec.hf is not None)
+    missing = [n for n in registered if n not in CASES]
+    if missing:
+        raise SystemExit(f"families without a row in CASES: {', '.join(missing)} (add one)")
+    rows = []
+    print(
+        f"| family | transformers | shape | cloze tokens/s | transformers tokens/s | ratio ({' / '.join(f'run {i + 1}' for i in range(runs))}) | goal |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name in names or list(CASES):
+        a, b, tokens, shape = family_steps(name, dry, device, bf16)
+        times = [alternate(a, b, rounds, device, warmup=i == 0) for i in range(runs)]
+        ours = [tokens / ta for ta, _ in times]
+        theirs = [tokens / tb for _, tb in times]
+        ratios = [tb / ta for ta, tb in times]
+        rows.append(dict(family=name, ours=ours, theirs=theirs, ratios=ratios))
+        print(
+            f"| {name} | {CASES[name].hf} | {shape} | {' / '.join(f'{x:,.0f}' for x in ours)} | "
+            f"{' / '.join(f'{x:,.0f}' for x in theirs)} | {' / '.join(f'{r:.2f}' for r in ratios)} | "
+            f">= {CASES[name].goal} |",
+            flush=True,
+        )
+        del a, b
+        gc.collect()
+    return rows
+
+
+def profile_family(name: str, dry: bool, device: str, bf16: bool, top: int) -> None:
+    """torch.profiler over one step of each side (after a warm-up step), ops by self CPU time with input shapes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    a, b, tokens, shape = family_steps(name, dry, device, bf16)
+    print(f"profile of {name}: {shape}")
+    for label, fn in (("cloze", a), ("transformers", b)):
+        fn()
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            fn()
+        table = prof.key_averages(group_by_input_shape=True).table(
+            sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=40, max_shapes_column_width=70
+        )
+        print(f"\n{label} ({tokens} tokens)\n{table}")
+
+
+def alternate(a, b, rounds: int, device: str, warmup: bool = True) -> tuple[float, float]:
     def timed(fn) -> float:
         if device == "cuda":
             torch.cuda.synchronize()
@@ -142,7 +376,8 @@ def alternate(a, b, rounds: int, device: str) -> tuple[float, float]:
             torch.cuda.synchronize()
         return time.perf_counter() - t
 
-    a(), b()  # warm-up: allocations, optimizer state, kernels
+    if warmup:
+        a(), b()  # warm-up: allocations, optimizer state, kernels
     ta, tb = [], []
     for _ in range(rounds):
         ta.append(timed(a))
@@ -173,18 +408,42 @@ def memory_child(checkpointing: bool, layers: int, B: int, T: int) -> None:
     print(json.dumps({"peak": hwm}))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="smaller shapes, for a smoke run")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    ap.add_argument(
+        "--families",
+        nargs="*",
+        metavar="FAMILY",
+        help="every family (or those named) against its transformers class, instead of the rows below",
+    )
+    ap.add_argument("--runs", type=int, default=2, help="--families: timed runs per family (each a median)")
+    ap.add_argument("--dry", action="store_true", help="--families / --profile: tiny shapes, 1 round")
+    ap.add_argument(
+        "--profile", metavar="FAMILY", help="torch.profiler of one step of each side of FAMILY's row"
+    )
+    ap.add_argument("--top", type=int, default=25, help="--profile: rows of each table")
     ap.add_argument("--memory-child", nargs=4, metavar=("CKPT", "LAYERS", "B", "T"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.memory_child:
         ck, layers, B, T = args.memory_child
         memory_child(ck == "1", int(layers), int(B), int(T))
         return
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.profile:
+        profile_family(args.profile, args.dry, device, args.bf16, args.top)
+        return
+    if args.families is not None:
+        rounds = 1 if args.dry else args.rounds
+        print(
+            f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, rounds {rounds}, "
+            f"runs {args.runs}{' (dry: tiny shapes)' if args.dry else ''}"
+        )
+        print()
+        run_families(args.families, args.runs, rounds, args.dry, device, args.bf16)
+        return
     layers = 4 if args.quick else 12
     print(
         f"device {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, rounds {args.rounds}"
@@ -195,7 +454,7 @@ def main() -> None:
     # 4 layers: the BERT-base-width shape of docs/environment.md; 12: BERT-base itself.
     for depth in sorted({4, layers}):
         bert = ModelConfig.from_preset("bert_base", vocab_size=30522, num_layers=depth)
-        a, b, tokens = bert_steps(bert, 16, 128, device, args.bf16)
+        a, b, tokens = mlm_steps(bert, 16, 128, device, args.bf16)
         ta, tb = alternate(a, b, args.rounds, device)
         print(
             f"| BERT (BertForMaskedLM) | {depth} layers, H 768, V 30522, batch 16 x 128, 15% masked | "
@@ -208,7 +467,7 @@ def main() -> None:
     deberta = ModelConfig.from_preset(
         "deberta_v3_base", vocab_size=32000, num_layers=deb_layers, enhanced_mask_decoder=False
     )
-    a, b, tokens = bert_steps(deberta, 16, 128, device, args.bf16)
+    a, b, tokens = mlm_steps(deberta, 16, 128, device, args.bf16)
     ta, tb = alternate(a, b, args.rounds, device)
     print(
         f"| DeBERTa-v3 (DebertaV2ForMaskedLM) | {deb_layers} layers, H 768, V 32000, batch 16 x 128, 15% masked, "
@@ -216,7 +475,7 @@ def main() -> None:
     )
     del a, b
     t5 = ModelConfig.from_preset("t5_small", vocab_size=32128, num_layers=4 if args.quick else 8)
-    a, b, tokens = t5_steps(t5, 16, 128, device, args.bf16)
+    a, b, tokens = seq2seq_steps(t5, 16, 128, device, args.bf16)
     ta, tb = alternate(a, b, args.rounds, device)
     print(
         f"| T5 v1.1 (T5ForConditionalGeneration) | {t5.num_layers}+{t5.decoder_layers} layers, d 512, V 32128, "
