@@ -38,7 +38,12 @@ from .registry import FamilySpec, HFAdapter, HFPart, register_family
 
 
 class T5LayerNorm(nn.Module):
-    """RMSNorm: no mean subtraction, no bias; computed in fp32."""
+    """RMSNorm: no mean subtraction, no bias; computed in fp32.
+
+    When x and the weight share a dtype (fp32 training, or bf16 weights with bf16 activations) this is torch's fused
+    `F.rms_norm` (one kernel forward and one backward, accumulating in fp32), not the six elementwise ops of
+    transformers' T5LayerNorm (pow, mean, add, rsqrt, mul, mul) and their backward; the same function up to float
+    rounding (tests/test_t5_fidelity.py, tests/test_model_throughput.py compare logits and gradients)."""
 
     def __init__(self, d: int, eps: float) -> None:
         super().__init__()
@@ -46,6 +51,8 @@ class T5LayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         var = x.float().pow(2).mean(-1, keepdim=True)
         return self.weight * (x.float() * torch.rsqrt(var + self.eps)).to(self.weight.dtype)
 
@@ -80,15 +87,21 @@ def _tanh_gelu(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
+def _fused_tanh_gelu(x: torch.Tensor) -> torch.Tensor:
+    """The same tanh approximation as `_tanh_gelu` in one kernel (forward and backward) instead of eight elementwise
+    ops and their saved intermediates: T5 v1.1's activation ('gelu_tanh' = transformers' 'gelu_new')."""
+    return F.gelu(x, approximate="tanh")
+
+
 def _laplace(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.erf((x - 0.707107).div(0.282095 * math.sqrt(2.0))))
 
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     # Each as transformers/activations.py computes it (ACT2FN), so logits equal transformers' at fp32.
-    "gelu_tanh": _tanh_gelu,
+    "gelu_tanh": _fused_tanh_gelu,
     "gelu": F.gelu,
-    "gelu_new": _tanh_gelu,
+    "gelu_new": _fused_tanh_gelu,
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "gelu_python": lambda x: x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0))),
     "gelu_python_tanh": _tanh_gelu,
@@ -185,9 +198,11 @@ class T5Stack(nn.Module):
         keep: torch.Tensor | None,
         enc: torch.Tensor | None = None,
         enc_keep: torch.Tensor | None = None,
+        embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """embeds: (B, T, D) = embed_tokens(ids) when the caller looked them up already (`T5ForPretraining`)."""
         T = ids.shape[1]
-        h = self.dropout(self.embed_tokens(ids))  # (B, T, D)
+        h = self.dropout(self.embed_tokens(ids) if embeds is None else embeds)  # (B, T, D)
         mask = sdpa_mask(
             keep, T, self.is_decoder, h.dtype, self.position_bias(T, ids.device)
         )  # (B|1, N, T, T)
@@ -256,14 +271,26 @@ class T5ForPretraining(nn.Module):
             elif isinstance(m, T5Stack):
                 nn.init.normal_(m.relative_attention_bias.weight, std=f * D**-0.5)
 
+    def embed(
+        self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S, D), (B, T, D): the encoder's and the decoder's token embeddings from one lookup of both id tensors,
+        so the backward pass builds one dense V x D gradient of `shared` (zero-filled, rows added) instead of one
+        per stack plus their sum (three passes over V x D more a step; mT5's table is 250k x D)."""
+        n = input_ids.numel()
+        e = self.shared(torch.cat([input_ids.reshape(-1), decoder_input_ids.reshape(-1)]))  # (B*S + B*T, D)
+        enc_e, dec_e = e.split([n, decoder_input_ids.numel()])
+        return enc_e.view(*input_ids.shape, -1), dec_e.view(*decoder_input_ids.shape, -1)
+
     def forward(
         self,
         input_ids: torch.Tensor,
         decoder_input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
     ) -> Seq2SeqOutput:
-        enc = self.encoder(input_ids, attention_mask)  # (B, S, D)
-        dec = self.decoder(decoder_input_ids, None, enc, attention_mask)  # (B, T, D)
+        enc_e, dec_e = self.embed(input_ids, decoder_input_ids)
+        enc = self.encoder(input_ids, attention_mask, embeds=enc_e)  # (B, S, D)
+        dec = self.decoder(decoder_input_ids, None, enc, attention_mask, embeds=dec_e)  # (B, T, D)
         if self.tied:
             dec = dec * self.config.hidden_size**-0.5  # T5 v1.0 rescales before a tied head
         return Seq2SeqOutput(self.lm_head(dec), enc)
