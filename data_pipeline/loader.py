@@ -149,8 +149,17 @@ class ShardReader:
         self._index: OrderedDict[int, np.ndarray] = OrderedDict()
         self._broken: dict[int, str] = {}
         self._files: OrderedDict[int, Any] = OrderedDict()
-        self.open_limit = self.OPEN_SHARDS
-        """Shards kept open (a mixture's stream gives each of its sources a share of a bounded total)."""
+        self._open_limit = 0
+
+    @property
+    def open_limit(self) -> int:
+        """Shards kept open: OPEN_SHARDS unless set (a mixture's stream gives each of its sources a share of a
+        bounded total)."""
+        return self._open_limit or self.OPEN_SHARDS
+
+    @open_limit.setter
+    def open_limit(self, n: int) -> None:
+        self._open_limit = n
 
     def __len__(self) -> int:
         return int(self.counts.sum())
