@@ -33,10 +33,26 @@ class TiedEmbedding(nn.Embedding):
     """Token embedding that also projects hidden states onto the vocabulary (the tied MLM decoder).
 
     Both uses go through the module's call, so parameter-partitioning wrappers (ZeRO-3) see the weight used.
+
+    `sparse_grad=True`, for a lookup whose model also runs the tied head in the same step (the pretraining
+    forwards): the lookup's gradient is the rows it read (sparse), which autograd adds into the head's dense V x E
+    gradient, instead of a second dense V x E gradient (zero-filled, rows added) and a full V x E sum of the two.
+    Never for a lookup without the head (fine-tuning): the weight's gradient would be sparse alone, which fused
+    AdamW refuses.
     """
 
-    def forward(self, x: torch.Tensor, project: bool = False) -> torch.Tensor:
-        return F.linear(x, self.weight) if project else super().forward(x)
+    def forward(self, x: torch.Tensor, project: bool = False, sparse_grad: bool = False) -> torch.Tensor:
+        if project:
+            return F.linear(x, self.weight)
+        return F.embedding(
+            x,
+            self.weight,
+            self.padding_idx,
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            sparse_grad or self.sparse,
+        )
 
 
 class BertEmbeddings(nn.Module):
@@ -55,10 +71,13 @@ class BertEmbeddings(nn.Module):
         T = input_ids.shape[1]
         return torch.arange(self.offset, T + self.offset, device=input_ids.device)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None, sparse_grad: bool = False
+    ) -> torch.Tensor:
+        """sparse_grad: the word lookup's gradient sparse (`TiedEmbedding`; only when the tied head also runs)."""
         T = input_ids.shape[1]
         positions = self.position_ids(input_ids)
-        h = self.word_embeddings(input_ids) + self.position_embeddings(positions)  # (B, T, E) + (T | B T, E)
+        h = self.word_embeddings(input_ids, sparse_grad=sparse_grad) + self.position_embeddings(positions)
         if self.token_type_embeddings is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros(T, dtype=torch.long, device=input_ids.device)  # (T,) over B
@@ -148,9 +167,12 @@ class BertModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        sparse_grad: bool = False,
     ) -> torch.Tensor:
+        """sparse_grad: see `TiedEmbedding` (the pretraining model passes True: its tied head always runs)."""
         assert self.embeddings is not None, "built without embeddings: call encode()"
-        return self.encode(self.embeddings(input_ids, token_type_ids), attention_mask)  # (B, T, H)
+        e = self.embeddings(input_ids, token_type_ids, sparse_grad=sparse_grad)
+        return self.encode(e, attention_mask)  # (B, T, H)
 
 
 class PredictionTransform(nn.Module):
@@ -239,7 +261,7 @@ class BertForPretraining(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> MLMOutput:
-        h = self.bert(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+        h = self.bert(input_ids, attention_mask, token_type_ids, sparse_grad=True)  # (B, T, H); the head runs
         sentence = None
         if self.pooler is not None and self.cls.seq_relationship is not None:
             sentence = self.cls.seq_relationship(self.pooler(h))  # (B, 2)
