@@ -237,16 +237,14 @@ EMD_OFF = dict(
     enhanced_mask_decoder=False
 )  # transformers has no Enhanced Mask Decoder: both sides run the encoder
 CASES: dict[str, Case] = {
-    "bert": Case("mlm", "BertForMaskedLM", "bert_base", {}, 8, 128, 1.5),
-    "roberta": Case(
-        "mlm", "RobertaForMaskedLM", "roberta_base", {**SMALL, "vocab_size": 50265}, 16, 128, 1.5
-    ),
+    "bert": Case("mlm", "BertForMaskedLM", "bert_base", {}, 4, 128, 1.5),
+    "roberta": Case("mlm", "RobertaForMaskedLM", "roberta_base", {**SMALL, "vocab_size": 50265}, 8, 128, 1.5),
     "albert": Case(
         "mlm",
         "AlbertForMaskedLM",
         "albert_base",
         {**SMALL, "vocab_size": 30000},
-        16,
+        8,
         128,
         1.5,
         dry={"embedding_size": 16},
@@ -256,51 +254,51 @@ CASES: dict[str, Case] = {
         "ElectraForMaskedLM + ElectraForPreTraining",
         "electra_small",
         {},
-        16,
+        8,
         128,
         1.5,
         dry={"embedding_size": 16},
     ),
     "deberta": Case(
-        "mlm", "DebertaV2ForMaskedLM", "deberta_v3_base", {**SMALL, **EMD_OFF}, 8, 128, 1.5, dry=DEBERTA_TINY
+        "mlm", "DebertaV2ForMaskedLM", "deberta_v3_base", {**SMALL, **EMD_OFF}, 4, 128, 1.5, dry=DEBERTA_TINY
     ),
-    "deberta_v1": Case("mlm", "DebertaForMaskedLM", "deberta_v1_base", {**SMALL, **EMD_OFF}, 8, 128, 1.5),
+    "deberta_v1": Case("mlm", "DebertaForMaskedLM", "deberta_v1_base", {**SMALL, **EMD_OFF}, 4, 128, 1.5),
     "deberta_rtd": Case(
         "rtd",
         "DebertaV2ForMaskedLM + DebertaV2Model",
         "deberta_v3_base_rtd",
         {**SMALL, **EMD_OFF},
-        8,
+        4,
         128,
         1.5,
         dry=DEBERTA_TINY,
     ),
-    "distilbert": Case("mlm", "DistilBertForMaskedLM", "distilbert_base", {}, 8, 128, 1.5),
+    "distilbert": Case("mlm", "DistilBertForMaskedLM", "distilbert_base", {}, 4, 128, 1.5),
     "longformer": Case(
         "mlm",
         "LongformerForMaskedLM",
         "longformer_base_4096",
         {**SMALL, "attention_window": [128]},
-        4,
+        2,
         512,
         1.5,
         dry={"attention_window": [8], "max_position_embeddings": 64},
     ),
-    "xlm_roberta": Case("mlm", "XLMRobertaForMaskedLM", "xlmr_base", SMALL, 4, 128, 1.5),
-    "xlm": Case("mlm", "XLMWithLMHeadModel", "xlm_base", {**SMALL, "vocab_size": 30522}, 16, 128, 1.5),
+    "xlm_roberta": Case("mlm", "XLMRobertaForMaskedLM", "xlmr_base", SMALL, 2, 128, 1.5),
+    "xlm": Case("mlm", "XLMWithLMHeadModel", "xlm_base", {**SMALL, "vocab_size": 30522}, 8, 128, 1.5),
     "t5": Case(
         "seq2seq",
         "T5ForConditionalGeneration",
         "t5_small",
         {"vocab_size": 32128},
-        16,
+        8,
         128,
         1.3,
         dry={"d_kv": 16},
     ),
-    "mt5": Case("seq2seq", "MT5ForConditionalGeneration", "mt5_small", {}, 8, 128, 1.3, dry={"d_kv": 16}),
+    "mt5": Case("seq2seq", "MT5ForConditionalGeneration", "mt5_small", {}, 4, 128, 1.3, dry={"d_kv": 16}),
     "bart": Case(
-        "seq2seq", "BartForConditionalGeneration", "bart_base", {"vocab_size": 50265}, 4, 128, 1.3, target=128
+        "seq2seq", "BartForConditionalGeneration", "bart_base", {"vocab_size": 50265}, 2, 128, 1.3, target=128
     ),
 }
 """One row per registered family (a family registered without a row here stops `--families`: add its row)."""
