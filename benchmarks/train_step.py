@@ -569,6 +569,61 @@ def engine_cost_main(args: argparse.Namespace) -> None:
             gc.collect()
 
 
+def compile_cost(args: argparse.Namespace) -> None:
+    """--compile-cost: tiny-bert (ZeRO-2, fp32, no dropout) through the engine, eager against trainer.compile
+    (inductor): the first step (compilation), then alternating rounds, and the two runs' losses step by step."""
+    engines: dict[bool, Engine] = {}
+    for compiled in (False, True):
+        cfg = load_config(
+            "configs/tiny-bert.yaml",
+            [
+                "deepspeed.zero_stage=2",
+                "deepspeed.precision=fp32",
+                "trainer.grad_accum=0",
+                f"trainer.compile={str(compiled).lower()}",
+                "model.hidden_dropout=0.0",
+                "model.attention_dropout=0.0",
+            ],
+        )
+        cfg.trainer.micro_batch_size = cfg.trainer.global_batch_size = args.micro_batch or 4
+        cfg.trainer.max_steps = 10**6
+        cfg.model.vocab_size = cfg.model.vocab_size or VOCAB
+        cfg.model.max_position_embeddings = max(cfg.model.max_position_embeddings, args.seq_len)
+        torch.manual_seed(0)
+        engines[compiled] = Engine(build_model(cfg.model), cfg, grad_accum=1)
+    batch = masked_batch(cfg, cfg.trainer.micro_batch_size, args.seq_len, engines[False].device)
+    task = task_for(cfg.model.family)
+    losses: dict[bool, list[float]] = {False: [], True: []}
+
+    def step(compiled: bool) -> None:
+        engine = engines[compiled]
+        r = task(engine.forward, batch)
+        engine.backward(r.loss)
+        engine.step()
+        losses[compiled].append(float(r.loss))
+
+    for compiled in (False, True):
+        t0 = time.perf_counter()
+        step(compiled)
+        print(
+            f"{'compiled' if compiled else 'eager'}: first step {time.perf_counter() - t0:.2f} s", flush=True
+        )
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for r in range(args.rounds):
+        for compiled in (False, True) if r % 2 == 0 else (True, False):
+            times[compiled].append(time_steps(lambda c=compiled: step(c), args.steps, 0))
+    ratios = [e / c for e, c in zip(times[False], times[True])]
+    rel = max(abs(a - b) / abs(a) for a, b in zip(losses[False], losses[True]))
+    print(
+        f"ms per step, median of {args.rounds} alternating rounds of {args.steps}: eager "
+        f"{statistics.median(times[False]) * 1e3:.1f}, compiled {statistics.median(times[True]) * 1e3:.1f}; "
+        f"compiled / eager (tokens/s) {statistics.median(ratios):.3f} (rounds "
+        f"{', '.join(f'{x:.2f}' for x in sorted(ratios))}); losses of {len(losses[True])} steps: largest relative "
+        f"difference {rel:.1e}",
+        flush=True,
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="*", help="config files (default: every configs/*.yaml)")
@@ -586,7 +641,12 @@ def main() -> None:
         help="the engine's own cost: tiny-bert and bert-base at 4 layers, fp32, ZeRO 1/2/3 (--zero to choose; "
         "--configs picks by name), alternating rounds, the step split into parts, a profile",
     )
-    p.add_argument("--rounds", type=int, default=5, help="--engine-cost: alternating rounds")
+    p.add_argument(
+        "--compile-cost",
+        action="store_true",
+        help="tiny-bert ZeRO-2 through the engine, eager against trainer.compile: compile time, step time, losses",
+    )
+    p.add_argument("--rounds", type=int, default=5, help="--engine-cost, --compile-cost: alternating rounds")
     p.add_argument(
         "--profile-steps", type=int, default=2, help="--engine-cost: steps under torch.profiler (0: none)"
     )
@@ -599,6 +659,9 @@ def main() -> None:
         paths = [f for f in paths if Path(f).name.startswith("tiny-")]
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "0")) or torch.get_num_threads())
     init_distributed(D.discover(), "", 30)
+    if args.compile_cost:
+        compile_cost(args)
+        return
     if args.engine_cost:
         print(
             f"torch {torch.__version__}; {torch.get_num_threads()} threads; {args.steps} steps a round after "
