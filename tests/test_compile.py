@@ -1,8 +1,9 @@
 """trainer.compile: the model compiled with torch.compile inside trainer/engine.py, trained through DeepSpeed's
-engine (ZeRO-2, fp32) on CPU in one process, with activation checkpointing on. The compiled run's losses equal the
-eager run's, it really ran compiled graphs, and its checkpoint names every tensor as the eager one does (no
-`_orig_mod.` prefix), in DeepSpeed's model states and in the consolidated fp32 weights that `cloze export` reads.
-Without torch.compile or a C++ compiler, or with ZeRO-3: a config error naming the key."""
+engine (ZeRO-2, fp32) on CPU in one process, with activation checkpointing on. The compiled run's losses (and an
+evaluation forward after them) equal the eager run's, it really ran compiled graphs, and its checkpoint names every
+tensor as the eager one does (no `_orig_mod.` prefix), in DeepSpeed's model states and in the consolidated fp32
+weights that `cloze export` reads. Without torch.compile or a C++ compiler, or with ZeRO-3: a config error naming
+the key."""
 
 from __future__ import annotations
 
@@ -82,12 +83,17 @@ def _worker(out: Path) -> None:
             engine.step()
             losses.append(float(r.loss))
             seconds.append(time.perf_counter() - t0)
+        engine.train(False)  # the evaluator's forward: eval mode, no autograd (a graph of its own)
+        with torch.no_grad():
+            eval_loss = float(task(engine.forward, batches()[0]).loss)
+        engine.train(True)
         engine.save(out / name, "step3", {})
         states = torch.load(out / name / "step3" / "mp_rank_00_model_states.pt", weights_only=False)
         from torch._dynamo.utils import counters
 
         results[name] = {
             "losses": losses,
+            "eval_loss": eval_loss,
             "seconds": seconds,
             "module_keys": sorted(engine.module.state_dict()),
             "saved_keys": sorted(states["module"]),
@@ -107,6 +113,7 @@ def test_compiled_training_matches_eager_and_keeps_the_names(tmp_path: Path) -> 
     assert eager["graphs"] == 0 and compiled["graphs"] > 0, (eager["graphs"], compiled["graphs"])
     # a compiled graph may fuse and reorder fp32 arithmetic (inductor does): equal to float rounding
     assert compiled["losses"] == pytest.approx(eager["losses"], rel=1e-4, abs=1e-5)
+    assert compiled["eval_loss"] == pytest.approx(eager["eval_loss"], rel=1e-4, abs=1e-5)
     assert eager["losses"][-1] < eager["losses"][0]  # it trained
     for key in ("module_keys", "saved_keys", "param_shapes", "consolidated_keys"):
         assert compiled[key] == eager[key], key
