@@ -320,7 +320,9 @@ def family_steps(name: str, dry: bool, device: str, bf16: bool):
 
 
 def run_families(names: list[str], runs: int, rounds: int, dry: bool, device: str, bf16: bool) -> list[dict]:
-    """Each family's row: `runs` medians of `rounds` alternating rounds (one warm-up step each side first)."""
+    """Each family's row: `runs` runs of `rounds` alternating rounds (one warm-up step each side first): tokens/s
+    from each run's median step times, the ratio = the median over the run's rounds of transformers' step time
+    over cloze's in that round (robust to the load of a shared machine, which changes between rounds)."""
     registered = sorted(n for n, spec in FAMILIES.items() if spec.hf is not None)
     missing = [n for n in registered if n not in CASES]
     if missing:
@@ -332,10 +334,14 @@ def run_families(names: list[str], runs: int, rounds: int, dry: bool, device: st
     print("|---|---|---|---|---|---|---|")
     for name in names or list(CASES):
         a, b, tokens, shape = family_steps(name, dry, device, bf16)
-        times = [alternate(a, b, rounds, device, warmup=i == 0) for i in range(runs)]
+        times, ratios = [], []
+        for i in range(runs):
+            pairs: list[tuple[float, float]] = []
+            times.append(alternate(a, b, rounds, device, warmup=i == 0, pairs=pairs))
+            # the median of each round's ratio: a cloze step and a transformers step back to back see the same load
+            ratios.append(statistics.median(tb / ta for ta, tb in pairs))
         ours = [tokens / ta for ta, _ in times]
         theirs = [tokens / tb for _, tb in times]
-        ratios = [tb / ta for ta, tb in times]
         rows.append(dict(family=name, ours=ours, theirs=theirs, ratios=ratios))
         print(
             f"| {name} | {CASES[name].hf} | {shape} | {' / '.join(f'{x:,.0f}' for x in ours)} | "
@@ -364,7 +370,11 @@ def profile_family(name: str, dry: bool, device: str, bf16: bool, top: int) -> N
         print(f"\n{label} ({tokens} tokens)\n{table}")
 
 
-def alternate(a, b, rounds: int, device: str, warmup: bool = True) -> tuple[float, float]:
+def alternate(
+    a, b, rounds: int, device: str, warmup: bool = True, pairs: list[tuple[float, float]] | None = None
+) -> tuple[float, float]:
+    """Medians of `rounds` timed steps of a and b, alternating (a, b, a, b, ...); `pairs` gets each round's times."""
+
     def timed(fn) -> float:
         if device == "cuda":
             torch.cuda.synchronize()
@@ -380,6 +390,8 @@ def alternate(a, b, rounds: int, device: str, warmup: bool = True) -> tuple[floa
     for _ in range(rounds):
         ta.append(timed(a))
         tb.append(timed(b))
+        if pairs is not None:
+            pairs.append((ta[-1], tb[-1]))
     return statistics.median(ta), statistics.median(tb)
 
 
