@@ -77,10 +77,13 @@ class BartStack(nn.Module):
         keep: torch.Tensor | None,
         enc: torch.Tensor | None = None,
         enc_keep: torch.Tensor | None = None,
+        embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """embeds: (B, T, D) = embed_tokens(ids) when the caller looked them up already (`BartForPretraining`)."""
         T = ids.shape[1]
         positions = torch.arange(POSITION_OFFSET, T + POSITION_OFFSET, device=ids.device)
-        h = self.embed_tokens(ids) + self.embed_positions(positions)  # (B, T, D)
+        tokens = self.embed_tokens(ids) if embeds is None else embeds
+        h = tokens + self.embed_positions(positions)  # (B, T, D)
         h = self.dropout(self.layernorm_embedding(h))
         mask = sdpa_mask(keep, T, self.is_decoder, h.dtype)  # None (decoder: is_causal) or (B, 1, 1, T)
         enc_mask = sdpa_mask(enc_keep, T, False, h.dtype) if self.is_decoder else None  # (B, 1, 1, S)
@@ -117,8 +120,18 @@ class BartForPretraining(nn.Module):
         decoder_input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
     ) -> Seq2SeqOutput:
-        enc = self.model.encoder(input_ids, attention_mask)  # (B, S, D)
-        dec = self.model.decoder(decoder_input_ids, None, enc, attention_mask)  # (B, T, D)
+        # One lookup of both id tensors with a sparse gradient (the tied head below always runs): the shared
+        # table's gradient is the head's dense one plus these rows, not two more zero-filled V x D tensors and sums.
+        n = input_ids.numel()
+        e = self.model.shared(
+            torch.cat([input_ids.reshape(-1), decoder_input_ids.reshape(-1)]), sparse_grad=True
+        )
+        enc_e, dec_e = e.split([n, decoder_input_ids.numel()])
+        enc = self.model.encoder(
+            input_ids, attention_mask, embeds=enc_e.view(*input_ids.shape, -1)
+        )  # (B, S, D)
+        dec_e = dec_e.view(*decoder_input_ids.shape, -1)
+        dec = self.model.decoder(decoder_input_ids, None, enc, attention_mask, embeds=dec_e)  # (B, T, D)
         logits = self.model.shared(dec, project=True) + self.final_logits_bias  # tied head: (B, T, V)
         return Seq2SeqOutput(logits, enc)
 
