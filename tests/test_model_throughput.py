@@ -15,6 +15,7 @@ import torch
 
 from modeling.registry import FAMILIES
 from tests.conftest import ROOT, cloze_env
+from tests.test_hf import SEQ2SEQ
 
 
 def builtin_families() -> set[str]:
@@ -48,15 +49,7 @@ def test_every_family_row_runs_dry() -> None:
 
 GRAD_CASES: dict[str, dict[str, Any]] = {
     "bert": dict(family="bert"),
-    "t5": dict(
-        family="t5",
-        d_kv=8,
-        activation="gelu_tanh",
-        layer_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=16,
-    ),
+    "t5": SEQ2SEQ["t5"],  # test_hf's T5 v1.1 shape (untied head, gated tanh GELU, relative bias)
     "bart": dict(family="bart", layer_norm_eps=1e-5),
 }
 
