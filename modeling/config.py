@@ -90,6 +90,12 @@ class ModelConfig:
     sentence_head: bool = False
     """A pooler on [CLS] + 2-way classifier for sentence-order (SOP) or next-sentence (NSP) prediction; set
     automatically when the dataset holds sentence pairs."""
+    last_layer_at_labels: bool = True
+    """Encoders (BERT, RoBERTa, XLM-R, ALBERT, the DistilBERT student's MLM step, ELECTRA's generator, XLM): with
+    labels, the last block runs its queries, output projection and feed-forward at the labelled positions only (plus
+    [CLS] with a sentence head); keys and values still come from every position. The loss reads nothing else, so
+    the result is the same computation (equal to rounding); false = the last block at every position, as
+    transformers computes it (for an A/B, or to read `MLMOutput.hidden` of every position with labels)."""
     position_offset: int = 0
     """Added to position ids (RoBERTa: pad id + 1); the position table has max_position_embeddings + offset rows."""
     # ELECTRA

@@ -20,7 +20,7 @@ from torch import nn
 from . import flops, hf
 from .config import ModelConfig
 from .encoder import BertEmbeddings, BertModel, MLMPredictions, bert_layer_names, select_labelled
-from .layers import activation_fn, init_bert_weights
+from .layers import QueryRows, activation_fn, init_bert_weights
 from .registry import FamilySpec, HFAdapter, HFPart, register_family
 
 
@@ -160,11 +160,16 @@ class ElectraForPretraining(nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> ElectraOutput:
         words = self.embeddings.word_embeddings
-        # Generator: MLM at the masked positions only.
-        h_gen = self.generator.encode(
-            self.embeddings(input_ids, token_type_ids), attention_mask
-        )  # (B, T, Hg)
-        selected, targets, _ = select_labelled(h_gen, labels)  # (M, Hg), (M,)
+        # Generator: MLM at the masked positions only (its last block too, with model.last_layer_at_labels).
+        e = self.embeddings(input_ids, token_type_ids)  # (B, T, E)
+        if self.config.last_layer_at_labels:
+            q = QueryRows.of(labels != -100)
+            selected = self.generator.encode(e, attention_mask, q)  # (M, Hg)
+            targets = labels.reshape(-1).index_select(0, q.flat)  # (M,), select_labelled's order
+        else:
+            selected, targets, _ = select_labelled(
+                self.generator.encode(e, attention_mask), labels
+            )  # (M, Hg)
         gen_logits = self.generator_predictions(selected, words)  # (M, V)
         replaced = sample_replacements(gen_logits, input_ids, labels, attention_mask)
         h = self.discriminator.encode(

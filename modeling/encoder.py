@@ -25,7 +25,15 @@ from torch.utils.checkpoint import checkpoint
 
 from . import flops, hf
 from .config import ModelConfig
-from .layers import Attention, FeedForward, activation_fn, init_bert_weights, run_blocks, sdpa_mask
+from .layers import (
+    Attention,
+    FeedForward,
+    QueryRows,
+    activation_fn,
+    init_bert_weights,
+    run_blocks,
+    sdpa_mask,
+)
 from .registry import FamilySpec, HFAdapter, HFPart, register_family
 
 
@@ -111,6 +119,41 @@ class BertLayer(nn.Module):
         h = self.attention_norm(h + self.dropout(self.attend(h, mask)))  # (B, T, H)
         return self.ffn_norm(h + self.ffn(h))
 
+    def forward_at(self, h: torch.Tensor, mask: torch.Tensor | None, q: QueryRows) -> torch.Tensor:
+        """forward(h, mask) at the positions `q` only: (M, H). Keys and values read every position of h (B, T, H);
+        the rest of the block (queries, output projection, residual, norms, feed-forward) runs on M rows."""
+        x = self.attention_norm(h) if self.pre_ln else h  # (B, T, H)
+        if self.checkpoint_attention and self.training:
+            a = checkpoint(self.attention.forward_at, x, q, mask, use_reentrant=False)
+        else:
+            a = self.attention.forward_at(x, q, mask)  # (M, H)
+        r = h.reshape(-1, h.shape[-1]).index_select(0, q.flat)  # (M, H) the residual at those positions
+        if self.pre_ln:
+            r = r + self.dropout(a)
+            return r + self.ffn(self.ffn_norm(r))
+        r = self.attention_norm(r + self.dropout(a))
+        return self.ffn_norm(r + self.ffn(r))
+
+
+def run_last_at(
+    blocks: list[nn.Module],
+    h: torch.Tensor,
+    mask: torch.Tensor | None,
+    q: QueryRows | None,
+    *extra: object,
+    checkpoint_every: int,
+    enabled: bool,
+) -> torch.Tensor:
+    """`run_blocks` over the blocks, the last one at the positions `q` only (`BertLayer.forward_at`, (M, H)) when q
+    is given; else every block at every position ((B, T, H))."""
+    if q is None:
+        return run_blocks(blocks, h, mask, *extra, checkpoint_every=checkpoint_every, enabled=enabled)
+    h = run_blocks(blocks[:-1], h, mask, *extra, checkpoint_every=checkpoint_every, enabled=enabled)
+    last = cast(BertLayer, blocks[-1])
+    if enabled and (len(blocks) - 1) % checkpoint_every == 0:
+        return cast(torch.Tensor, checkpoint(last.forward_at, h, mask, q, use_reentrant=False))
+    return last.forward_at(h, mask, q)
+
 
 class BertEncoder(nn.Module):
     """A stack of blocks. With share_layers (ALBERT) `layer` holds one block applied num_layers times."""
@@ -129,14 +172,16 @@ class BertEncoder(nn.Module):
             nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if cfg.pre_layer_norm else None
         )
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None, q: QueryRows | None = None) -> torch.Tensor:
+        """(B, T, H) -> (B, T, H); with q, the last block at q's positions only: (M, H)."""
         blocks = [
             self.layer[0 if len(self.layer) == 1 else i] for i in range(self.num_layers)
         ]  # ALBERT: one, shared
-        h = run_blocks(
+        h = run_last_at(
             blocks,
             h,
             mask,
+            q,
             checkpoint_every=self.checkpoint_every,
             enabled=self.checkpointing and self.training,
         )
@@ -157,10 +202,12 @@ class BertModel(nn.Module):
         )
         self.encoder = BertEncoder(cfg)
 
-    def encode(self, e: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Blocks over embeddings e: (B, T, E) -> (B, T, H)."""
+    def encode(
+        self, e: torch.Tensor, attention_mask: torch.Tensor | None, q: QueryRows | None = None
+    ) -> torch.Tensor:
+        """Blocks over embeddings e: (B, T, E) -> (B, T, H); with q, the last block at q's positions: (M, H)."""
         h = self.embeddings_project(e) if self.embeddings_project is not None else e
-        return self.encoder(h, sdpa_mask(attention_mask, h.shape[1], False, h.dtype))
+        return self.encoder(h, sdpa_mask(attention_mask, h.shape[1], False, h.dtype), q)
 
     def forward(
         self,
@@ -168,11 +215,12 @@ class BertModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         sparse_grad: bool = False,
+        q: QueryRows | None = None,
     ) -> torch.Tensor:
         """sparse_grad: see `TiedEmbedding` (the pretraining model passes True: its tied head always runs)."""
         assert self.embeddings is not None, "built without embeddings: call encode()"
         e = self.embeddings(input_ids, token_type_ids, sparse_grad=sparse_grad)
-        return self.encode(e, attention_mask)  # (B, T, H)
+        return self.encode(e, attention_mask, q)  # (B, T, H), or (M, H) with q
 
 
 class PredictionTransform(nn.Module):
@@ -225,7 +273,11 @@ class Pooler(nn.Module):
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(h[:, 0]))  # (B, H)
+        return self.pool(h[:, 0])  # (B, H)
+
+    def pool(self, cls: torch.Tensor) -> torch.Tensor:
+        """(B, H) [CLS] states -> (B, H)."""
+        return torch.tanh(self.dense(cls))
 
 
 def select_labelled(h: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -261,6 +313,8 @@ class BertForPretraining(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> MLMOutput:
+        if labels is not None and self.config.last_layer_at_labels:
+            return self.forward_at_labels(input_ids, labels, attention_mask, token_type_ids)
         h = self.bert(input_ids, attention_mask, token_type_ids, sparse_grad=True)  # (B, T, H); the head runs
         sentence = None
         if self.pooler is not None and self.cls.seq_relationship is not None:
@@ -269,6 +323,31 @@ class BertForPretraining(nn.Module):
             return MLMOutput(self.mlm_logits(h), None, h, sentence)  # (B, T, V)
         selected, targets, _ = select_labelled(h, labels)  # (M, H), (M,)
         return MLMOutput(self.mlm_logits(selected), targets, h, sentence)  # (M, V), (M,)
+
+    def forward_at_labels(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+    ) -> MLMOutput:
+        """forward() with the last block at the labelled positions (and [CLS] with a sentence head) only
+        (`model.last_layer_at_labels`): the same logits, targets and sentence logits; `hidden` is None."""
+        T = labels.shape[1]
+        at = labels != -100  # (B, T)
+        if self.pooler is not None:
+            at[:, 0] = True  # (a fresh tensor: `!=` made it)
+        q = QueryRows.of(at)
+        h = self.bert(input_ids, attention_mask, token_type_ids, sparse_grad=True, q=q)  # (M', H) at q.flat
+        flat_labels = labels.reshape(-1).index_select(0, q.flat)  # (M',)
+        if self.pooler is None or self.cls.seq_relationship is None:
+            return MLMOutput(self.mlm_logits(h), flat_labels)  # (M, V), (M,)
+        first = (q.flat % T == 0).nonzero().squeeze(1)  # (B,) each row's [CLS]
+        sentence = self.cls.seq_relationship(self.pooler.pool(h.index_select(0, first)))  # (B, 2)
+        keep = (flat_labels != -100).nonzero().squeeze(1)  # (M,)
+        return MLMOutput(
+            self.mlm_logits(h.index_select(0, keep)), flat_labels.index_select(0, keep), None, sentence
+        )
 
 
 # ---- registration (modeling/registry.py) -------------------------------------------------------------------------

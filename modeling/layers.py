@@ -11,6 +11,7 @@ Shapes: B batch, Tq query length, Tk key length, D model width, N heads, K head 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,32 @@ def sdpa_mask(
         ~allowed, torch.finfo(dtype).min
     )
     return mask if bias is None else bias.to(dtype) + mask
+
+
+@dataclass
+class QueryRows:
+    """The positions a block computes its output at (`Attention.forward_at`, `BertLayer.forward_at`): the M
+    positions where `selected` (B, T) is true, in row-major order (the order of `selected.reshape(-1).nonzero()`).
+
+    at: (B, P) each row's selected positions, ascending, padded to P = the most any row has with position 0;
+    rows: (M,) the real entries' indices into the flattened (B*P) `at`; flat: (M,) their indices into B*T.
+    """
+
+    at: torch.Tensor
+    rows: torch.Tensor
+    flat: torch.Tensor
+
+    @staticmethod
+    def of(selected: torch.Tensor) -> QueryRows:
+        B, T = selected.shape
+        counts = selected.sum(1)  # (B,)
+        P = max(int(counts.max()), 1)  # one device sync, as nonzero() has anyway
+        # A stable sort of 0 (selected) before 1 puts each row's selected positions first, in ascending order.
+        at = torch.argsort((~selected).to(torch.int8), dim=1, stable=True)[:, :P]  # (B, P)
+        valid = torch.arange(P, device=selected.device)[None] < counts[:, None]  # (B, P)
+        rows = valid.reshape(-1).nonzero().squeeze(1)  # (M,)
+        base = torch.arange(B, device=selected.device)[:, None] * T
+        return QueryRows(at, rows, (at + base).reshape(-1).index_select(0, rows))
 
 
 class Attention(nn.Module):
@@ -121,6 +148,31 @@ class Attention(nn.Module):
             scale=self.scale,
         )  # (B, N, Tq, K)
         return self.out(ctx.transpose(1, 2).reshape(B, Tq, N * K))  # (B, Tq, D)
+
+    def forward_at(self, x: torch.Tensor, q: QueryRows, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Self-attention output at the positions `q` only: (M, D), the rows `q.flat` of `forward(x, mask)`.
+
+        Keys and values are projected at every position of x (B, T, D); queries, SDPA's rows and the output
+        projection at the selected ones (each row's P padded query slots; the padding is dropped before `out`).
+        mask: a key mask (B|1, 1|N, 1, T) or None (not a per-query one)."""
+        assert not self.cross and not self.causal, "forward_at is for encoder self-attention"
+        assert mask is None or mask.shape[-2] == 1, "forward_at takes a key mask, not a per-query mask"
+        B, T, D = x.shape
+        P = q.at.shape[1]
+        N, K = self.heads, self.head_dim
+        inner = N * K
+        w, b = self.qkv.weight, self.qkv.bias  # rows: q | k | v
+        xq = x.gather(1, q.at[:, :, None].expand(B, P, D))  # (B, P, D)
+        query = F.linear(xq, w[:inner], None if b is None else b[:inner]).view(B, P, N, K).transpose(1, 2)
+        k, v = (
+            F.linear(x, w[inner:], None if b is None else b[inner:])
+            .view(B, T, 2, N, K)
+            .permute(2, 0, 3, 1, 4)
+        )  # 2 x (B, N, T, K)
+        ctx = F.scaled_dot_product_attention(
+            query, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, scale=self.scale
+        )  # (B, N, P, K)
+        return self.out(ctx.transpose(1, 2).reshape(B * P, inner).index_select(0, q.rows))  # (M, D)
 
 
 class FeedForward(nn.Module):

@@ -33,8 +33,8 @@ from torch import nn
 
 from . import flops, hf
 from .config import ModelConfig, ModelConfigError
-from .encoder import BertLayer, MLMOutput, TiedEmbedding, select_labelled
-from .layers import init_bert_weights, run_blocks, sdpa_mask
+from .encoder import BertLayer, MLMOutput, TiedEmbedding, run_last_at, select_labelled
+from .layers import QueryRows, init_bert_weights, sdpa_mask
 from .registry import FamilySpec, HFAdapter, HFPart, register_family
 
 
@@ -74,7 +74,10 @@ class XLMModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         langs: torch.Tensor | None = None,
+        q: QueryRows | None = None,
     ) -> torch.Tensor:
+        """(B, T, H); with q, the last block at q's positions only (M, H), which must not be padding (labelled
+        positions never are): the block's `* keep` is 1 there."""
         B, T = input_ids.shape
         if attention_mask is None:  # the reference's lengths: the non-pad tokens, counted from the left
             lengths = (input_ids != self.pad_token_id).sum(1)  # (B,)
@@ -87,10 +90,11 @@ class XLMModel(nn.Module):
         keep = attention_mask[:, :, None].to(h.dtype)  # (B, T, 1)
         h = self.dropout(self.layer_norm_emb(h)) * keep
         mask = sdpa_mask(attention_mask, T, False, h.dtype)  # (B, 1, 1, T)
-        return run_blocks(
+        return run_last_at(
             list(self.layers),
             h,
             mask,
+            q,
             keep,
             checkpoint_every=self.checkpoint_every,
             enabled=self.checkpointing and self.training,
@@ -142,6 +146,10 @@ class XLMForPretraining(nn.Module):
         position_ids: torch.Tensor | None = None,
         langs: torch.Tensor | None = None,
     ) -> MLMOutput:
+        if labels is not None and self.config.last_layer_at_labels:
+            q = QueryRows.of(labels != -100)
+            h = self.transformer(input_ids, attention_mask, position_ids, langs, q)  # (M, H)
+            return MLMOutput(self.mlm_logits(h), labels.reshape(-1).index_select(0, q.flat))  # (M, V), (M,)
         h = self.transformer(input_ids, attention_mask, position_ids, langs)  # (B, T, H)
         if labels is None:
             return MLMOutput(self.mlm_logits(h), None, h)  # (B, T, V)

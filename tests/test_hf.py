@@ -66,6 +66,25 @@ def test_encoder_logits_equal_transformers(family: str) -> None:
     torch.testing.assert_close(got[keep], expected[keep])
 
 
+@pytest.mark.parametrize("family", sorted(ENCODERS))
+def test_encoder_logits_at_labels_equal_transformers(family: str) -> None:
+    """The pretraining forward with labels, whose last block runs at the labelled positions only
+    (model.last_layer_at_labels, the default), gives transformers' logits at those positions."""
+    cfg = cfg_of(**ENCODERS[family])
+    assert cfg.last_layer_at_labels
+    ours = make(cfg)
+    hf = hf_model(ours, cfg)
+    ids, mask = batch()
+    labels = torch.full_like(ids, -100)
+    at = (torch.arange(ids.numel()).reshape(ids.shape) % 3 == 1) & mask.bool()  # rows with 4, 3 and 4 labels
+    labels[at] = ids[at]
+    with torch.no_grad():
+        out = ours(ids, labels=labels, attention_mask=mask)
+        expected = hf(input_ids=ids, attention_mask=mask).logits
+    assert out.logits.shape[0] == int(at.sum()) and torch.equal(out.targets, ids[at])
+    torch.testing.assert_close(out.logits, expected[at])
+
+
 def test_electra_discriminator_and_generator_equal_transformers() -> None:
     cfg = cfg_of(family="electra", embedding_size=24, generator_fraction=0.5)
     ours = make(cfg)

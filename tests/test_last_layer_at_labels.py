@@ -1,0 +1,102 @@
+"""`model.last_layer_at_labels`: the last encoder block computed at the labelled positions only gives the same
+logits, targets, sentence logits and parameter gradients as the block at every position (the reference's
+computation), for every family and block variant that takes the path, with padding and activation checkpointing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modeling import ModelConfig, build_model
+from modeling.layers import FeedForward, QueryRows
+
+V, B, T = 97, 3, 16
+BASE = dict(
+    vocab_size=V,
+    hidden_size=32,
+    num_layers=3,
+    num_heads=4,
+    intermediate_size=128,
+    max_position_embeddings=64,
+    hidden_dropout=0.0,
+    attention_dropout=0.0,
+)
+CASES = {
+    "bert": {},
+    "bert-pre-ln": dict(pre_layer_norm=True),
+    "bert-sentence-head": dict(sentence_head=True),
+    "bert-checkpoint-full": dict(activation_checkpointing=True),
+    "bert-checkpoint-attention": dict(
+        activation_checkpointing=True, checkpoint_mode="attention", checkpoint_every=2
+    ),
+    "roberta": dict(family="roberta", position_offset=1),
+    "albert": dict(family="albert", share_layers=True, embedding_size=16),
+    "distilbert": dict(family="distilbert", type_vocab_size=0),
+    "electra": dict(family="electra", embedding_size=16, generator_fraction=0.5),
+    "xlm": dict(family="xlm", languages=["en", "fr"], type_vocab_size=0),
+}
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(7, V, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, 10:] = 0  # right padding in one row
+    ids[mask == 0] = 0
+    at = (torch.rand(B, T, generator=g) < 0.3) & mask.bool()
+    at[2] = False  # a row with no label
+    at[0, 0] = True  # a label on the first position
+    labels = torch.full_like(ids, -100)
+    labels[at] = ids[at]
+    return ids, mask, labels
+
+
+def step(kw: dict, at_labels: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
+    """Outputs, parameter gradients, and the fewest rows any feed-forward saw."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**BASE, **kw, last_layer_at_labels=at_labels)).train()
+    rows: list[int] = []
+    for m in model.modules():
+        if isinstance(m, FeedForward):
+            m.register_forward_hook(lambda _m, inp, _out: rows.append(inp[0].shape[:-1].numel()))
+    ids, mask, labels = batch()
+    extra = {"langs": (ids % 2)} if kw.get("family") == "xlm" else {}
+    torch.manual_seed(1)  # ELECTRA samples its replacements
+    out = model(ids, labels=labels, attention_mask=mask, **extra)
+    if kw.get("family") == "electra":
+        loss, got = out.loss, {"logits": out.gen_logits, "targets": out.targets, "rtd": out.rtd_logits}
+    else:
+        loss = torch.nn.functional.cross_entropy(out.logits, out.targets)
+        got = {"logits": out.logits, "targets": out.targets}
+        if out.sentence_logits is not None:
+            got["sentence"] = out.sentence_logits
+            loss = loss + out.sentence_logits.square().sum()
+    loss.backward()
+    grads = {n: p.grad.to_dense() for n, p in model.named_parameters() if p.grad is not None}
+    return got, grads, min(rows)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_same_outputs_and_gradients(case: str) -> None:
+    got, grads, rows = step(CASES[case], True)
+    want, want_grads, all_rows = step(CASES[case], False)
+    assert got.keys() == want.keys() and grads.keys() == want_grads.keys()
+    labelled = int((batch()[2] != -100).sum())
+    assert got["logits"].shape[0] == labelled > 0
+    # The path was taken: the last feed-forward ran at the labelled positions (+ the [CLS] of rows 1 and 2, whose
+    # first position carries no label, with a sentence head), not at all B * T.
+    assert all_rows == B * T and rows == labelled + 2 * ("sentence" in got)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=f"{case}: {k}")
+    for n in want_grads:
+        torch.testing.assert_close(grads[n], want_grads[n], rtol=1e-4, atol=1e-6, msg=f"{case}: grad {n}")
+
+
+def test_query_rows_follow_the_flat_row_major_order() -> None:
+    selected = torch.tensor([[0, 1, 0, 1, 1], [0, 0, 0, 0, 0], [1, 0, 0, 0, 1]], dtype=torch.bool)
+    q = QueryRows.of(selected)
+    assert q.at.shape == (3, 3)
+    assert q.flat.tolist() == selected.reshape(-1).nonzero().squeeze(1).tolist() == [1, 3, 4, 10, 14]
+    assert q.at.reshape(-1)[q.rows].tolist() == [1, 3, 4, 0, 4]
+    empty = QueryRows.of(torch.zeros(2, 4, dtype=torch.bool))
+    assert empty.flat.numel() == 0 and empty.at.shape == (2, 1)
