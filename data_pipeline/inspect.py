@@ -175,6 +175,10 @@ def dataset_stats(directory: str | Path, split: str = "train", max_samples: int 
                 if max_samples and seen >= max_samples:
                     break
                 seen += 1
+                if (
+                    not kind
+                ):  # not corrupted on disk (tokens, masked on the fly): nothing to measure, no labels
+                    continue
                 s = reader.read(shard, i)
                 x, y = s["input_ids"].astype(np.int64), s["labels"].astype(np.int64)
                 if kind == "pairs":  # tlm: XLM's eligible positions (all but the first; </s> per predict_eos)

@@ -101,12 +101,16 @@ class MLMParams:
     random_prob: float = 0.1
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.rate < 1.0:
-            raise ObjectiveError(f"--mask-rate must be in (0, 1), got {self.rate}")
-        if self.mask_prob < 0 or self.random_prob < 0 or self.mask_prob + self.random_prob > 1.0:
-            raise ObjectiveError(
-                f"mask_prob={self.mask_prob} + random_prob={self.random_prob} must be within [0, 1]"
-            )
+        check_mask_split(self.rate, self.mask_prob, self.random_prob)
+
+
+def check_mask_split(rate: float, mask_prob: float, random_prob: float, who: str = "") -> None:
+    """An ObjectiveError (prefixed with `who`, e.g. 'tlm ') unless 0 < rate < 1 and the [MASK] / random shares are
+    >= 0 and sum to at most 1."""
+    if not 0.0 < rate < 1.0:
+        raise ObjectiveError(f"{who}rate (--mask-rate) must be in (0, 1), got {rate}")
+    if mask_prob < 0 or random_prob < 0 or mask_prob + random_prob > 1.0:
+        raise ObjectiveError(f"{who}mask_prob={mask_prob} + random_prob={random_prob} must be within [0, 1]")
 
 
 def _replace(
@@ -888,12 +892,7 @@ class TLMParams:
     other than seq_len."""
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.rate < 1.0:
-            raise ObjectiveError(f"tlm rate (--mask-rate) must be in (0, 1), got {self.rate}")
-        if self.mask_prob < 0 or self.random_prob < 0 or self.mask_prob + self.random_prob > 1.0:
-            raise ObjectiveError(
-                f"tlm mask_prob={self.mask_prob} + random_prob={self.random_prob} must be within [0, 1]"
-            )
+        check_mask_split(self.rate, self.mask_prob, self.random_prob, "tlm ")
         if self.random_ids not in RANDOM_IDS:
             raise ObjectiveError(f"tlm random_ids={self.random_ids!r}: use {' or '.join(RANDOM_IDS)}")
         if self.long_pairs not in LONG_PAIRS:

@@ -2,7 +2,8 @@
 
 Training FLOPs = 3 x forward FLOPs (backward costs twice the forward); a multiply-add is 2 FLOPs; embedding lookups,
 norms and elementwise ops are ignored (a few percent). Attention adds 2 x 2 x T x width per token per layer
-(scores and the weighted sum). Heads that run on masked positions only are scaled by the mask fraction.
+(scores and the weighted sum). Heads that run on masked positions only are scaled by the mask fraction, and so is
+an encoder's last block but its keys and values (`model.last_layer_at_labels`): the FLOPs executed.
 """
 
 from __future__ import annotations
@@ -93,11 +94,22 @@ def bart_params(cfg: ModelConfig) -> int:
     return cfg.vocab_size * cfg.hidden_size + _bart_stack(cfg, False) + _bart_stack(cfg, True)
 
 
-def _encoder_matmul_per_token(cfg: ModelConfig, T: int) -> float:
-    """Forward FLOPs per token through the blocks (applied num_layers times even when weights are shared)."""
+def _encoder_matmul_per_token(cfg: ModelConfig, T: int, last_fraction: float = 1.0) -> float:
+    """Forward FLOPs per token through the blocks (applied num_layers times even when weights are shared).
+    last_fraction: the share of positions at which the last block runs its queries, output projection, feed-forward
+    and attention rows (`model.last_layer_at_labels`: the mask fraction); its keys and values run everywhere."""
     H, inner, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
     proj = 2 * cfg.emb_size * H if cfg.emb_size != H else 0
-    return proj + L * (2 * (4 * H * H + 2 * H * inner) + 2 * 2 * T * H)
+    kv = 2 * 2 * H * H
+    rest = 2 * (2 * H * H + 2 * H * inner) + 2 * 2 * T * H  # q, out, FFN; scores and weighted sum
+    return proj + L * (kv + rest) - (1.0 - last_fraction) * rest
+
+
+def _last_fraction(cfg: ModelConfig, mask_fraction: float) -> float:
+    """The last block's share of positions in a pretraining step (see `_encoder_matmul_per_token`)."""
+    # A distillation step (DistilBERT with a teacher) runs the student's last block everywhere (its losses read
+    # every position).
+    return mask_fraction if cfg.last_layer_at_labels and not cfg.teacher else 1.0
 
 
 def train_flops_per_token(
@@ -109,10 +121,15 @@ def train_flops_per_token(
 
 
 def encoder_flops(cfg: ModelConfig, seq_len: int, target_len: int = 0, mask_fraction: float = 0.15) -> float:
-    """BERT / RoBERTa / ALBERT: the MLM head runs on masked positions only."""
+    """BERT / RoBERTa / ALBERT: the MLM head (and, by default, the last block but its keys and values) runs on
+    masked positions only."""
+    return _bert_flops(cfg, seq_len, mask_fraction, _last_fraction(cfg, mask_fraction))
+
+
+def _bert_flops(cfg: ModelConfig, seq_len: int, mask_fraction: float, last_fraction: float) -> float:
     H, E, V = cfg.hidden_size, cfg.emb_size, cfg.vocab_size
     head = mask_fraction * 2 * (H * E + E * V)
-    return 3.0 * (_encoder_matmul_per_token(cfg, seq_len) + head)
+    return 3.0 * (_encoder_matmul_per_token(cfg, seq_len, last_fraction) + head)
 
 
 def longformer_flops(
@@ -121,13 +138,13 @@ def longformer_flops(
     """RoBERTa's with each token's attention over its window (w + 1 keys) instead of the whole sequence; global
     tokens (a few per sequence) are not counted."""
     w = max(cfg.attention_window) if cfg.attention_window else seq_len
-    return encoder_flops(cfg, min(seq_len, w + 1), target_len, mask_fraction)
+    return _bert_flops(cfg, min(seq_len, w + 1), mask_fraction, 1.0)  # every block at every position
 
 
 def xlm_flops(cfg: ModelConfig, seq_len: int, target_len: int = 0, mask_fraction: float = 0.15) -> float:
     """XLM: the blocks on every token, the (tied) prediction layer on the masked positions only."""
     head = mask_fraction * 2 * cfg.hidden_size * cfg.vocab_size
-    return 3.0 * (_encoder_matmul_per_token(cfg, seq_len) + head)
+    return 3.0 * (_encoder_matmul_per_token(cfg, seq_len, _last_fraction(cfg, mask_fraction)) + head)
 
 
 def electra_flops(cfg: ModelConfig, seq_len: int, target_len: int = 0, mask_fraction: float = 0.15) -> float:
@@ -137,7 +154,7 @@ def electra_flops(cfg: ModelConfig, seq_len: int, target_len: int = 0, mask_frac
     gen_head = mask_fraction * 2 * (gen.hidden_size * E + E * V)
     disc_head = 2 * (H * H + H)
     return 3.0 * (
-        _encoder_matmul_per_token(gen, seq_len)
+        _encoder_matmul_per_token(gen, seq_len, _last_fraction(gen, mask_fraction))
         + gen_head
         + _encoder_matmul_per_token(cfg, seq_len)
         + disc_head

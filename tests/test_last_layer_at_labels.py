@@ -100,3 +100,18 @@ def test_query_rows_follow_the_flat_row_major_order() -> None:
     assert q.at.reshape(-1)[q.rows].tolist() == [1, 3, 4, 0, 4]
     empty = QueryRows.of(torch.zeros(2, 4, dtype=torch.bool))
     assert empty.flat.numel() == 0 and empty.at.shape == (2, 1)
+
+
+def test_flops_count_the_last_block_at_the_masked_positions() -> None:
+    """MFU's FLOPs are the ones executed: with the option, the last block's queries, output projection, FFN and
+    attention rows (not its keys and values) are counted at the mask fraction."""
+    from modeling.flops import train_flops_per_token
+
+    H, F, T, f = 768, 3072, 128, 0.15
+    on = ModelConfig.from_preset("bert_base", vocab_size=30522)
+    off = ModelConfig.from_preset("bert_base", vocab_size=30522, last_layer_at_labels=False)
+    rest = 2 * (2 * H * H + 2 * H * F) + 2 * 2 * T * H
+    assert train_flops_per_token(off, T, mask_fraction=f) - train_flops_per_token(on, T, mask_fraction=f) == (
+        pytest.approx(3 * (1 - f) * rest)
+    )
+    assert train_flops_per_token(on, T, mask_fraction=1.0) == train_flops_per_token(off, T, mask_fraction=1.0)

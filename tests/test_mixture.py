@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from data_pipeline.loader import StreamSource, StreamSpec, TrainStream
 from data_pipeline.mixture import MixtureError, MixtureOrder, plan_mixture, temperature_weights
@@ -177,3 +178,11 @@ def test_prepare_refuses_data_path_with_a_mixture(three: list[Path], tmp_path: P
     assert state.fingerprint == state.mixture.fingerprint() != state.manifest.fingerprint()
     text = cfg.to_yaml_absolute(tmp_path)
     assert str(three[1]) in text
+    # Every path key is written absolute (a resume or a SLURM job may start elsewhere): model.teacher too.
+    cfg.model.teacher, cfg.model.init_from = "runs/teacher", "hf/init"
+    model = yaml.safe_load(cfg.to_yaml_absolute(tmp_path))["model"]
+    assert model["teacher"] == str(tmp_path / "runs/teacher") and model["init_from"] == str(
+        tmp_path / "hf/init"
+    )
+    cfg.model.teacher = "???"  # configs/distilbert.yaml's "required" marker stays as it is
+    assert yaml.safe_load(cfg.to_yaml_absolute(tmp_path))["model"]["teacher"] == "???"

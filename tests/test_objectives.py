@@ -344,3 +344,21 @@ def test_sentence_head_trains_in_the_loop(tmp_path, corpus_file, tokenizer_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(read_scalars(run / "tensorboard", "train/sentence_accuracy")) == 4
     assert read_scalars(run / "tensorboard", "eval/sentence_loss")
+
+
+@pytest.mark.parametrize("name", ["MLMParams", "TLMParams"])
+def test_mask_rate_and_split_are_checked_by_name(name: str) -> None:
+    """MLM and TLM share one check of the masking rate and the [MASK] / random split; the message names them."""
+    from data_pipeline import objectives
+
+    params = getattr(objectives, name)
+    prefix = "tlm " if name == "TLMParams" else ""
+    with pytest.raises(
+        objectives.ObjectiveError, match=rf"^{prefix}rate \(--mask-rate\) must be in \(0, 1\), got 1.0"
+    ):
+        params(rate=1.0)
+    with pytest.raises(
+        objectives.ObjectiveError, match=rf"^{prefix}mask_prob=0.9 \+ random_prob=0.2 must be"
+    ):
+        params(mask_prob=0.9, random_prob=0.2)
+    params(rate=0.4, mask_prob=1.0, random_prob=0.0)

@@ -509,6 +509,11 @@ def test_t5_and_bart_stats_on_real_text(tmp_path, corpus_file, tokenizer_dir):
     assert abs(got["masked_token_share"] - gone / body) < 0.01, (got["masked_token_share"], gone / body)
     assert "masked_token_share" in format_stats(bart)
 
+    # A tokens dataset (masked on the fly) has no labels on disk: nothing to measure, said so, not a KeyError.
+    tokens = _build(tmp_path, corpus_file, tokenizer_dir, "tokens")
+    assert dataset_stats(tokens)["samples"] > 0
+    assert "nothing to measure" in format_stats(tokens)
+
 
 def test_bart_longest_input_is_recorded_and_is_what_loader_and_model_check(
     tmp_path, corpus_file, tokenizer_dir

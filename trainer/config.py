@@ -451,14 +451,15 @@ class RunConfig:
                 node = node[key]
             value = node[leaf]
             # slurm.python may be a bare command found on PATH ("python3"): only paths with a directory part move.
-            if value and (leaf != "python" or "/" in value):
+            # model.teacher '???' is a recipe's "required" marker, not a path.
+            if value and value != "???" and (leaf != "python" or "/" in value):
                 node[leaf] = os.path.abspath(root / Path(value).expanduser())  # keeps symbolic links
         for src in data["data"]["mixture"]["sources"]:  # data.mixture.sources[*].path
             src["path"] = os.path.abspath(root / Path(src["path"]).expanduser())
         return yaml.safe_dump(data, sort_keys=False)
 
 
-PATH_KEYS = ("run_dir", "data.path", "slurm.python", "model.init_from")
+PATH_KEYS = ("run_dir", "data.path", "slurm.python", "model.init_from", "model.teacher")
 """The config keys that hold filesystem paths (written absolute into a run directory's config.yaml)."""
 
 
