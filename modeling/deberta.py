@@ -579,6 +579,16 @@ class DebertaForPretraining(nn.Module):
         assert isinstance(words, TiedEmbedding)
         return self.lm_predictions.lm_head(h, words)
 
+    def features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T, H) the encoder's output without the EMD (transformers' DebertaV2Model, which fine-tuning
+        classes read), for a fine-tuning head."""
+        return self.deberta(input_ids, attention_mask, token_type_ids)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -690,6 +700,25 @@ class DebertaRTDForPretraining(nn.Module):
         return self.discriminator.deberta(
             input_ids, attention_mask, token_type_ids, shared_embeddings=self.shared_embeddings()
         )
+
+    def features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T, H) the discriminator's encoder output (what DeBERTa-v3 fine-tunes; the generator only lends
+        its word table through GDES)."""
+        return self.discriminator_hidden(input_ids, attention_mask, token_type_ids)
+
+    def mlm_forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T, V) masked-LM logits: the generator's (pseudo-perplexity)."""
+        return self.generator(input_ids, None, attention_mask, token_type_ids).logits
 
     def discriminator_logits(
         self,

@@ -178,6 +178,24 @@ class ElectraForPretraining(nn.Module):
         rtd_logits = self.discriminator_predictions(h)  # (B, T)
         return electra_output(gen_logits, targets, rtd_logits, replaced, self.config.rtd_weight)
 
+    def features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T, H) the discriminator's output (what fine-tuning starts from; the generator is not used)."""
+        return self.discriminator.encode(self.embeddings(input_ids, token_type_ids), attention_mask)
+
+    def mlm_forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T, V) masked-LM logits: the generator's (pseudo-perplexity)."""
+        return self.generator_logits(input_ids, attention_mask, token_type_ids)
+
     def discriminator_logits(
         self,
         input_ids: torch.Tensor,

@@ -306,6 +306,15 @@ class BertForPretraining(nn.Module):
         assert self.bert.embeddings is not None
         return self.cls.predictions(h, self.bert.embeddings.word_embeddings)
 
+    def features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T, H) the encoder's output, what a fine-tuning head reads (modeling/heads.py)."""
+        return self.bert(input_ids, attention_mask, token_type_ids)
+
     def forward(
         self,
         input_ids: torch.Tensor,

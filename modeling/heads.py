@@ -1,6 +1,7 @@
 """Fine-tuning heads over a pretrained cloze model (`cloze finetune`).
 
-    encoders (bert, roberta, albert) and ELECTRA's discriminator:
+    encoders (every family's `features`: BERT, RoBERTa, ALBERT, XLM-R, DistilBERT, Longformer, DeBERTa, XLM) and the
+    discriminators of ELECTRA and DeBERTa-v3 RTD:
         features (B, T, H) -> first token h[:, 0] -> dropout -> dense H->H -> tanh -> dropout -> out H->n
         the classification head of transformers' RobertaClassificationHead / ElectraClassificationHead
         (models/roberta/modeling_roberta.py, models/electra/modeling_electra.py); n = labels, or 1 (regression)
@@ -19,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bart import BartForPretraining
-from .electra import ElectraForPretraining
+from .config import ModelConfig
+from .deberta import DebertaForPretraining
 from .encoder import BertForPretraining
 from .t5 import T5ForPretraining
 
@@ -43,20 +45,18 @@ class ClassificationHead(nn.Module):
 
 
 class EncoderForSequenceTask(nn.Module):
-    """A pretrained encoder (or ELECTRA's discriminator; its generator is dropped) + a classification head."""
+    """A pretrained encoder + a classification head over its `features` (B, T, H): BERT / RoBERTa / ALBERT /
+    XLM-R / DistilBERT, Longformer (global attention on [CLS]), DeBERTa v1/v2/v3, ELECTRA's and DeBERTa-v3 RTD's
+    discriminators (their generators are carried along unused), XLM (without language ids)."""
 
     def __init__(self, pretrained: nn.Module, num_outputs: int) -> None:
         super().__init__()
-        if not isinstance(pretrained, BertForPretraining | ElectraForPretraining):
-            raise TypeError(f"{type(pretrained).__name__} is not an encoder")
+        if not callable(getattr(pretrained, "features", None)):
+            raise TypeError(f"{type(pretrained).__name__} is not an encoder (it has no features())")
         cfg = pretrained.config
+        assert isinstance(cfg, ModelConfig)
         self.config = cfg
-        if isinstance(pretrained, ElectraForPretraining):
-            self.embeddings: nn.Module | None = pretrained.embeddings
-            self.encoder: nn.Module = pretrained.discriminator
-        else:
-            self.embeddings = None
-            self.encoder = pretrained.bert
+        self.backbone = pretrained
         self.head = ClassificationHead(
             cfg.hidden_size, num_outputs, cfg.hidden_dropout, cfg.initializer_range
         )
@@ -67,10 +67,7 @@ class EncoderForSequenceTask(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if self.embeddings is not None:  # ELECTRA: shared embeddings -> discriminator blocks
-            h = self.encoder.encode(self.embeddings(input_ids, token_type_ids), attention_mask)  # type: ignore[operator]
-        else:
-            h = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+        h = self.backbone.features(input_ids, attention_mask, token_type_ids)  # type: ignore[operator]
         return self.head(h)  # (B, n)
 
 
@@ -120,9 +117,10 @@ def mlm_logits(
     attention_mask: torch.Tensor | None,
     token_type_ids: torch.Tensor | None,
 ) -> torch.Tensor:
-    """(B, T, V) masked-LM logits of an encoder, or of ELECTRA's generator (for pseudo-perplexity)."""
-    if isinstance(model, ElectraForPretraining):
-        return model.generator_logits(input_ids, attention_mask, token_type_ids)
-    if isinstance(model, BertForPretraining):
+    """(B, T, V) masked-LM logits of an encoder, or of an RTD model's generator (ELECTRA, DeBERTa-v3 RTD), for
+    pseudo-perplexity: the model's `mlm_forward` where it has one, else its forward without labels."""
+    if callable(getattr(model, "mlm_forward", None)):
+        return model.mlm_forward(input_ids, attention_mask, token_type_ids)  # type: ignore[operator]
+    if isinstance(model, BertForPretraining | DebertaForPretraining):
         return model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
     raise TypeError(f"{type(model).__name__} has no masked-LM head")

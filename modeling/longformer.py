@@ -262,6 +262,18 @@ class LongformerForPretraining(BertForPretraining):
         )
         return h[:, :T]
 
+    def features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T, H) for a fine-tuning head: global attention on the first token ([CLS]), as transformers'
+        LongformerForSequenceClassification sets it when none is given."""
+        glob = torch.zeros_like(input_ids)
+        glob[:, 0] = 1
+        return self.hidden(input_ids, attention_mask, glob, token_type_ids)
+
     def forward(
         self,
         input_ids: torch.Tensor,

@@ -138,6 +138,25 @@ class XLMForPretraining(nn.Module):
     def mlm_logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.pred_layer(h, self.transformer.embeddings)
 
+    def features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T, H) for a fine-tuning head. XLM has no token types (ignored) and here no language ids: no language
+        embedding is added, as transformers' XLM classes do when called without `langs`."""
+        return self.transformer(input_ids, attention_mask)
+
+    def mlm_forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T, V) masked-LM logits (pseudo-perplexity); no token types, no language ids."""
+        return self.forward(input_ids, attention_mask=attention_mask).logits
+
     def forward(
         self,
         input_ids: torch.Tensor,

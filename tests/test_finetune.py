@@ -32,7 +32,8 @@ LINES = [
 def backbone(tokenizer_dir: Path, family: str = "bert", **overrides: object) -> Backbone:
     model_file = tokenizer_dir / MODEL_FILE
     info = describe(model_file)
-    preset = {"bert": "tiny", "t5": "tiny_t5", "bart": "tiny_bart", "electra": "tiny_electra"}[family]
+    preset = {"t5": "tiny_t5", "bart": "tiny_bart", "electra": "tiny_electra"}.get(family, "tiny")
+    overrides = {"family": family, **overrides}
     values: dict[str, object] = dict(
         vocab_size=info.vocab_size,
         num_layers=1,
@@ -244,3 +245,65 @@ def test_tokenizer_mismatch_is_refused(tokenizer_dir: Path, tmp_path: Path) -> N
 def test_unknown_builtin_task_lists_the_available_ones() -> None:
     with pytest.raises(TaskError, match="builtin:docstring-package"):
         load_task("builtin:nope")
+
+
+# ---- every encoder family fine-tunes (modeling/heads.py reads each model's `features`) ----------------------------
+
+FEATURE_FAMILIES: dict[str, dict[str, object]] = {
+    "roberta": dict(type_vocab_size=1),
+    "albert": dict(embedding_size=32, share_layers=True),
+    "xlm_roberta": dict(type_vocab_size=1),
+    "distilbert": dict(type_vocab_size=0),
+    "longformer": dict(type_vocab_size=1, attention_window=[8]),
+    "deberta": dict(type_vocab_size=0, position_buckets=16, max_relative_positions=64),
+    "deberta_v1": dict(
+        type_vocab_size=0,
+        position_buckets=0,
+        max_relative_positions=64,
+        share_att_key=False,
+        norm_rel_ebd="none",
+    ),
+    "deberta_rtd": dict(type_vocab_size=0, position_buckets=16, max_relative_positions=64),
+    "xlm": dict(type_vocab_size=0, languages=["en", "fr"]),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FEATURE_FAMILIES))
+def test_every_encoder_family_fine_tunes_and_scores(family: str, tokenizer_dir: Path, tmp_path: Path) -> None:
+    """A classification head over each family's `features` trains, and pseudo-perplexity reads its MLM head (the
+    generator's for RTD). The features are transformers' base model's last hidden states (Longformer: global
+    attention on [CLS], as LongformerForSequenceClassification sets it; XLM: no language ids)."""
+    transformers = pytest.importorskip("transformers")
+    from modeling.hf import hf_model
+
+    extra = dict(FEATURE_FAMILIES[family], hidden_size=64, intermediate_size=256, max_position_embeddings=64)
+    if family in ("roberta", "xlm_roberta", "longformer"):  # as the family's configure() sets it
+        extra["position_offset"] = describe(tokenizer_dir / MODEL_FILE).special_tokens.pad + 1
+    bb = backbone(tokenizer_dir, family, **extra)
+    assert bb.config.family == family
+    bb.model.eval()
+    ids = torch.tensor([[2, 40, 41, 42, 43, 3, 0, 0], [2, 50, 51, 52, 53, 54, 55, 3]])
+    ids[0, 6:] = bb.config.pad_token_id
+    mask = (torch.arange(8)[None] < torch.tensor([[6], [8]])).long()
+    hf = hf_model(bb.model, bb.config).eval()
+    kw = (
+        {"global_attention_mask": torch.zeros_like(ids).index_fill_(1, torch.tensor([0]), 1)}
+        if family == "longformer"
+        else {}
+    )
+    with torch.no_grad():
+        got = bb.model.features(ids, mask)
+        want = hf.base_model(input_ids=ids, attention_mask=mask, **kw).last_hidden_state
+    assert isinstance(hf, transformers.PreTrainedModel)
+    torch.testing.assert_close(got[mask.bool()], want[mask.bool()], rtol=1e-4, atol=1e-5)
+
+    res = finetune(
+        bb, load_task_dir(sst2(tmp_path / "sst2", 16)), Recipe(lr=[1e-3], epochs=1, batch_size=8, seeds=1)
+    )
+    assert 0.0 <= res["mean"]["accuracy"] <= 1.0 and res["family"] == family
+    d = write_task(
+        tmp_path / "ppl", "type: pseudo_perplexity\n", [{"sentence1": "x"}], [{"sentence1": LINES[0]}]
+    )
+    (d / "train.tsv").unlink()
+    ppl = finetune(bb, load_task_dir(d))["mean"]["pseudo_perplexity"]
+    assert math.isfinite(ppl) and ppl > 1.0
