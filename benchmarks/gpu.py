@@ -14,7 +14,7 @@ cloze ZeRO-1, the bare torch loop, transformers and cloze ZeRO-3; bf16 (DeepSpee
 autocast for the loops), world size 1, synthetic batches (benchmarks/train_step.py, whose step functions this
 reuses). A case the remaining budget does not allow is skipped and marked so; each row is printed as soon as it
 is measured. FLOPs are cloze's model FLOPs for the step (modeling/flops.py; the MLM head, and the last block but
-its keys and values, on the 15% masked positions, as cloze computes them), the same count for every row of a shape,
+its q/k/v projection, on the 15% masked positions, as cloze computes them), the same count for every row of a shape,
 so TFLOP/s compare like tokens/s.
 
 This module imports nothing outside the standard library (and `packaging`) at the top: it must run, and install

@@ -92,8 +92,9 @@ class ModelConfig:
     automatically when the dataset holds sentence pairs."""
     last_layer_at_labels: bool = True
     """Encoders (BERT, RoBERTa, XLM-R, ALBERT, the DistilBERT student's MLM step, ELECTRA's generator, XLM): with
-    labels, the last block runs its queries, output projection and feed-forward at the labelled positions only (plus
-    [CLS] with a sentence head); keys and values still come from every position. The loss reads nothing else, so
+    labels, the last block runs its attention rows, output projection and feed-forward at the labelled positions only
+    (plus [CLS] with a sentence head); its q/k/v projection still runs at every position. The loss reads nothing
+    else, so
     the result is the same computation (equal to rounding); false = the last block at every position, as
     transformers computes it (for an A/B, or to read `MLMOutput.hidden` of every position with labels)."""
     position_offset: int = 0

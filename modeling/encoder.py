@@ -120,8 +120,9 @@ class BertLayer(nn.Module):
         return self.ffn_norm(h + self.ffn(h))
 
     def forward_at(self, h: torch.Tensor, mask: torch.Tensor | None, q: QueryRows) -> torch.Tensor:
-        """forward(h, mask) at the positions `q` only: (M, H). Keys and values read every position of h (B, T, H);
-        the rest of the block (queries, output projection, residual, norms, feed-forward) runs on M rows."""
+        """forward(h, mask) at the positions `q` only: (M, H). The q/k/v projection reads every position of h (B, T,
+        H); the rest of the block (attention rows, output projection, residual, norms, feed-forward) runs on M
+        rows."""
         x = self.attention_norm(h) if self.pre_ln else h  # (B, T, H)
         if self.checkpoint_attention and self.training:
             a = checkpoint(self.attention.forward_at, x, q, mask, use_reentrant=False)

@@ -3,7 +3,7 @@
 Training FLOPs = 3 x forward FLOPs (backward costs twice the forward); a multiply-add is 2 FLOPs; embedding lookups,
 norms and elementwise ops are ignored (a few percent). Attention adds 2 x 2 x T x width per token per layer
 (scores and the weighted sum). Heads that run on masked positions only are scaled by the mask fraction, and so is
-an encoder's last block but its keys and values (`model.last_layer_at_labels`): the FLOPs executed.
+an encoder's last block but its q/k/v projection (`model.last_layer_at_labels`): the FLOPs executed.
 """
 
 from __future__ import annotations
@@ -96,13 +96,13 @@ def bart_params(cfg: ModelConfig) -> int:
 
 def _encoder_matmul_per_token(cfg: ModelConfig, T: int, last_fraction: float = 1.0) -> float:
     """Forward FLOPs per token through the blocks (applied num_layers times even when weights are shared).
-    last_fraction: the share of positions at which the last block runs its queries, output projection, feed-forward
-    and attention rows (`model.last_layer_at_labels`: the mask fraction); its keys and values run everywhere."""
+    last_fraction: the share of positions at which the last block runs its attention rows, output projection and
+    feed-forward (`model.last_layer_at_labels`: the mask fraction); its q/k/v projection runs everywhere."""
     H, inner, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers
     proj = 2 * cfg.emb_size * H if cfg.emb_size != H else 0
-    kv = 2 * 2 * H * H
-    rest = 2 * (2 * H * H + 2 * H * inner) + 2 * 2 * T * H  # q, out, FFN; scores and weighted sum
-    return proj + L * (kv + rest) - (1.0 - last_fraction) * rest
+    qkv = 2 * 3 * H * H
+    rest = 2 * (H * H + 2 * H * inner) + 2 * 2 * T * H  # out, FFN; scores and weighted sum
+    return proj + L * (qkv + rest) - (1.0 - last_fraction) * rest
 
 
 def _last_fraction(cfg: ModelConfig, mask_fraction: float) -> float:
@@ -121,7 +121,7 @@ def train_flops_per_token(
 
 
 def encoder_flops(cfg: ModelConfig, seq_len: int, target_len: int = 0, mask_fraction: float = 0.15) -> float:
-    """BERT / RoBERTa / ALBERT: the MLM head (and, by default, the last block but its keys and values) runs on
+    """BERT / RoBERTa / ALBERT: the MLM head (and, by default, the last block but its q/k/v projection) runs on
     masked positions only."""
     return _bert_flops(cfg, seq_len, mask_fraction, _last_fraction(cfg, mask_fraction))
 

@@ -152,27 +152,25 @@ class Attention(nn.Module):
     def forward_at(self, x: torch.Tensor, q: QueryRows, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Self-attention output at the positions `q` only: (M, D), the rows `q.flat` of `forward(x, mask)`.
 
-        Keys and values are projected at every position of x (B, T, D); queries, SDPA's rows and the output
-        projection at the selected ones (each row's P padded query slots; the padding is dropped before `out`).
+        The fused projection runs at every position of x (B, T, D) (keys and values need them all; slicing its
+        weight for the queries alone would read a parameter outside its module's call, which ZeRO-3's gathering
+        does not see, for ~1/3 of one projection); SDPA's query rows and the output projection run at the
+        selected positions (each row's P padded query slots; the padding is dropped before `out`).
         mask: a key mask (B|1, 1|N, 1, T) or None (not a per-query one)."""
         assert not self.cross and not self.causal, "forward_at is for encoder self-attention"
         assert mask is None or mask.shape[-2] == 1, "forward_at takes a key mask, not a per-query mask"
-        B, T, D = x.shape
+        B, T, _ = x.shape
         P = q.at.shape[1]
         N, K = self.heads, self.head_dim
-        inner = N * K
-        w, b = self.qkv.weight, self.qkv.bias  # rows: q | k | v
-        xq = x.gather(1, q.at[:, :, None].expand(B, P, D))  # (B, P, D)
-        query = F.linear(xq, w[:inner], None if b is None else b[:inner]).view(B, P, N, K).transpose(1, 2)
-        k, v = (
-            F.linear(x, w[inner:], None if b is None else b[inner:])
-            .view(B, T, 2, N, K)
-            .permute(2, 0, 3, 1, 4)
-        )  # 2 x (B, N, T, K)
+        qkv = self.qkv(x).view(B, T, 3, N, K)
+        query = (
+            qkv[:, :, 0].gather(1, q.at[:, :, None, None].expand(B, P, N, K)).transpose(1, 2)
+        )  # (B, N, P, K)
+        k, v = qkv[:, :, 1:].permute(2, 0, 3, 1, 4)  # 2 x (B, N, T, K)
         ctx = F.scaled_dot_product_attention(
             query, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, scale=self.scale
         )  # (B, N, P, K)
-        return self.out(ctx.transpose(1, 2).reshape(B * P, inner).index_select(0, q.rows))  # (M, D)
+        return self.out(ctx.transpose(1, 2).reshape(B * P, N * K).index_select(0, q.rows))  # (M, D)
 
 
 class FeedForward(nn.Module):

@@ -103,15 +103,57 @@ def test_query_rows_follow_the_flat_row_major_order() -> None:
 
 
 def test_flops_count_the_last_block_at_the_masked_positions() -> None:
-    """MFU's FLOPs are the ones executed: with the option, the last block's queries, output projection, FFN and
-    attention rows (not its keys and values) are counted at the mask fraction."""
+    """MFU's FLOPs are the ones executed: with the option, the last block's attention rows, output projection and
+    FFN (not its q/k/v projection) are counted at the mask fraction."""
     from modeling.flops import train_flops_per_token
 
     H, F, T, f = 768, 3072, 128, 0.15
     on = ModelConfig.from_preset("bert_base", vocab_size=30522)
     off = ModelConfig.from_preset("bert_base", vocab_size=30522, last_layer_at_labels=False)
-    rest = 2 * (2 * H * H + 2 * H * F) + 2 * 2 * T * H
+    rest = 2 * (H * H + 2 * H * F) + 2 * 2 * T * H
     assert train_flops_per_token(off, T, mask_fraction=f) - train_flops_per_token(on, T, mask_fraction=f) == (
         pytest.approx(3 * (1 - f) * rest)
     )
     assert train_flops_per_token(on, T, mask_fraction=1.0) == train_flops_per_token(off, T, mask_fraction=1.0)
+
+
+class _OutsideItsModule(torch.overrides.TorchFunctionMode):
+    """Records every parameter that a torch function reads while no module owning it (directly) is in its call:
+    what ZeRO-3, which gathers a module's own parameters around that module's call, would hand over partitioned."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.active: dict[int, int] = {}
+        self.names = {id(p): n for n, p in model.named_parameters()}
+        self.outside: set[str] = set()
+        for m in model.modules():
+            m.register_forward_pre_hook(lambda mod, _args: self._enter(mod, 1))
+            m.register_forward_hook(lambda mod, _args, _out: self._enter(mod, -1))
+
+    def _enter(self, module: torch.nn.Module, step: int) -> None:
+        for p in module.parameters(recurse=False):
+            self.active[id(p)] = self.active.get(id(p), 0) + step
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        for a in [*args, *kwargs.values()]:
+            if isinstance(a, torch.nn.Parameter) and self.active.get(id(a), 0) <= 0:
+                self.outside.add(self.names.get(id(a), "?"))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "case", ["bert-sentence-head", "albert", "electra", "xlm", "bert-checkpoint-attention"]
+)
+def test_every_parameter_is_read_inside_its_own_module_call(case: str) -> None:
+    """The last block at the labelled positions reads each weight through its module's call (the fused q/k/v
+    projection included), so that ZeRO-3's per-module gathering sees it."""
+    torch.manual_seed(0)
+    kw = CASES[case]
+    model = build_model(ModelConfig(**BASE, **kw)).train()
+    ids, mask, labels = batch()
+    extra = {"langs": (ids % 2)} if kw.get("family") == "xlm" else {}
+    mode = _OutsideItsModule(model)
+    with mode:
+        model(ids, labels=labels, attention_mask=mask, **extra)
+    assert not mode.outside, sorted(mode.outside)
