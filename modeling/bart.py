@@ -20,7 +20,15 @@ from torch import nn
 from . import flops, hf
 from .config import ModelConfig
 from .encoder import TiedEmbedding
-from .layers import Attention, FeedForward, activation_fn, init_bert_weights, run_blocks, sdpa_mask
+from .layers import (
+    Attention,
+    FeedForward,
+    activation_fn,
+    init_bert_weights,
+    lookup_pair,
+    run_blocks,
+    sdpa_mask,
+)
 from .registry import FamilySpec, HFAdapter, HFPart, register_family
 from .t5 import Seq2SeqOutput
 
@@ -122,15 +130,8 @@ class BartForPretraining(nn.Module):
     ) -> Seq2SeqOutput:
         # One lookup of both id tensors with a sparse gradient (the tied head below always runs): the shared
         # table's gradient is the head's dense one plus these rows, not two more zero-filled V x D tensors and sums.
-        n = input_ids.numel()
-        e = self.model.shared(
-            torch.cat([input_ids.reshape(-1), decoder_input_ids.reshape(-1)]), sparse_grad=True
-        )
-        enc_e, dec_e = e.split([n, decoder_input_ids.numel()])
-        enc = self.model.encoder(
-            input_ids, attention_mask, embeds=enc_e.view(*input_ids.shape, -1)
-        )  # (B, S, D)
-        dec_e = dec_e.view(*decoder_input_ids.shape, -1)
+        enc_e, dec_e = lookup_pair(self.model.shared, input_ids, decoder_input_ids, sparse_grad=True)
+        enc = self.model.encoder(input_ids, attention_mask, embeds=enc_e)  # (B, S, D)
         dec = self.model.decoder(decoder_input_ids, None, enc, attention_mask, embeds=dec_e)  # (B, T, D)
         logits = self.model.shared(dec, project=True) + self.final_logits_bias  # tied head: (B, T, V)
         return Seq2SeqOutput(logits, enc)

@@ -165,7 +165,7 @@ class ElectraForPretraining(nn.Module):
         if self.config.last_layer_at_labels:
             q = QueryRows.of(labels != -100)
             selected = self.generator.encode(e, attention_mask, q)  # (M, Hg)
-            targets = labels.reshape(-1).index_select(0, q.flat)  # (M,), select_labelled's order
+            targets = q.take(labels)  # (M,), select_labelled's order
         else:
             selected, targets, _ = select_labelled(
                 self.generator.encode(e, attention_mask), labels

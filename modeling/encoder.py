@@ -128,7 +128,7 @@ class BertLayer(nn.Module):
             a = checkpoint(self.attention.forward_at, x, q, mask, use_reentrant=False)
         else:
             a = self.attention.forward_at(x, q, mask)  # (M, H)
-        r = h.reshape(-1, h.shape[-1]).index_select(0, q.flat)  # (M, H) the residual at those positions
+        r = q.take(h)  # (M, H) the residual at those positions
         if self.pre_ln:
             r = r + self.dropout(a)
             return r + self.ffn(self.ffn_norm(r))
@@ -349,7 +349,7 @@ class BertForPretraining(nn.Module):
             at[:, 0] = True  # (a fresh tensor: `!=` made it)
         q = QueryRows.of(at)
         h = self.bert(input_ids, attention_mask, token_type_ids, sparse_grad=True, q=q)  # (M', H) at q.flat
-        flat_labels = labels.reshape(-1).index_select(0, q.flat)  # (M',)
+        flat_labels = q.take(labels)  # (M',)
         if self.pooler is None or self.cls.seq_relationship is None:
             return MLMOutput(self.mlm_logits(h), flat_labels)  # (M, V), (M,)
         first = (q.flat % T == 0).nonzero().squeeze(1)  # (B,) each row's [CLS]

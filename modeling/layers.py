@@ -19,11 +19,17 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU's tanh approximation in one kernel forward and backward (ALBERT's 'gelu_new', T5 v1.1's 'gelu_tanh'),
+    not the elementwise ops transformers' NewGELUActivation writes out: the same function up to float rounding."""
+    return F.gelu(x, approximate="tanh")
+
+
 def activation_fn(name: str):  # noqa: ANN201 - returns a tensor function
     if name == "gelu":
         return F.gelu
     if name == "gelu_tanh":
-        return lambda x: F.gelu(x, approximate="tanh")
+        return gelu_tanh
     if name == "relu":
         return F.relu
     raise ValueError(f"unknown activation {name!r}")
@@ -84,6 +90,21 @@ class QueryRows:
         rows = valid.reshape(-1).nonzero().squeeze(1)  # (M,)
         base = torch.arange(B, device=selected.device)[:, None] * T
         return QueryRows(at, rows, (at + base).reshape(-1).index_select(0, rows))
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, ...) at the selected positions: (M, ...), in `flat`'s order (labels, a block's input)."""
+        return x.reshape(-1, *x.shape[2:]).index_select(0, self.flat)
+
+
+def lookup_pair(
+    embed: Callable[..., torch.Tensor], a: torch.Tensor, b: torch.Tensor, **kw: object
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embed(a), embed(b)) from one call on both id tensors (an encoder-decoder's input and decoder ids into its
+    shared table): the backward pass builds one dense V x D gradient of the table (zero-filled, rows added) instead
+    of one per call plus their sum. kw: passed to `embed` (BART: sparse_grad=True)."""
+    e = embed(torch.cat([a.reshape(-1), b.reshape(-1)]), **kw)  # (|a| + |b|, D)
+    ea, eb = e.split([a.numel(), b.numel()])
+    return ea.view(*a.shape, -1), eb.view(*b.shape, -1)
 
 
 class Attention(nn.Module):

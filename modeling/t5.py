@@ -33,7 +33,7 @@ from torch import nn
 
 from . import flops, hf
 from .config import T5_ACTIVATIONS, ModelConfig, ModelConfigError
-from .layers import Attention, FeedForward, run_blocks, sdpa_mask
+from .layers import Attention, FeedForward, gelu_tanh, lookup_pair, run_blocks, sdpa_mask
 from .registry import FamilySpec, HFAdapter, HFPart, register_family
 
 
@@ -87,22 +87,16 @@ def _tanh_gelu(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
-def _fused_tanh_gelu(x: torch.Tensor) -> torch.Tensor:
-    """The same tanh approximation as `_tanh_gelu` in one kernel (forward and backward) instead of eight elementwise
-    ops and their saved intermediates: T5 v1.1's activation ('gelu_tanh' = transformers' 'gelu_new')."""
-    return F.gelu(x, approximate="tanh")
-
-
 def _laplace(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.erf((x - 0.707107).div(0.282095 * math.sqrt(2.0))))
 
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     # Each as transformers/activations.py computes it (ACT2FN), so logits equal transformers' at fp32.
-    "gelu_tanh": _fused_tanh_gelu,
+    "gelu_tanh": gelu_tanh,  # modeling/layers.py: one kernel, not _tanh_gelu's eight ops (T5 v1.1's activation)
     "gelu": F.gelu,
-    "gelu_new": _fused_tanh_gelu,
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
     "gelu_python": lambda x: x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0))),
     "gelu_python_tanh": _tanh_gelu,
     "gelu_fast": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
@@ -271,24 +265,15 @@ class T5ForPretraining(nn.Module):
             elif isinstance(m, T5Stack):
                 nn.init.normal_(m.relative_attention_bias.weight, std=f * D**-0.5)
 
-    def embed(
-        self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S, D), (B, T, D): the encoder's and the decoder's token embeddings from one lookup of both id tensors,
-        so the backward pass builds one dense V x D gradient of `shared` (zero-filled, rows added) instead of one
-        per stack plus their sum (three passes over V x D more a step; mT5's table is 250k x D)."""
-        n = input_ids.numel()
-        e = self.shared(torch.cat([input_ids.reshape(-1), decoder_input_ids.reshape(-1)]))  # (B*S + B*T, D)
-        enc_e, dec_e = e.split([n, decoder_input_ids.numel()])
-        return enc_e.view(*input_ids.shape, -1), dec_e.view(*decoder_input_ids.shape, -1)
-
     def forward(
         self,
         input_ids: torch.Tensor,
         decoder_input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
     ) -> Seq2SeqOutput:
-        enc_e, dec_e = self.embed(input_ids, decoder_input_ids)
+        # One lookup of both id tensors: one dense V x D gradient of `shared` instead of one per stack plus their
+        # sum (three passes over V x D more a step; mT5's table is 250k x D).
+        enc_e, dec_e = lookup_pair(self.shared, input_ids, decoder_input_ids)
         enc = self.encoder(input_ids, attention_mask, embeds=enc_e)  # (B, S, D)
         dec = self.decoder(decoder_input_ids, None, enc, attention_mask, embeds=dec_e)  # (B, T, D)
         if self.tied:

@@ -168,7 +168,7 @@ class XLMForPretraining(nn.Module):
         if labels is not None and self.config.last_layer_at_labels:
             q = QueryRows.of(labels != -100)
             h = self.transformer(input_ids, attention_mask, position_ids, langs, q)  # (M, H)
-            return MLMOutput(self.mlm_logits(h), labels.reshape(-1).index_select(0, q.flat))  # (M, V), (M,)
+            return MLMOutput(self.mlm_logits(h), q.take(labels))  # (M, V), (M,)
         h = self.transformer(input_ids, attention_mask, position_ids, langs)  # (B, T, H)
         if labels is None:
             return MLMOutput(self.mlm_logits(h), None, h)  # (B, T, V)
