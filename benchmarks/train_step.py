@@ -69,16 +69,19 @@ def synthetic_batch(cfg: RunConfig, B: int, T: int, device: torch.device) -> dic
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def time_steps(step, steps: int, warmup: int) -> float:
     for _ in range(warmup):
         step()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    _sync()
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    _sync()
     return (time.perf_counter() - t0) / steps
 
 
@@ -171,11 +174,6 @@ ENGINE_COST_RUNS = (
 
 MASK_ID = 4
 """The [MASK] id of the synthetic batches (any id below the 107 that synthetic_batch starts at)."""
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 class Probe:

@@ -42,6 +42,20 @@ def run_cloze(
     )
 
 
+def run_script(
+    script: str, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python SCRIPT ARGS` from the repository root in a fresh process (a benchmark's dry mode); env: cloze_env()."""
+    return subprocess.run(
+        [sys.executable, script, *args],
+        cwd=ROOT,
+        env=env if env is not None else cloze_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def torchrun_cloze(
     args: Sequence[str], nproc: int = 2, timeout: float = 300, **env: str
 ) -> subprocess.CompletedProcess:

@@ -4,8 +4,6 @@ prints the table, and its install planning picks the right carried wheels (witho
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import gpu
-from tests.conftest import ROOT, cloze_env
+from tests.conftest import cloze_env, run_script
 
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -29,14 +27,7 @@ def test_dry_mode_prints_every_case_with_sane_numbers() -> None:
         k: v for k, v in cloze_env().items() if k not in LAUNCHER_VARS and not k.startswith(("OMPI_", "PMI"))
     }
     start = time.time()
-    out = subprocess.run(
-        [sys.executable, "benchmarks/gpu.py", "--dry"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = run_script("benchmarks/gpu.py", "--dry", env=env)
     wall = time.time() - start
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     lines = out.stdout.splitlines()

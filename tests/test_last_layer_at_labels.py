@@ -9,18 +9,11 @@ import torch
 
 from modeling import ModelConfig, build_model
 from modeling.layers import FeedForward, QueryRows
+from tests.conftest import tiny_model_config
 
 V, B, T = 97, 3, 16
-BASE = dict(
-    vocab_size=V,
-    hidden_size=32,
-    num_layers=3,
-    num_heads=4,
-    intermediate_size=128,
-    max_position_embeddings=64,
-    hidden_dropout=0.0,
-    attention_dropout=0.0,
-)
+BASE = dict(vocab_size=V, num_layers=3, intermediate_size=128)
+"""On top of tests/conftest.py's `tiny_model_config` (width 32, 4 heads, no dropout)."""
 CASES = {
     "bert": {},
     "bert-pre-ln": dict(pre_layer_norm=True),
@@ -54,7 +47,7 @@ def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def step(kw: dict, at_labels: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
     """Outputs, parameter gradients, and the fewest rows any feed-forward saw."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(**BASE, **kw, last_layer_at_labels=at_labels)).train()
+    model = build_model(tiny_model_config(**BASE, **kw, last_layer_at_labels=at_labels)).train()
     rows: list[int] = []
     for m in model.modules():
         if isinstance(m, FeedForward):
@@ -150,7 +143,7 @@ def test_every_parameter_is_read_inside_its_own_module_call(case: str) -> None:
     projection included), so that ZeRO-3's per-module gathering sees it."""
     torch.manual_seed(0)
     kw = CASES[case]
-    model = build_model(ModelConfig(**BASE, **kw)).train()
+    model = build_model(tiny_model_config(**BASE, **kw)).train()
     ids, mask, labels = batch()
     extra = {"langs": (ids % 2)} if kw.get("family") == "xlm" else {}
     mode = _OutsideItsModule(model)

@@ -279,14 +279,11 @@ def test_to_long_bad_input_is_a_clear_error(tmp_path, args: list[str], message: 
 def test_long_attention_benchmark_dry_mode() -> None:
     """benchmarks/long_attention.py runs end to end (so it cannot rot); activations grow linearly at a fixed window."""
     import re
-    import subprocess
-    import sys
 
-    from tests.conftest import ROOT, cloze_env
+    from tests.conftest import run_script
 
-    cmd = [sys.executable, "benchmarks/long_attention.py", "--dry", "--lengths", "256", "1024"]
-    cmd += ["--layers", "1", "--hidden", "64", "--window", "64"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=cloze_env(), capture_output=True, text=True, timeout=600)
+    args = ["--dry", "--lengths", "256", "1024", "--layers", "1", "--hidden", "64", "--window", "64"]
+    proc = run_script("benchmarks/long_attention.py", *args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     growth = dict(re.findall(r"  (\S+): activations x([\d.]+)", proc.stdout))
     assert set(growth) == {"cloze-longformer", "cloze-roberta", "hf-longformer"}, proc.stdout

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 import torch
 
 from modeling.registry import FAMILIES
-from tests.conftest import ROOT, cloze_env
+from tests.conftest import run_script
 from tests.test_hf import SEQ2SEQ
 
 
@@ -24,14 +22,7 @@ def builtin_families() -> set[str]:
 
 
 def test_every_family_row_runs_dry() -> None:
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/model_throughput.py", "--families", "--dry", "--runs", "2"],
-        cwd=ROOT,
-        env=cloze_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_script("benchmarks/model_throughput.py", "--families", "--dry", "--runs", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {}
     for line in proc.stdout.splitlines():

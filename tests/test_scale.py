@@ -5,25 +5,16 @@ over every shard (the unbounded one's grow with the shards), and every table is 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT, cloze_env
+from tests.conftest import run_script
 
 pytestmark = pytest.mark.slow
 
 
 def test_scale_benchmark_dry_mode() -> None:
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/scale.py", "--dry"],
-        cwd=ROOT,
-        env=cloze_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_script("benchmarks/scale.py", "--dry", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     for title in ("## Data", "## Ranks' views", "## Loader memory", "## Checkpoint"):
